@@ -7,6 +7,7 @@ change; :func:`remove` puts every original back.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import time
@@ -110,14 +111,18 @@ def _time_llm_prefill(runtime: Runtime, model) -> None:
 def encode_images(self, images):
     """LLaVA-1.5 path: every image keeps its budget of tokens, chosen per image."""
     runtime = _runtime
-    if runtime is None or runtime.vision is None:
+    if runtime is None or (runtime.vision is None and runtime.stats is None):
         return _ORIGINALS["encode_images"](self, images)
-    tower = self.get_model().get_vision_tower()
-    num_patches = tower.num_patches
-    budget = runtime.config.budget(num_patches)
-    runtime.announce(num_patches)
     runtime.flush()
     _time_llm_prefill(runtime, self)
+    tower = self.get_model().get_vision_tower()
+    num_patches = tower.num_patches
+    if runtime.vision is None:      # stats only: record the unpruned counts
+        for _ in range(images.shape[0]):
+            runtime.record({"tokens_in": num_patches, "tokens_out": num_patches})
+        return _ORIGINALS["encode_images"](self, images)
+    budget = runtime.config.budget(num_patches)
+    runtime.announce(num_patches)
 
     run = run_tower(tower, images, [CropRequest(budget)] * images.shape[0], runtime.vision)
     with_cls = tower.select_feature == "cls_patch"
@@ -159,6 +164,15 @@ def apply(config: Optional[Config] = None, **overrides) -> Config:
     else:
         _runtime.announce(576)
     return config
+
+
+def _close_at_exit() -> None:
+    # Records still waiting for a prefill time are written without one.
+    if _runtime is not None:
+        _runtime.close()
+
+
+atexit.register(_close_at_exit)
 
 
 def remove() -> None:

@@ -29,7 +29,8 @@ fail() {
 require_python_310() {
     "$1" -I -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null && return
     local version
-    version="$("$1" -I -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '(not runnable)')"
+    version="$("$1" -I -c 'import platform; print(platform.python_version())' 2>/dev/null)" ||
+        fail "cannot run $1 as Python; llava-freepruner needs Python >= 3.10 ($2)"
     fail "$1 is Python $version; llava-freepruner needs Python >= 3.10 ($2)"
 }
 
@@ -61,11 +62,6 @@ if [[ -n "${TORCH_SPEC:-}" ]] || ! has_module torch; then
     "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
 
-if ! "$py" -I -c "import importlib.metadata as m; assert m.version('llava-torch') == '${llava_spec#*==}'" 2>/dev/null; then
-    echo "install.sh: installing $llava_spec --no-deps"
-    "${pip[@]}" --no-deps "$llava_spec"
-fi
-
 # The editable install is redone only when the packaging files change.
 stamp="$venv_dir/.llava_freepruner_install_stamp"
 fingerprint="$("$py" -I -c '
@@ -78,6 +74,12 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]] || ! has_module ll
     echo "install.sh: installing llava-freepruner (editable, with test extras)"
     "${pip[@]}" -e "$repo_root[test]"
     echo "$fingerprint" >"$stamp"
+fi
+
+# Last, so that pip's resolver never sees (and complains about) llava-torch's pins.
+if ! "$py" -I -c "import importlib.metadata as m; assert m.version('llava-torch') == '${llava_spec#*==}'" 2>/dev/null; then
+    echo "install.sh: installing $llava_spec --no-deps"
+    "${pip[@]}" --no-deps "$llava_spec"
 fi
 
 echo "llava-freepruner environment ready: $(cd "$venv_dir" && pwd) (activate: source $(cd "$venv_dir" && pwd)/bin/activate)"

@@ -266,7 +266,9 @@ def apply(config: Optional[Config] = None, **overrides) -> Config:
         cpu.apply()
     _patch(LlavaMetaForCausalLM, "encode_images", encode_images)
     _patch(LlavaMetaForCausalLM, "prepare_inputs_labels_for_multimodal", prepare_inputs_labels_for_multimodal)
-    if _runtime.vision is None and config.llm_method is None:
+    if not config.enabled:
+        log.info(config_module.describe(config))
+    elif _runtime.vision is None and config.llm_method is None:
         log.info("freePruner: no FREEPRUNER_RATIO or FREEPRUNER_TOKENS set; visual tokens are not pruned.")
     else:
         _runtime.announce(576, anyres=False)
@@ -301,10 +303,6 @@ def activate_from_env() -> None:
     """Apply the environment's configuration; a bad value ends the process
     with a message naming the variable, before any model is loaded."""
     try:
-        config = config_module.from_env()
-        if config.enabled or config.device == "cpu":
-            apply(config)
-        else:
-            log.info(config_module.describe(config))
+        apply(config_module.from_env())
     except (ConfigError, OSError) as err:
         raise SystemExit(f"llava_freepruner: {err}") from None

@@ -1,0 +1,249 @@
+"""Decoder-side pruning runtime: recipe honoured, lowest dropped, cache and batch consistency."""
+
+import math
+
+import pytest
+import torch
+from transformers import GenerationMixin
+from transformers.models.llama import modeling_llama
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+from llava_freepruner.fitprune import Recipe, load_recipe
+from llava_freepruner.llm import FastVPolicy, FitPrunePolicy, PrunePolicy, attach, begin_prefill, detach, last_record
+from llava_freepruner.llm import attention as attention_module
+from llava_freepruner.llm import runtime as runtime_module
+from test_llm_tiny_models import prompt_embeds, tiny_llava
+
+RECIPE_60 = load_recipe("llava-v1.5-7b@60")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava(seed=0)
+
+
+@pytest.fixture(scope="module")
+def prompt(model):
+    embeds, span = prompt_embeds(model, 576, system=35, text=20)
+    return embeds[None], span
+
+
+@pytest.fixture(autouse=True)
+def _detached(model):
+    yield
+    detach(model)
+
+
+def reference_logits(model, embeds, drop_layer):
+    """Pruned forward written out token by token: no cache, no runtime code.
+
+    ``drop_layer``: {position: layer}; a token dropped at layer l takes part in
+    layer l's attention and nothing after it. Returns logits of the last token.
+    """
+    decoder = model.get_model()
+    hidden = embeds.clone()
+    alive = list(range(embeds.shape[0]))
+    for idx, layer in enumerate(decoder.layers):
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden[alive])[None]
+        n = len(alive)
+        q = attn.q_proj(x).view(1, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(1, n, attn.num_key_value_heads, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(1, n, attn.num_key_value_heads, attn.head_dim).transpose(1, 2)
+        cos, sin = attn.rotary_emb(v, seq_len=embeds.shape[0])
+        positions = torch.tensor(alive)[None]
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, positions)
+        k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)
+        causal = positions[0][None, :] <= positions[0][:, None]
+        scores = scores.masked_fill(~causal, float("-inf"))
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, -1)
+        survivors = [i for i, p in enumerate(alive) if drop_layer.get(p, -1) != idx]
+        keep = torch.tensor(survivors)
+        rows = torch.tensor(alive)[keep]
+        h = hidden[rows] + attn.o_proj(out[keep])
+        hidden[rows] = h + layer.mlp(layer.post_attention_layernorm(h))
+        alive = rows.tolist()
+    return model.lm_head(decoder.norm(hidden[-1]))
+
+
+def drop_map(record, sample, span_starts):
+    """{position: layer} from a record's per-visual-token drop layers."""
+    positions = [p for start, end in span_starts for p in range(start, end)]
+    return {p: layer for p, layer in zip(positions, record.drop_layer[sample]) if layer >= 0}
+
+
+def greedy(model, embeds, steps, attention_mask=None):
+    out = GenerationMixin.generate(model, inputs_embeds=embeds, attention_mask=attention_mask,
+                                   max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0)
+    return out[:, -steps:]
+
+
+@torch.no_grad()
+def test_builtin_recipe_honoured_layer_by_layer_with_sdpa_elsewhere(model, prompt, monkeypatch):
+    embeds, span = prompt
+    lengths, stat_layers = [], []
+    hooks = [layer.register_forward_hook(lambda m, a, out: lengths.append(out[0].shape[1]))
+             for layer in model.get_model().layers]
+
+    def no_eager(*args, **kwargs):
+        raise AssertionError("eager attention (full attention weights) was computed")
+    monkeypatch.setattr(modeling_llama.LlamaAttention, "forward", no_eager)
+    original_stats = runtime_module._layer_statistics
+    monkeypatch.setattr(runtime_module, "_layer_statistics",
+                        lambda state, *a: stat_layers.append(len(state.seq_len) - 1) or original_stats(state, *a))
+    attach(model, FitPrunePolicy(RECIPE_60))
+    begin_prefill(model, [[span]])
+    model(inputs_embeds=embeds, use_cache=True)
+    for hook in hooks:
+        hook.remove()
+
+    alive = RECIPE_60.alive_after_each_layer()
+    non_visual = embeds.shape[1] - 576
+    assert lengths[:-1] == [non_visual + n for n in alive[:-1]]
+    assert lengths[-1] == embeds.shape[1]  # scattered back to full length after the last layer
+    record = last_record(model)
+    assert record.visual_out[0] == alive
+    assert record.visual_in[0] == [576] + alive[:-1]
+    assert record.seq_len == [embeds.shape[1]] + [non_visual + n for n in alive[:-1]]
+    assert stat_layers == [i for i, k in enumerate(RECIPE_60.deletions) if k > 0]
+    assert 0.6 < record.flops_reduction[0] < 0.8
+
+
+@torch.no_grad()
+def test_lowest_self_times_cross_is_dropped(model, prompt):
+    """Reference statistics from eager attention weights of an unpruned run."""
+    embeds, (start, end) = prompt
+    layer = 1
+    eager = tiny_llava(seed=0, attn="eager")
+    weights = eager(inputs_embeds=embeds, output_attentions=True).attentions[layer][0]  # (H, L, L)
+    head_max = weights.amax(dim=0)
+    self_scores = head_max[start:end, start:end].mean(0)
+    cross_scores = head_max[end:, start:end].mean(0)
+    product = self_scores * cross_scores
+    k = 40
+    deletions = [0] * 32
+    deletions[layer] = k
+    attach(model, FitPrunePolicy(Recipe("one-layer", 576, deletions)))
+    begin_prefill(model, [[(start, end)]])
+    model(inputs_embeds=embeds)
+    dropped = {i for i, l in enumerate(last_record(model).drop_layer[0]) if l == layer}
+    assert len(dropped) == k
+    assert dropped == set(torch.argsort(product)[:k].tolist())
+    assert dropped != set(torch.argsort(product, descending=True)[:k].tolist())
+    assert max(product[list(dropped)]) <= min(p for i, p in enumerate(product) if i not in dropped)
+
+
+@torch.no_grad()
+def test_fastv_keeps_top_tokens_by_last_query(model, prompt):
+    embeds, (start, end) = prompt
+    eager = tiny_llava(seed=0, attn="eager")
+    last_row = eager(inputs_embeds=embeds, output_attentions=True).attentions[2][0, :, -1, start:end].mean(0)
+    attach(model, FastVPolicy(ratio=0.25, layer=2))
+    begin_prefill(model, [[(start, end)]])
+    model(inputs_embeds=embeds)
+    record = last_record(model)
+    kept = {i for i, l in enumerate(record.drop_layer[0]) if l < 0}
+    assert len(kept) == 144 and record.visual_out[0][2] == 144 and record.visual_in[0][2] == 576
+    assert kept == set(torch.argsort(last_row, descending=True)[:144].tolist())
+
+
+@torch.no_grad()
+def test_pruned_forward_matches_token_by_token_reference(model, prompt):
+    embeds, span = prompt
+    attach(model, FitPrunePolicy(RECIPE_60))
+    begin_prefill(model, [[span]])
+    logits = model(inputs_embeds=embeds).logits[0, -1]
+    expected = reference_logits(model, embeds[0], drop_map(last_record(model), 0, [span]))
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_cached_generation_equals_uncached_reference(model, prompt):
+    embeds, span = prompt
+    attach(model, FitPrunePolicy(RECIPE_60))
+    begin_prefill(model, [[span]])
+    generated = greedy(model, embeds, steps=6)[0].tolist()
+    drops = drop_map(last_record(model), 0, [span])
+    assert drops, "the recipe pruned nothing"
+    sequence = embeds[0]
+    expected = []
+    for _ in range(6):
+        token = int(reference_logits(model, sequence, drops).argmax())
+        expected.append(token)
+        sequence = torch.cat([sequence, model.get_model().embed_tokens(torch.tensor([token]))])
+    assert generated == expected
+    detach(model)
+    assert greedy(model, embeds, steps=6)[0].tolist() != generated or not drops
+
+
+@torch.no_grad()
+def test_batch_with_padding_equals_single(model):
+    """Different visual counts per sample (scaled recipe, so different deletions), left padding."""
+    long_embeds, long_span = prompt_embeds(model, 576, system=35, text=20, seed=5)
+    short_embeds, short_span = prompt_embeds(model, 300, system=20, text=11, seed=6)
+    attach(model, FitPrunePolicy(RECIPE_60))
+    singles, records = [], []
+    for embeds, span in ((long_embeds, long_span), (short_embeds, short_span)):
+        begin_prefill(model, [[span]])
+        singles.append(greedy(model, embeds[None], steps=5)[0].tolist())
+        records.append(last_record(model))
+    pad = long_embeds.shape[0] - short_embeds.shape[0]
+    batch = torch.stack([long_embeds, torch.cat([torch.zeros(pad, long_embeds.shape[1]), short_embeds])])
+    mask = torch.ones(2, long_embeds.shape[0], dtype=torch.long)
+    mask[1, :pad] = 0
+    shifted = (short_span[0] + pad, short_span[1] + pad)
+    begin_prefill(model, [[long_span], [shifted]])
+    outputs = greedy(model, batch, steps=5, attention_mask=mask).tolist()
+    record = last_record(model)
+    assert outputs == singles
+    assert record.drop_layer == [records[0].drop_layer[0], records[1].drop_layer[0]]
+    assert record.visual_out[1] != record.visual_out[0]
+    assert record.notes and "300" in record.notes[0]
+
+
+@torch.no_grad()
+def test_text_only_and_detach_leave_model_untouched(model, prompt):
+    embeds, _ = prompt
+    text = embeds[:, :40]
+    before = model(inputs_embeds=text).logits
+    attach(model, FitPrunePolicy(RECIPE_60))
+    begin_prefill(model, [[]])
+    assert torch.equal(model(inputs_embeds=text).logits, before)
+    assert last_record(model).visual_in == [[0] * 32]
+    assert torch.equal(model(inputs_embeds=text).logits, before)  # no begin_prefill at all
+    detach(model)
+    assert "forward" not in model.get_model().__dict__
+    assert all("forward" not in layer.__dict__ for layer in model.get_model().layers)
+    assert all(not layer.self_attn.rotary_emb._forward_pre_hooks for layer in model.get_model().layers)
+    assert torch.equal(model(inputs_embeds=text).logits, before)
+
+
+class _DropFirst(PrunePolicy):
+    def begin(self, visual_counts):
+        return []
+
+    def statistic(self, layer_idx):
+        return "self_cross" if layer_idx == 0 else None
+
+    def choose(self, layer_idx, stats, alive):
+        return [torch.arange(n) for n in alive]
+
+
+def test_bad_inputs_are_reported(model, prompt):
+    embeds, span = prompt
+    with pytest.raises(RuntimeError, match="attach"):
+        begin_prefill(model, [[span]])
+    with pytest.raises(ValueError, match="layers"):
+        attach(model, FitPrunePolicy(Recipe("short", 576, [1, 2])))
+    with pytest.raises(ValueError, match="FastV layer=40"):
+        attach(model, FastVPolicy(0.5, layer=40))
+    attach(model, _DropFirst())
+    begin_prefill(model, [[(0, 10_000)]])
+    with pytest.raises(ValueError, match="outside"):
+        model(inputs_embeds=embeds)
+    # every visual token deleted at layer 0: the text still runs
+    begin_prefill(model, [[span]])
+    with torch.no_grad():
+        out = model(inputs_embeds=embeds).logits
+    assert torch.isfinite(out).all() and last_record(model).visual_out[0][0] == 0

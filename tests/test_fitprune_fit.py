@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import sentencepiece as spm
-import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaTokenizer
 

@@ -10,7 +10,6 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from llava_freepruner.fitprune import Recipe, load_recipe
 from llava_freepruner.llm import FastVPolicy, FitPrunePolicy, PrunePolicy, attach, begin_prefill, detach, last_record
-from llava_freepruner.llm import attention as attention_module
 from llava_freepruner.llm import runtime as runtime_module
 from test_llm_tiny_models import prompt_embeds, tiny_llava
 
@@ -159,14 +158,38 @@ def test_fastv_keeps_top_tokens_by_last_query(model, small_prompt):
     assert kept == set(torch.argsort(last_row, descending=True)[:24].tolist())
 
 
+@pytest.mark.parametrize("attn,kv_heads", [("sdpa", 4), ("eager", 4), ("sdpa", 2)])
 @torch.no_grad()
-def test_pruned_forward_matches_token_by_token_reference(model, prompt):
+def test_pruned_forward_matches_token_by_token_reference(prompt, attn, kv_heads):
+    model = tiny_llava(seed=0, attn=attn, kv_heads=kv_heads)
     embeds, span = prompt
     attach(model, FitPrunePolicy(RECIPE_60))
     begin_prefill(model, [[span]])
     logits = model(inputs_embeds=embeds).logits[0, -1]
     expected = reference_logits(model, embeds[0], drop_map(last_record(model), 0, [span]))
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    detach(model)
+
+
+@torch.no_grad()
+def test_right_padded_batch_prefill_equals_single(model):
+    first, first_span = prompt_embeds(model, 120, system=30, text=15, seed=7)
+    second, second_span = prompt_embeds(model, 80, system=12, text=6, seed=8)
+    attach(model, FitPrunePolicy(RECIPE_60))
+    singles = []
+    for embeds, span in ((first, first_span), (second, second_span)):
+        begin_prefill(model, [[span]])
+        singles.append((model(inputs_embeds=embeds[None]).logits[0, -1], last_record(model).drop_layer[0]))
+    batch = torch.zeros(2, first.shape[0], first.shape[1])
+    batch[0], batch[1, :second.shape[0]] = first, second
+    mask = torch.zeros(2, first.shape[0], dtype=torch.long)
+    mask[0], mask[1, :second.shape[0]] = 1, 1
+    begin_prefill(model, [[first_span], [second_span]])
+    logits = model(inputs_embeds=batch, attention_mask=mask).logits
+    record = last_record(model)
+    for b, last in enumerate((first.shape[0] - 1, second.shape[0] - 1)):
+        torch.testing.assert_close(logits[b, last], singles[b][0], atol=1e-4, rtol=1e-4)
+        assert record.drop_layer[b] == singles[b][1]
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ shorter sequences are filled at the end with masked filler slots.
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +161,8 @@ class _Runtime:
         mask2d = bound.get("attention_mask")
         spans, self.pending = self.pending, None
         state = self.state
+        if q_len > 1 and not past_len:
+            self.record = None  # a new sequence: the previous record no longer applies
         if spans is not None and q_len > 1:
             if past_len:
                 raise RuntimeError("decoder-side pruning needs an empty KV cache at prefill; "
@@ -390,15 +392,16 @@ def _text_only_record(batch, num_layers, length):
 def _layer_statistics(state, statistic, query, key, slots):
     """Per sample, the statistic the policy asked for, and the visual positions it covers."""
     kinds = state.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
-    allowed = state.allowed(slots, slots)
     stats, visual_positions = [], []
     for b in range(state.batch):
         visual = (kinds[b] == VISUAL).nonzero().squeeze(1)
         visual_positions.append(visual)
+        sample_slots, key_ok = slots[b:b + 1], state.key_ok[b:b + 1]
         if statistic == SELF_CROSS:
             text = (kinds[b] == TEXT_QUERY).nonzero().squeeze(1)
             rows = torch.cat([visual, text])
-            probs = attention_to_columns(query[b], key[b], rows, allowed[b, rows], visual, "max")
+            allowed = state.allowed(sample_slots[:, rows], sample_slots, key_ok)[0]
+            probs = attention_to_columns(query[b], key[b], rows, allowed, visual, "max")
             is_visual = torch.arange(rows.shape[0], device=rows.device) < visual.shape[0]
             self_scores = probs[is_visual].mean(dim=0) if visual.numel() else probs.new_zeros(0)
             cross_scores = probs[~is_visual].mean(dim=0) if text.numel() else probs.new_zeros(visual.shape[0])
@@ -406,7 +409,8 @@ def _layer_statistics(state, statistic, query, key, slots):
         elif statistic == LAST_QUERY:
             real = ((slots[b] >= 0) & state.key_ok[b].gather(0, slots[b].clamp(min=0))).nonzero().squeeze(1)
             rows = real[-1:]
-            probs = attention_to_columns(query[b], key[b], rows, allowed[b, rows], visual, "mean")
+            allowed = state.allowed(sample_slots[:, rows], sample_slots, key_ok)[0]
+            probs = attention_to_columns(query[b], key[b], rows, allowed, visual, "mean")
             stats.append({"last": probs[0]})
         else:
             raise ValueError(f"unknown statistic {statistic!r}; accepted: {SELF_CROSS}, {LAST_QUERY}")

@@ -125,18 +125,20 @@ def small_prompt(model):
     return embeds[None], span
 
 
+@pytest.mark.parametrize("spans", [[(17, 113)], [(17, 57), (67, 113)]], ids=["one image", "two images"])
 @torch.no_grad()
-def test_lowest_self_times_cross_is_dropped(model, small_prompt):
-    embeds, (start, end) = small_prompt
+def test_lowest_self_times_cross_is_dropped(model, small_prompt, spans):
+    """Several images: V is the union of the spans, X the other tokens after the first span."""
+    embeds, _ = small_prompt
     layer, k = 1, 30
+    visual = torch.cat([torch.arange(s, e) for s, e in spans])
+    text = torch.tensor([p for p in range(spans[0][0], embeds.shape[1]) if p not in set(visual.tolist())])
     head_max = unpruned_attention(model, embeds, layer).amax(dim=0)
-    self_scores = head_max[start:end, start:end].mean(0)
-    cross_scores = head_max[end:, start:end].mean(0)
-    product = self_scores * cross_scores
+    product = head_max[visual][:, visual].mean(0) * head_max[text][:, visual].mean(0)
     deletions = [0] * 32
     deletions[layer] = k
-    attach(model, FitPrunePolicy(Recipe("one-layer", 96, deletions)))
-    begin_prefill(model, [[(start, end)]])
+    attach(model, FitPrunePolicy(Recipe("one-layer", len(visual), deletions)))
+    begin_prefill(model, [spans])
     model(inputs_embeds=embeds)
     dropped = {i for i, l in enumerate(last_record(model).drop_layer[0]) if l == layer}
     assert len(dropped) == k

@@ -198,7 +198,7 @@ class _Runtime:
         statistic = self.policy.statistic(layer_idx)
         if statistic is None:
             outputs = original(hidden_states, **kwargs)
-            state.keep_layer(layer_idx)
+            state.keep_layer()
         else:
             outputs = _pruning_layer_forward(layer, layer_idx, state, self.policy, statistic, hidden_states, kwargs)
         if layer_idx == len(self.decoder.layers) - 1 and state.pruned:
@@ -280,7 +280,7 @@ class _Prefill:
             kwargs["attention_mask"] = None
         return kwargs
 
-    def keep_layer(self, layer_idx):
+    def keep_layer(self):
         self.visual_out.append(list(self.counts))
 
     @property

@@ -5,10 +5,6 @@ from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCau
 
 VOCAB = 256
 
-# tiny matmuls gain nothing from threads, and on a shared 2-core machine the
-# thread pool's spinning makes them many times slower
-torch.set_num_threads(1)
-
 
 def tiny_config(layers=32, hidden=64, heads=4, kv_heads=4, attn="sdpa", **extra):
     config = LlavaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,

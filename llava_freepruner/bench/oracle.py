@@ -3,7 +3,7 @@
 It keeps the first K valid patches in raster order: no attention is captured
 and choosing costs one ``arange``. Which tokens it keeps is irrelevant to
 speed, so its times are the floor a method with budget K can reach. It is
-not a user-facing method: the benchmark installs it directly.
+not a user-facing method: the benchmark installs it (see ``swap``).
 """
 
 from __future__ import annotations
@@ -24,16 +24,3 @@ class FirstK(VisionMethod):
             kept = ctx.candidates(sample, "cpu").nonzero().flatten()[: request.budget]
             selections.append(make_selection(kept))
         return selections
-
-
-def install(method: VisionMethod) -> None:
-    """Make the applied plugin select with ``method`` (the config cannot name it).
-
-    Uses the patch module's runtime directly: the one place the bench reaches
-    past the public ``apply``.
-    """
-    from .. import llava_patch
-
-    if llava_patch._runtime is None:
-        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    llava_patch._runtime.vision = method

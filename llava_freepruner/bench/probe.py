@@ -2,6 +2,12 @@
 
 On CUDA every timestamp is taken after ``torch.cuda.synchronize``, so a time
 covers the kernels of its stage and not only their launches.
+
+Clocks: ``wall`` (``time.perf_counter``) by default; ``thread``
+(``time.thread_time``, the CPU time of the calling thread) for single-threaded
+CPU runs on a shared machine, where wall time mostly measures the other
+processes. With one torch thread all the model's work runs on the calling
+thread, so its CPU time is the work done, whatever else the machine runs.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from typing import List, Optional
 import torch
 
 
-def _sync(device: torch.device) -> None:
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -31,8 +40,9 @@ class Call:
 class Probe:
     """Installs the hooks on ``model``; ``with probe.call() as c:`` around one generate."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, model, device: torch.device, clock=time.perf_counter):
         self.device = device
+        self.clock = clock
         self.current: Optional[Call] = None
         self._starts = {}
         llm = model.get_model()
@@ -59,25 +69,25 @@ class Probe:
     def _start(self, name):
         def hook(module, args):
             if self.current is not None:
-                _sync(self.device)
-                self._starts[name] = time.perf_counter()
+                sync(self.device)
+                self._starts[name] = self.clock()
         return hook
 
     def _stop_vision(self, module, args, output):
         if "vision" in self._starts:
-            _sync(self.device)
-            self.current.vision_s += time.perf_counter() - self._starts.pop("vision")
+            sync(self.device)
+            self.current.vision_s += self.clock() - self._starts.pop("vision")
 
     def _start_prefill(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
         if self.current is not None and self.current.prefill_s is None and embeds is not None and embeds.shape[1] > 1:
-            _sync(self.device)
-            self._starts["prefill"] = time.perf_counter()
+            sync(self.device)
+            self._starts["prefill"] = self.clock()
 
     def _stop_prefill(self, module, args, output):
         if "prefill" in self._starts:
-            _sync(self.device)
-            self.current.prefill_s = time.perf_counter() - self._starts.pop("prefill")
+            sync(self.device)
+            self.current.prefill_s = self.clock() - self._starts.pop("prefill")
 
     def _count_tokens(self, module, args, kwargs):
         if "prefill" in self._starts:
@@ -89,12 +99,12 @@ class _CallScope:
     def __init__(self, probe: Probe):
         self.probe = probe
         self.call = Call()
-        self.streamer = TokenClock(self.call)
+        self.streamer = TokenClock(self.call, probe.clock)
 
     def __enter__(self) -> "_CallScope":
-        _sync(self.probe.device)
+        sync(self.probe.device)
         self.probe.current = self.call
-        self.start = time.perf_counter()
+        self.start = self.probe.clock()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -108,13 +118,14 @@ class TokenClock:
     The streamer receives tokens already copied to the host, so on CUDA its
     timestamps follow the device."""
 
-    def __init__(self, call: Call):
+    def __init__(self, call: Call, clock=time.perf_counter):
         self.call = call
+        self.clock = clock
         self._prompt_seen = False
 
     def put(self, value) -> None:
         if self._prompt_seen:
-            self.call.token_times.append(time.perf_counter())
+            self.call.token_times.append(self.clock())
         self._prompt_seen = True
 
     def end(self) -> None:

@@ -37,7 +37,7 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
         f"Model: {meta['model']} ({meta['weights']}), LLM layers {meta['llm_layers']}, vision layers "
         f"{meta['vision_layers']}, {meta['dtype']} on {meta['device_name']}, {meta['threads']} threads, "
         f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens, {meta['new_tokens']} new tokens, "
-        f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up.",
+        f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up, {meta['clock']} clock.",
         "",
         f"Command: `{meta['command']}`",
         "",
@@ -48,8 +48,8 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
         lines.append("| " + " | ".join(_cell(k, f, r.get(k)) for k, _, f in COLUMNS) + " |")
     lines += [
         "",
-        f"Peak memory: {records[0]['peak_mem_kind'] if records else ''}. select ms: time in the capture "
-        "hooks and in the method's select (the plugin's stats). select % vision: of the oracle's tower time "
+        f"Peak memory: {records[0]['peak_mem_kind'] if records else ''}. select ms: time in the method's "
+        "observe (attention reduction in the capture hooks) and select. select % vision: of the oracle's tower time "
         "(no hooks). TTFT: from the generate call to the first token on the host.",
     ]
     if capture:

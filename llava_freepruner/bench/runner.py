@@ -21,10 +21,10 @@ import torch
 
 from .. import config as config_module
 from ..methods import REGISTRY
-from . import flops, oracle
+from . import flops, oracle, swap
 from .memory import PeakMemory
 from .model import BenchModel, Inputs
-from .probe import Call, Probe
+from .probe import CLOCKS, Call, Probe, sync
 
 LLM_METHODS = ("fastv",)
 
@@ -41,8 +41,11 @@ class Settings:
     warmup: int = 1
     new_tokens: int = 8
     seed: int = 0
+    clock: str = "wall"
 
     def __post_init__(self):
+        if self.clock not in CLOCKS:
+            raise ValueError(f"--clock {self.clock!r} is not valid: expected one of {', '.join(CLOCKS)}")
         for name in self.methods:
             if name not in known_methods():
                 raise ValueError(f"--methods: unknown method {name!r}; expected some of {', '.join(known_methods())}")
@@ -96,6 +99,9 @@ class Bench:
         self.stats_path = os.path.join(out_dir, "plugin_stats.jsonl")
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.memory = PeakMemory(bench.device)
+        if settings.clock == "thread" and (bench.device.type != "cpu" or torch.get_num_threads() != 1):
+            raise ValueError("--clock thread measures one CPU thread: use it with --device cpu --threads 1")
+        self.clock = CLOCKS[settings.clock]
         model = bench.model
         self.decoder = flops.DecoderShape.from_config(model.config)
         tower = model.get_vision_tower()
@@ -106,7 +112,7 @@ class Bench:
 
     # --- one generate call --------------------------------------------------------
 
-    def generate_once(self, probe: Probe, stats: StatsTail) -> Dict[str, float]:
+    def generate_once(self, probe: Probe, stats: StatsTail, timer: Optional[swap.TimedMethod]) -> Dict[str, float]:
         n = self.settings.new_tokens
         with probe.call() as scope, torch.inference_mode():
             self.bench.model.generate(
@@ -120,7 +126,8 @@ class Bench:
         records = stats.new_records()
         return {
             "vision_ms": 1000 * call.vision_s,
-            "select_ms": sum(r["select_ms"] for r in records) if records else None,
+            "select_ms": 1000 * timer.take_seconds() if timer else None,
+            "plugin_select_ms": sum(r["select_ms"] for r in records) if records else None,
             "llm_prefill_ms": 1000 * call.prefill_s,
             "ttft_ms": 1000 * (call.token_times[0] - scope.start),
             "decode_tok_s": (n - 1) * self.inputs.input_ids.shape[0] / (call.token_times[-1] - call.token_times[0]),
@@ -134,9 +141,12 @@ class Bench:
 
         config = plugin_config(method, ratio, self.bench.device.type, self.stats_path, self.settings.seed)
         llava_freepruner.apply(config)
-        if method == oracle.NAME:
-            oracle.install(oracle.FirstK())
-        probe = Probe(self.bench.model, self.bench.device)
+        timer = None
+        if config.vision_method is not None:
+            chosen = oracle.FirstK() if method == oracle.NAME else swap.installed()
+            timer = swap.TimedMethod(chosen, self.clock, lambda: sync(self.bench.device))
+            swap.install(timer)
+        probe = Probe(self.bench.model, self.bench.device, self.clock)
         stats = StatsTail(self.stats_path)
         try:
             total = self.settings.warmup + self.settings.repeats
@@ -144,7 +154,7 @@ class Bench:
             for i in range(total):
                 if i == self.settings.warmup:
                     in_use = self.memory.reset()
-                result = self.generate_once(probe, stats)
+                result = self.generate_once(probe, stats, timer)
                 phase = "warm-up" if i < self.settings.warmup else f"repeat {i - self.settings.warmup + 1}/{self.settings.repeats}"
                 self.log(f"  {position} {method:10} ratio {ratio:<5} {phase:12} ttft {result['ttft_ms']:9.1f} ms  "
                          f"prefill {result['llm_prefill_ms']:9.1f} ms  visual tokens {result['layer_tokens'][0] - self.inputs.text_tokens}")
@@ -183,6 +193,7 @@ class Bench:
             "llm_input_tokens": layer_tokens[0],
             "layer_tokens": layer_tokens,
             "vision_ms": median("vision_ms"), "select_ms": median("select_ms"),
+            "plugin_select_ms": median("plugin_select_ms"), "clock": self.settings.clock,
             "llm_prefill_ms": median("llm_prefill_ms"), "ttft_ms": median("ttft_ms"),
             "decode_tok_s": median("decode_tok_s"),
             "peak_mem_mb": round(peak, 1), "mem_at_start_mb": round(in_use, 1), "peak_mem_kind": self.memory.kind,

@@ -34,11 +34,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on cuda, float32 on cpu)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
+                        help="wall time (default), or the CPU time of the main thread (CPU, --threads 1: "
+                             "for shared machines where wall time mostly measures other processes)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--capture-memory", action="store_true",
                         help="also measure the attention capture's peak memory at 576 and 2304 patches")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_results", help="output directory (default: bench_results)")
+
+
+def command_line(args) -> str:
+    """The command that reproduces this run (options spelled out, defaults included)."""
+    words = ["python", "-m", "llava_freepruner", "bench"]
+    for key, value in vars(args).items():
+        if value is None or value is False:
+            continue
+        words.append("--" + key.replace("_", "-"))
+        if value is not True:
+            words.append(shlex.quote(str(value)))
+    return " ".join(words)
 
 
 def run(args) -> int:
@@ -66,7 +81,7 @@ def run(args) -> int:
     methods = vision_methods if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         dtype = bench_model.parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))
-        settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed)
+        settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed, args.clock)
         log = lambda text: print(text, file=sys.stderr, flush=True)
         log(f"bench: building {args.model or args.random_weights} on {device} ({dtype})")
         if args.model:
@@ -77,7 +92,10 @@ def run(args) -> int:
     except ValueError as err:
         return fail(str(err))
     os.makedirs(args.out, exist_ok=True)
-    runner = Bench(bench, inputs, settings, args.out, log)
+    try:
+        runner = Bench(bench, inputs, settings, args.out, log)
+    except ValueError as err:
+        return fail(str(err))
     records = runner.run()
     capture = None
     if args.capture_memory:
@@ -92,7 +110,7 @@ def run(args) -> int:
             capture += capture_memory.measure(method, [576, 2304], cfg.num_attention_heads, head_dim,
                                               cfg.num_hidden_layers, layer)
     meta = {
-        "command": "python -m llava_freepruner bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "",
+        "command": command_line(args),
         "model": args.model or args.random_weights,
         "weights": "checkpoint" if args.model else "random",
         "llm_layers": bench.model.config.num_hidden_layers,
@@ -102,7 +120,7 @@ def run(args) -> int:
         "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "text_tokens": inputs.text_tokens, "new_tokens": args.new_tokens,
-        "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__,
+        "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__,
     }
     for path in report.write(args.out, meta, records, capture):
         log(f"bench: wrote {path}")

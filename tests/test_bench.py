@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory):
 def results(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
     code = main(["bench", "--model", checkpoint, "--ratios", ",".join(map(str, RATIOS)), "--repeats", "2",
-                 "--warmup", "0", "--new-tokens", "3", "--device", "cpu", "--out", str(out)])
+                 "--warmup", "0", "--new-tokens", "2", "--device", "cpu", "--out", str(out)])
     assert code == 0
     with open(out / "results.json") as handle:
         return out, json.load(handle)

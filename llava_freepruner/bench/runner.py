@@ -115,11 +115,19 @@ class Bench:
     def generate_once(self, probe: Probe, stats: StatsTail, timer: Optional[swap.TimedMethod]) -> Dict[str, float]:
         n = self.settings.new_tokens
         with probe.call() as scope, torch.inference_mode():
-            self.bench.model.generate(
-                self.inputs.input_ids, images=self.inputs.images, image_sizes=self.inputs.image_sizes,
-                max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, use_cache=True,
-                pad_token_id=0, streamer=scope.streamer,
-            )
+            try:
+                self.bench.model.generate(
+                    self.inputs.input_ids, images=self.inputs.images, image_sizes=self.inputs.image_sizes,
+                    max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, use_cache=True,
+                    pad_token_id=0, streamer=scope.streamer,
+                )
+            except AssertionError as err:
+                if getattr(self.bench.model.config, "image_aspect_ratio", None) != "anyres":
+                    raise
+                raise RuntimeError(
+                    "upstream's LLaVA-NeXT (anyres) path rejected the pruned image features: this build of "
+                    "llava_freepruner does not patch the anyres path yet, so only ratio 1.0 runs on this model"
+                ) from err
         call: Call = scope.call
         if len(call.token_times) != n or call.prefill_s is None:
             raise RuntimeError(f"generate produced {len(call.token_times)} of {n} tokens or no prefill was seen")

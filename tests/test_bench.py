@@ -47,6 +47,7 @@ def test_bench_writes_one_well_formed_record_per_method_and_ratio(results):
         # Stages are parts of the time to first token.
         assert r["ttft_ms"] > r["llm_prefill_ms"] and r["ttft_ms"] > r["vision_ms"]
         assert r["repeats"] == 2 and len(r["layer_tokens"]) == 2
+        assert r["layer_tokens"] == [r["llm_input_tokens"]] * 2
         assert r["prefill_flops"] == r["llm_prefill_flops"] + r["vision_flops"] + r["projector_flops"]
     assert data["meta"]["weights"] == "checkpoint" and data["meta"]["llm_layers"] == 2
     text = (out / "results.md").read_text()
@@ -111,8 +112,9 @@ def test_decoder_flops_match_a_hand_computation():
     shape = flops.DecoderShape(hidden=8, intermediate=16, heads=2, kv_heads=2, vocab=10)
     # per layer at 5 tokens: q,k,v,o 2*5*8*32 = 2560; QK^T + AV 4*25*8 = 800; MLP 6*5*8*16 = 3840
     assert flops.decoder_layer_flops(shape, 5) == 7200
-    # two layers, then the LM head over 3 positions (a layer dropped 2): 2*3*8*10 = 480
-    assert flops.llm_prefill_flops(shape, [5, 3]) == 7200 + (2 * 3 * 8 * 32 + 4 * 9 * 8 + 6 * 3 * 8 * 16) + 480
+    # two layers (the first dropped 2 tokens), then the LM head over 3 positions: 2*3*8*10 = 480
+    assert flops.llm_prefill_flops(shape, [5, 3], 3) == 7200 + (2 * 3 * 8 * 32 + 4 * 9 * 8 + 6 * 3 * 8 * 16) + 480
+    assert flops.llm_prefill_flops(shape, [5, 3], 5) - flops.llm_prefill_flops(shape, [5, 3], 3) == 2 * 2 * 8 * 10
     grouped = flops.DecoderShape(hidden=8, intermediate=16, heads=2, kv_heads=1, vocab=10)
     assert flops.decoder_layer_flops(grouped, 5) == 7200 - 2 * 5 * 8 * 8     # k, v are 4 wide, not 8
 
@@ -135,7 +137,7 @@ def test_vision_and_projector_flops_match_a_hand_computation():
     assert flops.vision_flops(shape, 4, crops=3) == 3 * (384 + 2 * 1680)
     assert flops.projector_flops([(4, 6), (6, 6)], 10) == 2 * 10 * (24 + 36)
     with pytest.raises(ValueError, match="layer_tokens"):
-        flops.llm_prefill_flops(flops.DecoderShape(8, 16, 2, 2, 10), [])
+        flops.llm_prefill_flops(flops.DecoderShape(8, 16, 2, 2, 10), [], 0)
 
 
 # --- architectures and bad inputs ---------------------------------------------------------------

@@ -51,13 +51,13 @@ def decoder_layer_flops(shape: DecoderShape, tokens: int) -> int:
     return projections + attention + mlp
 
 
-def llm_prefill_flops(shape: DecoderShape, layer_tokens: Sequence[int]) -> int:
+def llm_prefill_flops(shape: DecoderShape, layer_tokens: Sequence[int], head_tokens: int) -> int:
     """Decoder layers (``layer_tokens[i]`` positions enter layer i) plus the LM head
-    over the positions that leave the last layer."""
+    on ``head_tokens`` positions."""
     if not layer_tokens:
         raise ValueError("layer_tokens is empty: expected one token count per decoder layer")
     layers = sum(decoder_layer_flops(shape, n) for n in layer_tokens)
-    return layers + 2 * layer_tokens[-1] * shape.hidden * shape.vocab
+    return layers + 2 * head_tokens * shape.hidden * shape.vocab
 
 
 def vision_flops(shape: EncoderShape, patches: int, crops: int = 1) -> int:

@@ -34,6 +34,7 @@ class Call:
     vision_s: float = 0.0                                    # tower forwards (capture hooks included)
     prefill_s: Optional[float] = None                        # decoder forward over the prompt
     layer_tokens: List[int] = field(default_factory=list)    # positions entering each decoder layer
+    head_tokens: Optional[int] = None                        # positions the LM head scores in the prefill
     token_times: List[float] = field(default_factory=list)  # when each new token reached the host
 
 
@@ -53,6 +54,7 @@ class Probe:
             llm.register_forward_pre_hook(self._start_prefill, with_kwargs=True),
             llm.register_forward_hook(self._stop_prefill),
         ]
+        self._handles.append(model.lm_head.register_forward_pre_hook(self._count_head_tokens))
         for layer in llm.layers:
             self._handles.append(layer.register_forward_pre_hook(self._count_tokens, with_kwargs=True))
 
@@ -93,6 +95,11 @@ class Probe:
         if "prefill" in self._starts:
             hidden = args[0] if args else kwargs["hidden_states"]
             self.current.layer_tokens.append(int(hidden.shape[1]))
+
+
+    def _count_head_tokens(self, module, args):
+        if self.current is not None and self.current.head_tokens is None:
+            self.current.head_tokens = int(args[0].shape[1])
 
 
 class _CallScope:

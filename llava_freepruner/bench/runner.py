@@ -140,6 +140,7 @@ class Bench:
             "ttft_ms": 1000 * (call.token_times[0] - scope.start),
             "decode_tok_s": (n - 1) * self.inputs.input_ids.shape[0] / (call.token_times[-1] - call.token_times[0]),
             "layer_tokens": call.layer_tokens,
+            "head_tokens": call.head_tokens,
         }
 
     # --- one configuration --------------------------------------------------------
@@ -186,7 +187,7 @@ class Bench:
                 f"{method} did not drop any visual token inside the LLM (every layer saw {layer_tokens[0]} positions): "
                 "LLM-side pruning is not available in this build of llava_freepruner"
             )
-        llm_flops = batch * flops.llm_prefill_flops(self.decoder, layer_tokens)
+        llm_flops = batch * flops.llm_prefill_flops(self.decoder, layer_tokens, calls[-1]["head_tokens"])
         vision_flops = flops.vision_flops(self.encoder, self.num_patches, crop_count(self.inputs.images))
         projector_flops = flops.projector_flops(self.projector, batch * visual)
 

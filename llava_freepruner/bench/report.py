@@ -57,7 +57,7 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
             "",
             "Capture memory (one crop, queries and keys of the tower's shape, fresh process per size):",
             "",
-            "| method | patches | layers captured | peak extra MB | kept between layers KB | full maps would be MB | capture ms |",
+            "| method | patches | layers captured | peak extra MB | kept between layers KB | full maps would be MB | capture ms (wall) |",
             "|---|---|---|---|---|---|---|",
         ]
         for c in capture:

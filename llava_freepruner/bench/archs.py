@@ -1,0 +1,72 @@
+"""Published configurations of real LLaVA checkpoints, as data.
+
+``--random-weights NAME`` builds one of these with random weights, so the
+benchmark measures the real shapes without downloading anything.
+"""
+
+from __future__ import annotations
+
+import copy
+
+# openai/clip-vit-large-patch14-336, the tower of every LLaVA-1.5 / 1.6 checkpoint.
+CLIP_VIT_L_14_336 = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    image_size=336, patch_size=14, num_channels=3, projection_dim=768,
+    hidden_act="quick_gelu", layer_norm_eps=1e-5,
+)
+
+CLIP_IMAGE_PROCESSOR = dict(
+    size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+)
+
+_LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32)
+_LLAMA_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                  num_attention_heads=40, num_key_value_heads=40)
+
+_VICUNA = dict(
+    vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5, hidden_act="silu",
+    bos_token_id=1, eos_token_id=2, pad_token_id=0, rope_theta=10000.0, tie_word_embeddings=False,
+)
+
+_LLAVA_1_5 = dict(
+    mm_vision_tower="openai/clip-vit-large-patch14-336", mm_hidden_size=1024,
+    mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+    mm_use_im_start_end=False, mm_use_im_patch_token=False, mm_patch_merge_type="flat",
+    image_aspect_ratio="pad", tokenizer_model_max_length=2048, tokenizer_padding_side="right",
+)
+
+_LLAVA_1_6 = dict(
+    _LLAVA_1_5, image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad",
+    image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    unfreeze_mm_vision_tower=True, tokenizer_model_max_length=4096,
+)
+
+ARCHITECTURES = {
+    "llava-v1.5-7b": dict(_VICUNA, **_LLAMA_7B, **_LLAVA_1_5),
+    "llava-v1.5-13b": dict(_VICUNA, **_LLAMA_13B, **_LLAVA_1_5),
+    "llava-v1.6-7b": dict(_VICUNA, **_LLAMA_7B, **_LLAVA_1_6),   # llava-v1.6-vicuna-7b
+}
+
+
+def architecture(name: str, llm_layers=None, vision_layers=None):
+    """(LLaVA config fields, CLIP vision config fields) of a named checkpoint,
+    optionally with fewer decoder / encoder layers."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"--random-weights {name!r} is not a known architecture: expected one of {', '.join(ARCHITECTURES)}")
+    llm, vision = copy.deepcopy(ARCHITECTURES[name]), dict(CLIP_VIT_L_14_336)
+    for flag, value, fields, full in (("--llm-layers", llm_layers, llm, llm["num_hidden_layers"]),
+                                      ("--vision-layers", vision_layers, vision, vision["num_hidden_layers"])):
+        if value is None:
+            continue
+        if not 1 <= value <= full:
+            raise ValueError(f"{flag}={value} is not valid for {name}: expected 1..{full}")
+        fields["num_hidden_layers"] = value
+    select = llm["mm_vision_select_layer"]
+    if vision["num_hidden_layers"] + select < 0:
+        raise ValueError(
+            f"--vision-layers={vision['num_hidden_layers']} is too shallow: mm_vision_select_layer={select} "
+            f"needs at least {-select} encoder layers"
+        )
+    return llm, vision

@@ -1,0 +1,99 @@
+"""results.json, a markdown table and a plot of time against visual tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional
+
+COLUMNS = [
+    ("method", "method", "{}"),
+    ("ratio", "ratio", "{}"),
+    ("visual_tokens", "visual tokens", "{}"),
+    ("vision_ms", "vision ms", "{:.1f}"),
+    ("select_ms", "select ms", "{:.2f}"),
+    ("llm_prefill_ms", "LLM prefill ms", "{:.1f}"),
+    ("ttft_ms", "TTFT ms", "{:.1f}"),
+    ("decode_tok_s", "decode tok/s", "{:.2f}"),
+    ("peak_mem_mb", "peak MB", "{:.0f}"),
+    ("prefill_flops", "prefill GFLOPs", "{:.1f}"),
+    ("efficiency", "efficiency (oracle TTFT / TTFT)", "{:.3f}"),
+    ("select_pct_of_ttft", "select % TTFT", "{:.2f}"),
+    ("select_pct_of_vision", "select % vision", "{:.2f}"),
+    ("prefill_speedup_vs_full", "prefill speed-up vs ratio 1", "{:.2f}"),
+]
+
+
+def _cell(key: str, fmt: str, value) -> str:
+    if value is None:
+        return "n/a"
+    if key == "prefill_flops":
+        value = value / 1e9
+    return fmt.format(value)
+
+
+def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> str:
+    lines = [
+        f"Model: {meta['model']} ({meta['weights']}), LLM layers {meta['llm_layers']}, vision layers "
+        f"{meta['vision_layers']}, {meta['dtype']} on {meta['device_name']}, {meta['threads']} threads, "
+        f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens, {meta['new_tokens']} new tokens, "
+        f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up, {meta['clock']} clock.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for r in records:
+        lines.append("| " + " | ".join(_cell(k, f, r.get(k)) for k, _, f in COLUMNS) + " |")
+    lines += [
+        "",
+        f"Peak memory: {records[0]['peak_mem_kind'] if records else ''}. select ms: time in the method's "
+        "observe (attention reduction in the capture hooks) and select. select % vision: of the oracle's tower time "
+        "(no hooks). TTFT: from the generate call to the first token on the host.",
+    ]
+    if capture:
+        lines += [
+            "",
+            "Capture memory (one crop, queries and keys of the tower's shape, fresh process per size):",
+            "",
+            "| method | patches | layers captured | peak extra MB | kept between layers KB | full maps would be MB | capture ms (wall) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in capture:
+            lines.append(f"| {c['method']} | {c['patches']} | {c['layers_captured']} | {c['peak_extra_mb']:.1f} | "
+                         f"{c['kept_between_layers_kb']:.1f} | {c['full_maps_mb']:.1f} | {c['capture_ms']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: List[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in ((axes[0], "ttft_ms", "time to first token"), (axes[1], "llm_prefill_ms", "LLM prefill")):
+        for method in dict.fromkeys(r["method"] for r in records):
+            rows = sorted((r for r in records if r["method"] == method), key=lambda r: r["mean_layer_visual_tokens"])
+            style = dict(color="black", linestyle="--") if method == "oracle" else {}
+            ax.plot([r["mean_layer_visual_tokens"] for r in rows], [r[key] for r in rows], marker="o", label=method, **style)
+        ax.set_xlabel("visual tokens (mean over LLM layers)")
+        ax.set_ylabel("ms (median)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(out_dir: str, meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> List[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, name) for name in ("results.json", "results.md", "time_vs_tokens.png")]
+    with open(paths[0], "w") as handle:
+        json.dump({"meta": meta, "records": records, "capture_memory": capture or []}, handle, indent=2)
+    with open(paths[1], "w") as handle:
+        handle.write(markdown(meta, records, capture))
+    plot(records, paths[2])
+    return paths

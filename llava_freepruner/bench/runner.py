@@ -1,0 +1,254 @@
+"""Methods x ratios through the real ``model.generate`` path, with the plugin applied.
+
+For each configuration: apply the plugin, run warm-up calls, reset the peak
+memory, run the timed repeats, remove the plugin. Times are medians over the
+repeats. An oracle row per ratio feeds the same number of visual tokens with
+no selection cost; every method is compared with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .. import config as config_module
+from ..methods import REGISTRY
+from . import flops, oracle, swap
+from .memory import PeakMemory
+from .model import BenchModel, Inputs
+from .probe import CLOCKS, Call, Probe, sync
+
+LLM_METHODS = ("fastv",)
+
+
+def known_methods() -> List[str]:
+    return sorted(REGISTRY) + list(LLM_METHODS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    methods: Sequence[str]
+    ratios: Sequence[float]
+    repeats: int = 3
+    warmup: int = 1
+    new_tokens: int = 8
+    seed: int = 0
+    clock: str = "wall"
+
+    def __post_init__(self):
+        if self.clock not in CLOCKS:
+            raise ValueError(f"--clock {self.clock!r} is not valid: expected one of {', '.join(CLOCKS)}")
+        for name in self.methods:
+            if name not in known_methods():
+                raise ValueError(f"--methods: unknown method {name!r}; expected some of {', '.join(known_methods())}")
+        for ratio in self.ratios:
+            if not 0.0 < ratio <= 1.0:
+                raise ValueError(f"--ratios: {ratio} is not valid: expected fractions kept, 0 < r <= 1")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats {self.repeats} is not valid: expected >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup {self.warmup} is not valid: expected >= 0")
+        if self.new_tokens < 2:
+            raise ValueError(f"--new-tokens {self.new_tokens} is not valid: expected >= 2 (one to time the first token, more for decode)")
+
+
+def plugin_config(method: str, ratio: float, device: str, stats: str, seed: int) -> config_module.Config:
+    """The plugin configuration of one row; the oracle borrows a vision slot and is installed over it."""
+    common = dict(ratio=ratio, stats=stats, device=device, seed=seed)
+    if method in LLM_METHODS:
+        return config_module.Config(vision_method=None, llm_method=method, **common)
+    return config_module.Config(vision_method="grid" if method == oracle.NAME else method, **common)
+
+
+class StatsTail:
+    """The records the plugin appended to its stats file since the last read."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+
+    def new_records(self) -> List[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8") as handle:
+            handle.seek(self.offset)
+            text = handle.read()
+            self.offset = handle.tell()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def crop_count(images) -> int:
+    if isinstance(images, list):
+        return sum(im.shape[0] if im.dim() == 4 else 1 for im in images)
+    return images.shape[0] * (images.shape[1] if images.dim() == 5 else 1)
+
+
+class Bench:
+    def __init__(self, bench: BenchModel, inputs: Inputs, settings: Settings, out_dir: str, log=None):
+        self.bench = bench
+        self.inputs = inputs
+        self.settings = settings
+        self.stats_path = os.path.join(out_dir, "plugin_stats.jsonl")
+        self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.memory = PeakMemory(bench.device)
+        if settings.clock == "thread" and (bench.device.type != "cpu" or torch.get_num_threads() != 1):
+            raise ValueError("--clock thread measures one CPU thread: use it with --device cpu --threads 1")
+        self.clock = CLOCKS[settings.clock]
+        model = bench.model
+        self.decoder = flops.DecoderShape.from_config(model.config)
+        tower = model.get_vision_tower()
+        self.encoder = flops.EncoderShape.from_config(tower.config)
+        self.num_patches = tower.num_patches
+        self.projector = [(m.in_features, m.out_features) for m in model.get_model().mm_projector.modules()
+                          if isinstance(m, torch.nn.Linear)]
+
+    # --- one generate call --------------------------------------------------------
+
+    def generate_once(self, probe: Probe, stats: StatsTail, timer: Optional[swap.TimedMethod]) -> Dict[str, float]:
+        n = self.settings.new_tokens
+        with probe.call() as scope, torch.inference_mode():
+            try:
+                self.bench.model.generate(
+                    self.inputs.input_ids, images=self.inputs.images, image_sizes=self.inputs.image_sizes,
+                    max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, use_cache=True,
+                    pad_token_id=0, streamer=scope.streamer,
+                )
+            except AssertionError as err:
+                if getattr(self.bench.model.config, "image_aspect_ratio", None) != "anyres":
+                    raise
+                raise RuntimeError(
+                    "upstream's LLaVA-NeXT (anyres) path rejected the pruned image features: this build of "
+                    "llava_freepruner does not patch the anyres path yet, so only ratio 1.0 runs on this model"
+                ) from err
+        call: Call = scope.call
+        if len(call.token_times) != n or call.prefill_s is None:
+            raise RuntimeError(f"generate produced {len(call.token_times)} of {n} tokens or no prefill was seen")
+        records = stats.new_records()
+        return {
+            "vision_ms": 1000 * call.vision_s,
+            "select_ms": 1000 * timer.take_seconds() if timer else None,
+            "plugin_select_ms": sum(r["select_ms"] for r in records) if records else None,
+            "llm_prefill_ms": 1000 * call.prefill_s,
+            "ttft_ms": 1000 * (call.token_times[0] - scope.start),
+            "decode_tok_s": (n - 1) * self.inputs.input_ids.shape[0] / (call.token_times[-1] - call.token_times[0]),
+            "layer_tokens": call.layer_tokens,
+            "head_tokens": call.head_tokens,
+        }
+
+    # --- one configuration --------------------------------------------------------
+
+    def run_config(self, method: str, ratio: float, position: str) -> dict:
+        import llava_freepruner
+
+        config = plugin_config(method, ratio, self.bench.device.type, self.stats_path, self.settings.seed)
+        llava_freepruner.apply(config)
+        timer = None
+        if config.vision_method is not None:
+            chosen = oracle.FirstK() if method == oracle.NAME else swap.installed()
+            timer = swap.TimedMethod(chosen, self.clock, lambda: sync(self.bench.device))
+            swap.install(timer)
+        probe = Probe(self.bench.model, self.bench.device, self.clock)
+        stats = StatsTail(self.stats_path)
+        try:
+            total = self.settings.warmup + self.settings.repeats
+            calls = []
+            for i in range(total):
+                if i == self.settings.warmup:
+                    in_use = self.memory.reset()
+                result = self.generate_once(probe, stats, timer)
+                phase = "warm-up" if i < self.settings.warmup else f"repeat {i - self.settings.warmup + 1}/{self.settings.repeats}"
+                self.log(f"  {position} {method:10} ratio {ratio:<5} {phase:12} ttft {result['ttft_ms']:9.1f} ms  "
+                         f"prefill {result['llm_prefill_ms']:9.1f} ms  visual tokens {result['layer_tokens'][0] - self.inputs.text_tokens}")
+                if i >= self.settings.warmup:
+                    calls.append(result)
+            peak = self.memory.peak_mb()
+        finally:
+            probe.remove()
+            llava_freepruner.remove()
+        return self.record(method, ratio, config.budget(self.num_patches), calls, peak, in_use)
+
+    def record(self, method: str, ratio: float, budget: int, calls: List[dict], peak: float, in_use: float) -> dict:
+        layer_tokens = calls[-1]["layer_tokens"]
+        if any(c["layer_tokens"] != layer_tokens for c in calls):
+            raise RuntimeError(f"{method} at ratio {ratio}: the LLM saw different lengths across repeats")
+        text = self.inputs.text_tokens
+        batch = self.inputs.input_ids.shape[0]
+        visual = layer_tokens[0] - text
+        if method in LLM_METHODS and layer_tokens[-1] == layer_tokens[0] and budget < self.num_patches:
+            raise RuntimeError(
+                f"{method} did not drop any visual token inside the LLM (every layer saw {layer_tokens[0]} positions): "
+                "LLM-side pruning is not available in this build of llava_freepruner"
+            )
+        llm_flops = batch * flops.llm_prefill_flops(self.decoder, layer_tokens, calls[-1]["head_tokens"])
+        vision_flops = flops.vision_flops(self.encoder, self.num_patches, crop_count(self.inputs.images))
+        projector_flops = flops.projector_flops(self.projector, batch * visual)
+
+        def median(key):
+            values = [c[key] for c in calls if c[key] is not None]
+            return round(statistics.median(values), 3) if values else None
+
+        return {
+            "method": method, "ratio": ratio, "budget": budget,
+            "visual_tokens": visual,
+            "mean_layer_visual_tokens": round(sum(layer_tokens) / len(layer_tokens) - text, 2),
+            "llm_input_tokens": layer_tokens[0],
+            "layer_tokens": layer_tokens,
+            "vision_ms": median("vision_ms"), "select_ms": median("select_ms"),
+            "plugin_select_ms": median("plugin_select_ms"), "clock": self.settings.clock,
+            "llm_prefill_ms": median("llm_prefill_ms"), "ttft_ms": median("ttft_ms"),
+            "decode_tok_s": median("decode_tok_s"),
+            "peak_mem_mb": round(peak, 1), "mem_at_start_mb": round(in_use, 1), "peak_mem_kind": self.memory.kind,
+            "prefill_flops": llm_flops + vision_flops + projector_flops,
+            "llm_prefill_flops": llm_flops, "vision_flops": vision_flops, "projector_flops": projector_flops,
+            "repeats": len(calls),
+        }
+
+    # --- everything ---------------------------------------------------------------
+
+    def run(self) -> List[dict]:
+        rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods]]
+        from .. import llava_patch  # noqa: F401  (its import sets the logger up; quiet it after)
+
+        plugin_log = logging.getLogger("llava_freepruner")
+        level = plugin_log.level
+        plugin_log.setLevel(logging.WARNING)     # the bench prints its own progress
+        records = []
+        try:
+            for i, (method, ratio) in enumerate(rows, 1):
+                started = time.perf_counter()
+                records.append(self.run_config(method, ratio, f"[{i}/{len(rows)}]"))
+                self.log(f"  [{i}/{len(rows)}] {method} ratio {ratio} done in {time.perf_counter() - started:.1f} s")
+        finally:
+            plugin_log.setLevel(level)
+        return compare(records)
+
+
+def compare(records: List[dict]) -> List[dict]:
+    """Add each row's distance to the oracle and its speed-up over its own ratio 1.0."""
+    oracle_rows = {r["ratio"]: r for r in records if r["method"] == oracle.NAME}
+    full = {r["method"]: r for r in records if r["ratio"] == 1.0}
+    for r in records:
+        ref = oracle_rows.get(r["ratio"])
+        r["efficiency"] = _ratio(ref and ref["ttft_ms"], r["ttft_ms"])
+        r["prefill_efficiency"] = _ratio(ref and ref["llm_prefill_ms"], r["llm_prefill_ms"])
+        r["select_pct_of_ttft"] = _pct(r["select_ms"], r["ttft_ms"])
+        r["select_pct_of_vision"] = _pct(r["select_ms"], ref and ref["vision_ms"])
+        base = full.get(r["method"])
+        r["prefill_speedup_vs_full"] = _ratio(base and base["llm_prefill_ms"], r["llm_prefill_ms"])
+    return records
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return round(a / b, 4) if a and b else None
+
+
+def _pct(part: Optional[float], whole: Optional[float]) -> Optional[float]:
+    return round(100 * part / whole, 3) if part is not None and whole else None

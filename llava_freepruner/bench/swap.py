@@ -1,0 +1,60 @@
+"""Put another vision method into the applied plugin: the oracle, or a timing wrapper.
+
+The configuration can only name registered methods, so the bench reaches the
+patch module's runtime directly; this module is the one place that does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+from ..methods.base import AttentionView, SelectionContext, Selection, VisionMethod
+
+
+def installed() -> Optional[VisionMethod]:
+    """The vision method the applied plugin selects with (None: it does not select)."""
+    from .. import llava_patch
+
+    if llava_patch._runtime is None:
+        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
+    return llava_patch._runtime.vision
+
+
+def install(method: VisionMethod) -> None:
+    from .. import llava_patch
+
+    installed()
+    llava_patch._runtime.vision = method
+
+
+class TimedMethod(VisionMethod):
+    """Delegates to ``inner`` and adds up, on ``clock``, the time its ``observe``
+    and ``select`` take (``sync`` runs before each reading, for CUDA)."""
+
+    def __init__(self, inner: VisionMethod, clock: Callable[[], float], sync: Callable[[], None]):
+        self.inner = inner
+        self.name = inner.name
+        self.clock = clock
+        self.sync = sync
+        self.seconds = 0.0
+
+    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
+        return self.inner.attention_layers(num_layers, feature_layer)
+
+    def _timed(self, call, *args):
+        self.sync()
+        start = self.clock()
+        result = call(*args)
+        self.sync()
+        self.seconds += self.clock() - start
+        return result
+
+    def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
+        self._timed(self.inner.observe, layer, view, ctx)
+
+    def select(self, ctx: SelectionContext) -> List[Selection]:
+        return self._timed(self.inner.select, ctx)
+
+    def take_seconds(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds

@@ -28,7 +28,7 @@ from .fitprune import RecipeError, load_recipe
 from .llm import FastVPolicy, FitPrunePolicy
 from .methods.base import CropRequest
 from .stats import open_writer
-from .tower import gather_kept, run_tower
+from .tower import gather_kept, run_tower, sync as _sync
 
 log = logging.getLogger("llava_freepruner")
 if not log.handlers:
@@ -107,11 +107,6 @@ class Runtime:
         for handles in self.timed_models.values():
             for handle in handles:
                 handle.remove()
-
-
-def _sync(tensor: torch.Tensor) -> None:
-    if tensor.is_cuda:
-        torch.cuda.synchronize(tensor.device)
 
 
 def _llm_policy(config: Config):
@@ -358,6 +353,21 @@ def remove() -> None:
     if _runtime is not None:
         _runtime.close()
         _runtime = None
+
+
+def set_vision_method(method) -> None:
+    """Select with ``method`` (a :class:`~llava_freepruner.methods.base.VisionMethod`
+    instance, registered or not) in the applied plugin; for benchmarks and experiments."""
+    if _runtime is None:
+        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
+    _runtime.vision = method
+
+
+def vision_method():
+    """The vision method the applied plugin selects with (None: it does not select)."""
+    if _runtime is None:
+        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
+    return _runtime.vision
 
 
 def is_applied() -> bool:

@@ -32,6 +32,12 @@ def feature_layer(num_layers: int, select_layer: int) -> int:
     return layer
 
 
+def sync(tensor: torch.Tensor) -> None:
+    """Wait for the device, so host clocks measure finished work."""
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
 def grid_shape(tower) -> tuple:
     side = tower.config.image_size // tower.config.patch_size
     return side, side
@@ -47,12 +53,15 @@ def run_tower(tower, images: torch.Tensor, requests: Sequence[CropRequest], meth
         num_layers=config.num_hidden_layers,
         feature_layer=feature_layer(config.num_hidden_layers, tower.select_layer),
     )
+    sync(images)
     start = time.perf_counter()
     with AttentionCapture(tower.vision_tower, method, ctx) as capture:
         features = tower(images)
+    sync(features)
     vision_seconds = time.perf_counter() - start
     start = time.perf_counter()
     selections = method.select(ctx)
+    sync(features)
     select_seconds = capture.seconds + time.perf_counter() - start
     return TowerRun(features, selections, vision_seconds, select_seconds)
 

@@ -1,7 +1,7 @@
 """Put another vision method into the applied plugin: the oracle, or a timing wrapper.
 
-The configuration can only name registered methods, so the bench reaches the
-patch module's runtime directly; this module is the one place that does.
+The configuration can only name registered methods; unregistered ones go in
+through ``llava_patch.set_vision_method``.
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ def installed() -> Optional[VisionMethod]:
     """The vision method the applied plugin selects with (None: it does not select)."""
     from .. import llava_patch
 
-    if llava_patch._runtime is None:
-        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    return llava_patch._runtime.vision
+    return llava_patch.vision_method()
 
 
 def install(method: VisionMethod) -> None:
     from .. import llava_patch
 
-    installed()
-    llava_patch._runtime.vision = method
+    llava_patch.set_vision_method(method)
 
 
 class TimedMethod(VisionMethod):

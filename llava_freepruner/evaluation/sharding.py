@@ -127,6 +127,13 @@ def pending_indices(indices: Iterable[int], records: Sequence[dict]) -> List[int
     return [i for i in indices if i not in done]
 
 
+def stale_positions(records: Sequence[dict], question_ids: Sequence) -> List:
+    """Positions of records that do not answer the question at their position (another question file)."""
+    return [r["index"] for r in records
+            if not (isinstance(r["index"], int) and 0 <= r["index"] < len(question_ids))
+            or r["answer"].get("question_id") != question_ids[r["index"]]]
+
+
 def merge_records(records: Sequence[dict], question_ids: Sequence) -> List[dict]:
     """Answers in question-file order, each question answered exactly once.
 

@@ -1,0 +1,101 @@
+"""Hooks that hand a method the attention of the encoder layers it asks for.
+
+The hooks read the query and key projections the layer computes anyway and
+let the method reduce them on the spot (see ``methods.base.AttentionView``):
+no ``output_attentions``, no attention map kept after the layer returns, and
+the model's own outputs are untouched.
+
+Supported towers: Hugging Face CLIP vision models (LLaVA's tower) and DINOv2.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from torch import nn
+
+from .methods.base import AttentionView, SelectionContext, VisionMethod
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where one encoder layer computes its queries and keys."""
+
+    attention: nn.Module   # its forward hook fires once q and k exist
+    query: nn.Module
+    key: nn.Module
+    num_heads: int
+
+
+def attention_sites(vision_model: nn.Module) -> List[AttentionSite]:
+    """The encoder layers of a supported vision model, in order."""
+    if hasattr(vision_model, "vision_model"):          # CLIPVisionModel
+        vision_model = vision_model.vision_model
+    encoder = getattr(vision_model, "encoder", None)
+    if encoder is not None and hasattr(encoder, "layers"):      # CLIP
+        return [AttentionSite(l.self_attn, l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.num_heads)
+                for l in encoder.layers]
+    if encoder is not None and hasattr(encoder, "layer"):       # DINOv2 / ViT
+        sites = []
+        for layer in encoder.layer:
+            attn = layer.attention.attention
+            sites.append(AttentionSite(attn, attn.query, attn.key, attn.num_attention_heads))
+        return sites
+    raise TypeError(
+        f"llava_freepruner cannot read attention from {type(vision_model).__name__}: "
+        "supported vision towers are CLIP vision models and DINOv2."
+    )
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    batch, tokens, width = x.shape
+    return x.view(batch, tokens, num_heads, width // num_heads).transpose(1, 2)
+
+
+class AttentionCapture:
+    """Context manager: while active, each requested layer's attention goes to
+    ``method.observe`` as the tower runs. ``seconds`` accumulates the time spent
+    in the hooks (the selection overhead inside the tower)."""
+
+    def __init__(self, vision_model: nn.Module, method: VisionMethod, ctx: SelectionContext):
+        self.sites = attention_sites(vision_model)
+        self.method = method
+        self.ctx = ctx
+        self.seconds = 0.0
+        self._handles = []
+
+    def __enter__(self) -> "AttentionCapture":
+        layers = self.method.attention_layers(len(self.sites), self.ctx.feature_layer)
+        for layer in layers:
+            self._hook(layer, self.sites[layer])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, layer: int, site: AttentionSite) -> None:
+        captured = {}
+
+        def keep(name):
+            def hook(module, args, output):
+                captured[name] = output
+            return hook
+
+        def observe(module, args, output):
+            start = time.perf_counter()
+            q = _split_heads(captured.pop("q"), site.num_heads)
+            k = _split_heads(captured.pop("k"), site.num_heads)
+            q = q.float() * q.shape[-1] ** -0.5
+            self.method.observe(layer, AttentionView(q, k.float()), self.ctx)
+            self.seconds += time.perf_counter() - start
+
+        self._handles += [
+            site.query.register_forward_hook(keep("q")),
+            site.key.register_forward_hook(keep("k")),
+            site.attention.register_forward_hook(observe),
+        ]

@@ -1,0 +1,245 @@
+"""The user-facing configuration: environment variables -> one frozen object.
+
+This is the only module that reads the environment. Every value is parsed and
+validated here, once; a bad value raises :class:`ConfigError` naming the
+variable, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
+
+PREFIXES = ("FREEPRUNER_", "FITPRUNE_")
+
+VISION_METHODS = ("freepruner", "random", "grid", "cls_topk")
+LLM_METHODS = ("fitprune", "fastv")
+DIRECTIONS = ("from_pivots", "to_pivots", "both")
+DEVICES = ("cuda", "cpu")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective plugin settings. Build with :func:`from_env` or directly."""
+
+    vision_method: Optional[str] = "freepruner"
+    llm_method: Optional[str] = None
+    ratio: Optional[float] = None
+    tokens: Optional[int] = None
+    layers: Optional[Tuple[int, ...]] = None
+    iqr: float = 1.5
+    pivot_cap: float = 0.5
+    direction: str = "from_pivots"
+    radius: int = 0
+    seed: int = 0
+    fastv_layer: int = 2
+    fitprune_recipe: Optional[str] = None
+    stats: Optional[str] = None
+    device: str = "cuda"
+    enabled: bool = True
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def method(self) -> str:
+        """The method spelled as ``FREEPRUNER_METHOD`` accepts it."""
+        return "+".join(m for m in (self.vision_method, self.llm_method) if m) or "none"
+
+    @property
+    def prunes(self) -> bool:
+        return self.enabled and (self.vision_method is not None or self.llm_method is not None)
+
+    def budget(self, num_tokens: int) -> int:
+        """Visual tokens kept from ``num_tokens`` by the vision-side method."""
+        if self.tokens is not None:
+            return max(1, min(self.tokens, num_tokens))
+        ratio = 1.0 if self.ratio is None else self.ratio
+        # Round half up (Python's round() would send 287.5 to 288 but 288.5 to 288).
+        return max(1, min(num_tokens, math.floor(ratio * num_tokens + 0.5)))
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _fail(var: str, value, accepted: str) -> None:
+    raise ConfigError(f"{var}={value!r} is not valid: expected {accepted}.")
+
+
+def _validate(c: Config) -> None:
+    if c.vision_method is not None and c.vision_method not in VISION_METHODS:
+        _fail("FREEPRUNER_METHOD", c.vision_method, _method_help())
+    if c.llm_method is not None and c.llm_method not in LLM_METHODS:
+        _fail("FREEPRUNER_METHOD", c.llm_method, _method_help())
+    if c.ratio is not None and not (0.0 < c.ratio <= 1.0):
+        _fail("FREEPRUNER_RATIO", c.ratio, "a fraction of visual tokens to keep, 0 < r <= 1")
+    if c.tokens is not None and c.tokens < 1:
+        _fail("FREEPRUNER_TOKENS", c.tokens, "a whole number of visual tokens to keep, >= 1")
+    if c.ratio is not None and c.tokens is not None:
+        raise ConfigError(
+            "FREEPRUNER_RATIO and FREEPRUNER_TOKENS are both set: set only one "
+            "(RATIO is a fraction kept, TOKENS an absolute count kept)."
+        )
+    if c.layers is not None and (not c.layers or min(c.layers) < 0):
+        _fail("FREEPRUNER_LAYERS", c.layers, "encoder layer indices >= 0, e.g. '12-21' or '6,7,8'")
+    if c.iqr < 0:
+        _fail("FREEPRUNER_IQR", c.iqr, "a multiplier >= 0")
+    if not (0.0 < c.pivot_cap <= 1.0):
+        _fail("FREEPRUNER_PIVOT_CAP", c.pivot_cap, "a fraction of the budget, 0 < cap <= 1")
+    if c.direction not in DIRECTIONS:
+        _fail("FREEPRUNER_DIRECTION", c.direction, "one of " + ", ".join(DIRECTIONS))
+    if c.radius < 0:
+        _fail("FREEPRUNER_RADIUS", c.radius, "a Chebyshev radius in patches, >= 0 (0 = off)")
+    if c.fastv_layer < 0:
+        _fail("FREEPRUNER_FASTV_LAYER", c.fastv_layer, "an LLM layer index >= 0")
+    if c.device not in DEVICES:
+        _fail("FREEPRUNER_DEVICE", c.device, "one of " + ", ".join(DEVICES))
+    if c.llm_method == "fitprune" and not c.fitprune_recipe:
+        raise ConfigError(
+            "FREEPRUNER_METHOD includes fitprune but FITPRUNE_RECIPE is not set: give a "
+            "built-in recipe such as 'llava-v1.5-7b@60' or a recipe JSON file path."
+        )
+
+
+def _method_help() -> str:
+    return (
+        "a vision method (" + ", ".join(VISION_METHODS) + "), an LLM method ("
+        + ", ".join(LLM_METHODS) + "), one of each joined by '+' "
+        "(e.g. freepruner+fitprune), or 'none'"
+    )
+
+
+# --- parsing ---------------------------------------------------------------
+
+
+def _parse_float(var: str, raw: str, accepted: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        _fail(var, raw, accepted)
+    return value
+
+
+def _parse_int(var: str, raw: str, accepted: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        _fail(var, raw, accepted)
+
+
+def _parse_bool(var: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    _fail(var, raw, "1/true/yes/on or 0/false/no/off")
+
+
+def _parse_layers(var: str, raw: str) -> Tuple[int, ...]:
+    accepted = "comma-separated layer indices and ranges, e.g. '12-21' or '6,7,9'"
+    layers = []
+    for part in raw.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            start, stop = int(lo), int(hi if sep else lo)
+        except ValueError:
+            _fail(var, raw, accepted)
+        if start > stop:
+            _fail(var, raw, accepted)
+        layers.extend(range(start, stop + 1))
+    return tuple(sorted(set(layers)))
+
+
+def _parse_method(raw: str) -> Tuple[Optional[str], Optional[str]]:
+    name = raw.strip().lower()
+    if name == "none":
+        return None, None
+    vision = llm = None
+    for part in name.split("+"):
+        if part in VISION_METHODS and vision is None:
+            vision = part
+        elif part in LLM_METHODS and llm is None:
+            llm = part
+        else:
+            _fail("FREEPRUNER_METHOD", raw, _method_help())
+    return vision, llm
+
+
+# variable -> (Config field, parser)
+_VARIABLES: dict = {
+    "FREEPRUNER_RATIO": ("ratio", lambda v, r: _parse_float(v, r, "a fraction 0 < r <= 1")),
+    "FREEPRUNER_TOKENS": ("tokens", lambda v, r: _parse_int(v, r, "a whole number >= 1")),
+    "FREEPRUNER_LAYERS": ("layers", _parse_layers),
+    "FREEPRUNER_IQR": ("iqr", lambda v, r: _parse_float(v, r, "a multiplier >= 0")),
+    "FREEPRUNER_PIVOT_CAP": ("pivot_cap", lambda v, r: _parse_float(v, r, "a fraction 0 < cap <= 1")),
+    "FREEPRUNER_DIRECTION": ("direction", lambda v, r: r.strip().lower()),
+    "FREEPRUNER_RADIUS": ("radius", lambda v, r: _parse_int(v, r, "a whole number >= 0")),
+    "FREEPRUNER_SEED": ("seed", lambda v, r: _parse_int(v, r, "a whole number")),
+    "FREEPRUNER_FASTV_LAYER": ("fastv_layer", lambda v, r: _parse_int(v, r, "a layer index >= 0")),
+    "FREEPRUNER_STATS": ("stats", lambda v, r: r),
+    "FREEPRUNER_DEVICE": ("device", lambda v, r: r.strip().lower()),
+    "FREEPRUNER_DISABLE": ("enabled", lambda v, r: not _parse_bool(v, r)),
+    "FITPRUNE_RECIPE": ("fitprune_recipe", lambda v, r: r.strip()),
+}
+KNOWN_VARIABLES = tuple(sorted(("FREEPRUNER_METHOD",) + tuple(_VARIABLES)))
+
+
+def is_requested(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when any variable under the plugin's prefixes is set."""
+    environ = os.environ if environ is None else environ
+    return any(name.startswith(PREFIXES) for name in environ)
+
+
+def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Parse the ``FREEPRUNER_*`` / ``FITPRUNE_*`` variables into a :class:`Config`."""
+    environ = os.environ if environ is None else environ
+    ours = {k: v for k, v in environ.items() if k.startswith(PREFIXES)}
+    for name in sorted(ours):
+        if name not in KNOWN_VARIABLES:
+            close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigError(
+                f"{name} is not a variable of llava_freepruner.{hint} "
+                f"Known variables: {', '.join(KNOWN_VARIABLES)}."
+            )
+    values = {}
+    if "FREEPRUNER_METHOD" in ours:
+        values["vision_method"], values["llm_method"] = _parse_method(ours["FREEPRUNER_METHOD"])
+    for name, (field, parse) in _VARIABLES.items():
+        if name in ours:
+            values[field] = parse(name, ours[name])
+    return Config(**values)
+
+
+def describe(config: Config, num_tokens: Optional[int] = None) -> str:
+    """The one start-up log line that states the effective setting."""
+    if not config.enabled:
+        return "freePruner: disabled by FREEPRUNER_DISABLE; the model runs unpruned."
+    parts = []
+    if config.vision_method is not None:
+        n = 576 if num_tokens is None else num_tokens
+        if config.tokens is not None:
+            parts.append(f"{config.vision_method} keeping {config.budget(n)} of {n} visual tokens per image (FREEPRUNER_TOKENS)")
+        else:
+            parts.append(f"{config.vision_method} keeping {config.budget(n)} of {n} visual tokens per image")
+    if config.llm_method == "fitprune":
+        parts.append(f"FitPrune recipe {config.fitprune_recipe} inside the LLM")
+    elif config.llm_method == "fastv":
+        parts.append(f"FastV at LLM layer {config.fastv_layer}")
+    if not parts:
+        return "freePruner: method 'none', visual tokens are not pruned."
+    return "freePruner: " + "; ".join(parts) + "."

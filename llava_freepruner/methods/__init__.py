@@ -1,0 +1,30 @@
+"""Registry of vision-side selection methods: name -> class with ``from_config``.
+
+Adding a method = one module with a :class:`VisionMethod` subclass and one line here.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from .base import CropRequest, Selection, SelectionContext, VisionMethod
+from .freepruner import FreePruner
+
+REGISTRY: Dict[str, Type[VisionMethod]] = {
+    FreePruner.name: FreePruner,
+}
+
+
+def create(config) -> VisionMethod:
+    """Instantiate the vision method named by ``config.vision_method``."""
+    try:
+        cls = REGISTRY[config.vision_method]
+    except KeyError:
+        raise ValueError(
+            f"FREEPRUNER_METHOD: unknown vision method {config.vision_method!r}; "
+            f"registered: {', '.join(sorted(REGISTRY))}"
+        ) from None
+    return cls.from_config(config)
+
+
+__all__ = ["REGISTRY", "create", "CropRequest", "Selection", "SelectionContext", "VisionMethod"]

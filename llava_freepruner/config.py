@@ -68,6 +68,16 @@ class Config:
         # Round half up (Python's round() would send 287.5 to 288 but 288.5 to 288).
         return max(1, min(num_tokens, math.floor(ratio * num_tokens + 0.5)))
 
+    def crop_budget(self, valid_tokens: int, crop_tokens: int) -> int:
+        """Tokens kept from a crop with ``valid_tokens`` of its ``crop_tokens``
+        patches left by unpadding (LLaVA-NeXT tiles): RATIO applies to the valid
+        part, TOKENS counts per full crop and is scaled to the valid part."""
+        if valid_tokens <= 0:
+            return 0
+        if self.tokens is not None:
+            return max(1, min(valid_tokens, math.floor(self.tokens * valid_tokens / crop_tokens + 0.5)))
+        return self.budget(valid_tokens)
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
@@ -225,15 +235,19 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
     return Config(**values)
 
 
-def describe(config: Config, num_tokens: Optional[int] = None) -> str:
-    """The one start-up log line that states the effective setting."""
+def describe(config: Config, num_tokens: Optional[int] = None, anyres: bool = False) -> str:
+    """The one start-up log line that states the effective setting.
+
+    ``anyres``: phrase the budget per crop, as LLaVA-NeXT applies it."""
     if not config.enabled:
         return "freePruner: disabled by FREEPRUNER_DISABLE; the model runs unpruned."
     parts = []
     if config.vision_method is not None:
         n = 576 if num_tokens is None else num_tokens
-        if config.tokens is not None:
-            parts.append(f"{config.vision_method} keeping {config.budget(n)} of {n} visual tokens per image (FREEPRUNER_TOKENS)")
+        if anyres:
+            rule = ("FREEPRUNER_TOKENS counts per full crop and is scaled to each tile's part left by unpadding"
+                    if config.tokens is not None else "each tile keeps that fraction of its tokens left by unpadding")
+            parts.append(f"{config.vision_method} keeping {config.budget(n)} of {n} visual tokens per anyres crop ({rule})")
         else:
             parts.append(f"{config.vision_method} keeping {config.budget(n)} of {n} visual tokens per image")
     if config.llm_method == "fitprune":

@@ -7,6 +7,7 @@ change; :func:`remove` puts every original back.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import time
@@ -14,9 +15,12 @@ import weakref
 from typing import List, Optional
 
 import torch
+from llava.mm_utils import get_anyres_image_grid_shape
+from llava.model.llava_arch import LlavaMetaForCausalLM, unpad_image
 
 from . import config as config_module
-from . import cpu, methods
+from . import anyres, cpu, methods
+from .anyres import TileLayout
 from .config import Config, ConfigError
 from .methods.base import CropRequest
 from .stats import open_writer
@@ -45,15 +49,16 @@ class Runtime:
             else None
         )
         self.stats = open_writer(config.stats) if config.enabled else None
+        self.precomputed: Optional[List[torch.Tensor]] = None   # image features for the splice in flight
         self.pending: List[dict] = []      # records waiting for their LLM prefill time
         self.images_seen = 0
         self.announced = set()
         self.timed_models = weakref.WeakKeyDictionary()   # model -> hook handles
 
-    def announce(self, num_tokens: int) -> None:
-        if num_tokens not in self.announced:
-            self.announced.add(num_tokens)
-            log.info(config_module.describe(self.config, num_tokens))
+    def announce(self, num_tokens: int, anyres: bool = False) -> None:
+        if (num_tokens, anyres) not in self.announced:
+            self.announced.add((num_tokens, anyres))
+            log.info(config_module.describe(self.config, num_tokens, anyres))
 
     def record(self, record: dict) -> None:
         if self.stats is None:
@@ -107,31 +112,139 @@ def _time_llm_prefill(runtime: Runtime, model) -> None:
     ]
 
 
+def _crop_record(selection, valid_tokens: int) -> dict:
+    return {"tokens_in": valid_tokens, "tokens_out": int(selection.indices.numel()),
+            "pivotal": selection.num_pivotal, "complementary": selection.num_complementary}
+
+
+def _timings(run, share: float) -> dict:
+    return {"vision_ms": round(1000 * run.vision_seconds * share, 3),
+            "select_ms": round(1000 * run.select_seconds * share, 3)}
+
+
 def encode_images(self, images):
     """LLaVA-1.5 path: every image keeps its budget of tokens, chosen per image."""
     runtime = _runtime
-    if runtime is None or runtime.vision is None:
+    if runtime is not None and runtime.precomputed is not None:
+        return runtime.precomputed
+    if runtime is None or (runtime.vision is None and runtime.stats is None):
         return _ORIGINALS["encode_images"](self, images)
-    tower = self.get_model().get_vision_tower()
-    num_patches = tower.num_patches
-    budget = runtime.config.budget(num_patches)
-    runtime.announce(num_patches)
     runtime.flush()
     _time_llm_prefill(runtime, self)
+    tower = self.get_model().get_vision_tower()
+    num_patches = tower.num_patches
+    if runtime.vision is None:      # stats only: record the unpruned counts
+        for _ in range(images.shape[0]):
+            runtime.record({"tokens_in": num_patches, "tokens_out": num_patches})
+        return _ORIGINALS["encode_images"](self, images)
+    budget = runtime.config.budget(num_patches)
+    runtime.announce(num_patches)
 
     run = run_tower(tower, images, [CropRequest(budget)] * images.shape[0], runtime.vision)
     with_cls = tower.select_feature == "cls_patch"
     kept = torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)])
     for selection in run.selections:
-        runtime.record({
-            "tokens_in": num_patches,
-            "tokens_out": int(selection.indices.numel()),
-            "pivotal": selection.num_pivotal,
-            "complementary": selection.num_complementary,
-            "vision_ms": round(1000 * run.vision_seconds / len(run.selections), 3),
-            "select_ms": round(1000 * run.select_seconds / len(run.selections), 3),
-        })
+        runtime.record({**_crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
     return self.get_model().mm_projector(kept)
+
+
+def _image_layouts(model, crops_per_image: List[int], image_sizes) -> List[Optional[TileLayout]]:
+    """Tile layout of each image (None: base crop only, or ``flat`` merging)."""
+    config = model.config
+    merge_type = getattr(config, "mm_patch_merge_type", "flat")
+    tower = model.get_vision_tower()
+    side = tower.num_patches_per_side
+    layouts = []
+    for i, crops in enumerate(crops_per_image):
+        if crops == 1 or merge_type == "flat":
+            layouts.append(None)
+            continue
+        if getattr(config, "image_aspect_ratio", "square") != "anyres":
+            raise NotImplementedError("spatial patch merging needs image_aspect_ratio 'anyres' (as upstream)")
+        wide, high = get_anyres_image_grid_shape(image_sizes[i], config.image_grid_pinpoints, tower.config.image_size)
+        unpad = unpad_image if "unpad" in merge_type else None
+        layouts.append(anyres.tile_layout(wide, high, side, image_sizes[i], unpad))
+    return layouts
+
+
+def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], image_sizes, runtime) -> List[torch.Tensor]:
+    """LLaVA-NeXT path: prune every crop of every image, then lay kept tokens
+    out as upstream does (base first, unpadded raster, one newline per row)."""
+    tower = model.get_vision_tower()
+    crop_tokens = tower.num_patches
+    merge_type = getattr(model.config, "mm_patch_merge_type", "flat")
+    layouts = _image_layouts(model, crops_per_image, image_sizes)
+    newline = getattr(model.get_model(), "image_newline", None)
+    if runtime.vision is None:      # stats only
+        for layout, crops_i in zip(layouts, crops_per_image):
+            tokens = anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens)
+            runtime.record({"tokens_in": tokens, "tokens_out": tokens})
+        return None
+
+    runtime.announce(crop_tokens, anyres=True)
+    requests = []
+    for layout, crops_i in zip(layouts, crops_per_image):
+        requests.append(CropRequest(runtime.config.budget(crop_tokens)))
+        for tile in range(crops_i - 1):
+            valid = layout.tile_valid(tile) if layout else None
+            valid_tokens = crop_tokens if valid is None else int(valid.sum())
+            requests.append(CropRequest(runtime.config.crop_budget(valid_tokens, crop_tokens), valid))
+    run = run_tower(tower, crops, requests, runtime.vision)
+    # Project every token as upstream does, then gather: with all tokens kept
+    # the result is bit-identical to upstream's.
+    projected = model.get_model().mm_projector(run.features)
+
+    features, first = [], 0
+    for layout, crops_i in zip(layouts, crops_per_image):
+        selections = run.selections[first:first + crops_i]
+        base = projected[first][selections[0].indices.to(projected.device)]
+        tiles = projected[first + 1:first + crops_i]
+        kept_tiles = [s.indices.to(projected.device) for s in selections[1:]]
+        if crops_i == 1:
+            image = torch.cat([base, newline[None].to(base)]) if "unpad" in merge_type else base
+        elif layout is None:
+            image = anyres.assemble(base, tiles, kept_tiles, None, "flat")
+        else:
+            image = anyres.assemble(base, tiles, kept_tiles, layout, merge_type, newline)
+        features.append(image)
+        runtime.record({
+            "tokens_in": anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens),
+            "tokens_out": int(image.shape[0]),
+            "crops": [_crop_record(s, int(r.valid.sum()) if r.valid is not None else crop_tokens)
+                      for s, r in zip(selections, requests[first:first + crops_i])],
+            **_timings(run, crops_i / len(run.selections)),
+        })
+        first += crops_i
+    return features
+
+
+def prepare_inputs_labels_for_multimodal(
+    self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
+):
+    """Encodes images itself when the plugin changes their tokens, then lets
+    upstream splice them into the prompt (padding, truncation, position ids)."""
+    original = _ORIGINALS["prepare_inputs_labels_for_multimodal"]
+    args = (input_ids, position_ids, attention_mask, past_key_values, labels)
+    runtime = _runtime
+    multi_crop = images is not None and (type(images) is list or images.ndim == 5)
+    if (runtime is None or not multi_crop or input_ids.shape[1] == 1 or self.get_vision_tower() is None
+            or (runtime.vision is None and runtime.stats is None)):
+        return original(self, *args, images, image_sizes)
+    if type(images) is list:
+        images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
+    crops_per_image = [x.shape[0] for x in images]
+    runtime.flush()
+    _time_llm_prefill(runtime, self)
+    features = _anyres_features(self, torch.cat(list(images)), crops_per_image, image_sizes, runtime)
+    if features is None:
+        return original(self, *args, images, image_sizes)
+    # A 4-D stand-in sends upstream down its single-crop branch, whose call to
+    # encode_images returns the features computed above.
+    runtime.precomputed = features
+    try:
+        return original(self, *args, images[0].new_empty(len(features), 0, 0, 0), image_sizes)
+    finally:
+        runtime.precomputed = None
 
 
 def _patch(owner, name: str, replacement) -> None:
@@ -143,8 +256,6 @@ def _patch(owner, name: str, replacement) -> None:
 def apply(config: Optional[Config] = None, **overrides) -> Config:
     """Install the patches (once) with ``config`` (default: from the environment)."""
     global _runtime
-    from llava.model.llava_arch import LlavaMetaForCausalLM
-
     config = config_module.from_env() if config is None else config
     if overrides:
         config = config.replace(**overrides)
@@ -154,17 +265,25 @@ def apply(config: Optional[Config] = None, **overrides) -> Config:
     if config.device == "cpu":
         cpu.apply()
     _patch(LlavaMetaForCausalLM, "encode_images", encode_images)
+    _patch(LlavaMetaForCausalLM, "prepare_inputs_labels_for_multimodal", prepare_inputs_labels_for_multimodal)
     if _runtime.vision is None and config.llm_method is None:
         log.info("freePruner: no FREEPRUNER_RATIO or FREEPRUNER_TOKENS set; visual tokens are not pruned.")
     else:
-        _runtime.announce(576)
+        _runtime.announce(576, anyres=False)
     return config
+
+
+def _close_at_exit() -> None:
+    # Records still waiting for a prefill time are written without one.
+    if _runtime is not None:
+        _runtime.close()
+
+
+atexit.register(_close_at_exit)
 
 
 def remove() -> None:
     global _runtime
-    from llava.model.llava_arch import LlavaMetaForCausalLM
-
     for name, original in _ORIGINALS.items():
         setattr(LlavaMetaForCausalLM, name, original)
     _ORIGINALS.clear()

@@ -143,6 +143,9 @@ class FreePruner(VisionMethod):
                 memo["contribution"] = memo.get("contribution", 0) + received / len(band)
             if layer == ctx.feature_layer:
                 candidates = ctx.candidates(sample, view.q.device)
+                if ctx.requests[sample].budget == 0 or not candidates.any():
+                    memo["pivots"] = candidates.new_empty(0, dtype=torch.long)
+                    continue
                 pivots = pivotal_tokens(
                     memo["contribution"], ctx.requests[sample].budget, candidates,
                     self.iqr_multiplier, self.cap_fraction,
@@ -154,6 +157,9 @@ class FreePruner(VisionMethod):
         selections = []
         for sample, memo in enumerate(ctx.memo):
             pivots = memo["pivots"]
+            if pivots.numel() == 0:     # nothing to keep from this crop
+                selections.append(make_selection(pivots))
+                continue
             candidates = ctx.candidates(sample, pivots.device)
             budget = min(ctx.requests[sample].budget, int(candidates.sum()))
             candidates[pivots] = False

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny offline LLaVA checkpoints, real photos, question files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llava_freepruner import tiny
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Build tiny checkpoints lazily, once per session: ``checkpoints(TinySpec(...))``."""
+    root = str(tmp_path_factory.mktemp("checkpoints"))
+    return lambda spec=None: tiny.build(root, spec)
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory):
+    """Real photos of different shapes from scikit-image, as PNG files."""
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def question_file(photo_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("questions") / "questions.jsonl"
+    with open(path, "w") as handle:
+        for i, name in enumerate(PHOTOS):
+            handle.write(json.dumps({"question_id": i, "image": f"{name}.png", "text": "What is in the image?"}) + "\n")
+    return path
+
+
+def run_upstream(module, args, env_vars, cwd, timeout=300):
+    """Run an unchanged upstream entry point (``python -m llava.eval.X``) in a
+    fresh interpreter; only the plugin's .pth hook can activate it there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FREEPRUNER_", "FITPRUNE_"))}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **env_vars)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def read_jsonl(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,73 @@
+import pytest
+
+from llava_freepruner.config import Config, ConfigError, describe, from_env, is_requested
+
+
+def test_defaults_and_ratio():
+    config = from_env({"FREEPRUNER_RATIO": "0.5"})
+    assert config.ratio == 0.5 and config.vision_method == "freepruner" and config.llm_method is None
+    assert config.budget(576) == 288
+    assert describe(config, 576) == "freePruner: freepruner keeping 288 of 576 visual tokens per image."
+
+
+def test_environment_without_our_variables_is_default():
+    assert from_env({"PATH": "/bin", "FREE": "1"}) == Config()
+    assert not is_requested({"PATH": "/bin"}) and is_requested({"FITPRUNE_RECIPE": "x"})
+
+
+@pytest.mark.parametrize("ratio, n, kept", [(1.0, 576, 576), (0.001, 576, 1), (0.5, 575, 288), (0.25, 2, 1), (0.75, 2, 2)])
+def test_budget_rounds_half_up_and_keeps_at_least_one(ratio, n, kept):
+    assert Config(ratio=ratio).budget(n) == kept
+
+
+def test_tokens_is_absolute_and_capped():
+    config = from_env({"FREEPRUNER_TOKENS": "64"})
+    assert config.budget(576) == 64 and config.budget(10) == 10
+
+
+def test_all_knobs_parse():
+    config = from_env({
+        "FREEPRUNER_METHOD": "freepruner+fitprune", "FITPRUNE_RECIPE": "llava-v1.5-7b@60",
+        "FREEPRUNER_LAYERS": "3-5,8", "FREEPRUNER_IQR": "2", "FREEPRUNER_PIVOT_CAP": "0.25",
+        "FREEPRUNER_DIRECTION": "both", "FREEPRUNER_RADIUS": "1", "FREEPRUNER_SEED": "7",
+        "FREEPRUNER_STATS": "/tmp/s.jsonl", "FREEPRUNER_DEVICE": "CPU", "FREEPRUNER_DISABLE": "0",
+    })
+    assert (config.vision_method, config.llm_method) == ("freepruner", "fitprune")
+    assert config.layers == (3, 4, 5, 8) and config.iqr == 2 and config.pivot_cap == 0.25
+    assert (config.direction, config.radius, config.seed, config.device) == ("both", 1, 7, "cpu")
+    assert config.enabled and config.method == "freepruner+fitprune"
+    assert not from_env({"FREEPRUNER_DISABLE": "yes"}).enabled
+    assert from_env({"FREEPRUNER_METHOD": "none"}).method == "none"
+
+
+@pytest.mark.parametrize("env, names", [
+    ({"FREEPRUNER_RATIO": "abc"}, ["FREEPRUNER_RATIO", "'abc'", "0 < r <= 1"]),
+    ({"FREEPRUNER_RATIO": "0"}, ["FREEPRUNER_RATIO", "0 < r <= 1"]),
+    ({"FREEPRUNER_RATIO": "1.5"}, ["FREEPRUNER_RATIO", "1.5"]),
+    ({"FREEPRUNER_RATIO": "nan"}, ["FREEPRUNER_RATIO", "nan"]),
+    ({"FREEPRUNER_TOKENS": "0"}, ["FREEPRUNER_TOKENS", ">= 1"]),
+    ({"FREEPRUNER_TOKENS": "2.5"}, ["FREEPRUNER_TOKENS", "'2.5'"]),
+    ({"FREEPRUNER_RATIO": "0.5", "FREEPRUNER_TOKENS": "100"}, ["FREEPRUNER_RATIO", "FREEPRUNER_TOKENS", "only one"]),
+    ({"FREEPRUNER_METHOD": "prumerge"}, ["FREEPRUNER_METHOD", "'prumerge'", "freepruner", "fitprune"]),
+    ({"FREEPRUNER_METHOD": "freepruner+random"}, ["FREEPRUNER_METHOD"]),
+    ({"FREEPRUNER_METHOD": "fitprune"}, ["FITPRUNE_RECIPE", "llava-v1.5-7b@60"]),
+    ({"FREEPRUNER_LAYERS": "5-3"}, ["FREEPRUNER_LAYERS", "'5-3'", "12-21"]),
+    ({"FREEPRUNER_LAYERS": "a"}, ["FREEPRUNER_LAYERS"]),
+    ({"FREEPRUNER_DIRECTION": "up"}, ["FREEPRUNER_DIRECTION", "from_pivots, to_pivots, both"]),
+    ({"FREEPRUNER_PIVOT_CAP": "0"}, ["FREEPRUNER_PIVOT_CAP"]),
+    ({"FREEPRUNER_RADIUS": "-1"}, ["FREEPRUNER_RADIUS", ">= 0"]),
+    ({"FREEPRUNER_DEVICE": "tpu"}, ["FREEPRUNER_DEVICE", "cuda, cpu"]),
+    ({"FREEPRUNER_DISABLE": "maybe"}, ["FREEPRUNER_DISABLE", "'maybe'"]),
+    ({"FREEPRUNER_RATIOO": "0.5"}, ["FREEPRUNER_RATIOO", "Did you mean FREEPRUNER_RATIO?"]),
+    ({"FITPRUNE_RECIPIE": "x"}, ["FITPRUNE_RECIPIE", "FITPRUNE_RECIPE"]),
+])
+def test_bad_values_name_variable_value_and_accepted(env, names):
+    with pytest.raises(ConfigError) as err:
+        from_env(env)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        Config().ratio = 0.5

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with torch, upstream LLaVA and this plugin (editable).
+#
+#   bash eval_scripts/install.sh [VENV_DIR]     # default VENV_DIR: .venv in the repository root
+#
+# Environment:
+#   PYTHON      interpreter the venv is made from (default: python3.11, else python3.10,
+#               else python3); Python >= 3.10 is required.
+#   TORCH_SPEC  pip requirement for torch, e.g. "torch==2.13.0" or a path to a wheel.
+#               Unset: a torch already in the venv is kept (say, a CUDA build on a GPU
+#               box); otherwise torch==2.13.0 is installed.
+#
+# Upstream LLaVA (llava-torch==1.2.2.post1) is installed with --no-deps: its declared
+# pins would pull torch 2.0.1 with CUDA and much more. The plugin's own requirements
+# (setup.cfg) list what llava needs at eval time. Running the script again only
+# reinstalls what changed.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv_dir="${1:-$repo_root/.venv}"
+llava_spec="llava-torch==1.2.2.post1"
+
+fail() {
+    echo "install.sh: $*" >&2
+    exit 1
+}
+
+# require_python_310 INTERPRETER HINT
+require_python_310() {
+    "$1" -I -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null && return
+    local version
+    version="$("$1" -I -c 'import platform; print(platform.python_version())' 2>/dev/null)" ||
+        fail "cannot run $1 as Python; llava-freepruner needs Python >= 3.10 ($2)"
+    fail "$1 is Python $version; llava-freepruner needs Python >= 3.10 ($2)"
+}
+
+if [[ -z "${PYTHON:-}" ]]; then
+    for candidate in python3.11 python3.10 python3; do
+        if command -v "$candidate" >/dev/null 2>&1; then
+            PYTHON="$candidate"
+            break
+        fi
+    done
+    [[ -n "${PYTHON:-}" ]] || fail "no python3 found on PATH; set PYTHON=/path/to/python3.11"
+fi
+
+py="$venv_dir/bin/python"
+if [[ ! -x "$py" ]]; then
+    require_python_310 "$PYTHON" "set PYTHON=/path/to/python3.11"
+    echo "install.sh: creating $venv_dir with $PYTHON"
+    "$PYTHON" -m venv "$venv_dir"
+fi
+require_python_310 "$py" "remove $venv_dir or pass another VENV_DIR"
+pip=("$py" -m pip install --disable-pip-version-check)
+
+has_module() {
+    "$py" -I -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)"
+}
+
+if [[ -n "${TORCH_SPEC:-}" ]] || ! has_module torch; then
+    echo "install.sh: installing ${TORCH_SPEC:-torch==2.13.0}"
+    "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
+fi
+
+# The editable install is redone only when the packaging files change.
+stamp="$venv_dir/.llava_freepruner_install_stamp"
+fingerprint="$("$py" -I -c '
+import hashlib, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+files = ["setup.cfg", "setup.py", "pyproject.toml", "llava_freepruner_autoload.pth"]
+print(hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest(), root)
+' "$repo_root")"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]] || ! has_module llava_freepruner; then
+    echo "install.sh: installing llava-freepruner (editable, with test extras)"
+    "${pip[@]}" -e "$repo_root[test]"
+    echo "$fingerprint" >"$stamp"
+fi
+
+# Last, so that pip's resolver never sees (and complains about) llava-torch's pins.
+if ! "$py" -I -c "import importlib.metadata as m; assert m.version('llava-torch') == '${llava_spec#*==}'" 2>/dev/null; then
+    echo "install.sh: installing $llava_spec --no-deps"
+    "${pip[@]}" --no-deps "$llava_spec"
+fi
+
+echo "llava-freepruner environment ready: $(cd "$venv_dir" && pwd) (activate: source $(cd "$venv_dir" && pwd)/bin/activate)"

@@ -77,10 +77,12 @@ def test_activation_patch_activates_without_the_import_hook(tmp_path):
     # python -S: no site-packages processing, hence no .pth hook; the patched __init__ alone must do it.
     env = subprocess_env(FREEPRUNER_RATIO="0.5", FREEPRUNER_DEVICE="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO), site])
-    done = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert done.stdout.strip().splitlines()[-1] == "True", done.stderr[-2000:]
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), site])  # plugin absent: a no-op
-    done = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]
 
 

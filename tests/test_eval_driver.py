@@ -81,3 +81,21 @@ def test_missing_data_names_the_file(tmp_path):
 def test_unknown_benchmark_lists_the_accepted_ones():
     with pytest.raises(ValueError, match="unknown benchmark 'coco'; accepted: gqa, vqav2"):
         benchmarks.get("coco")
+
+
+def test_sweep_command_writes_table_and_plot(playground, fast_checkpoint, tmp_path, monkeypatch, capsys):
+    from llava_freepruner.evaluation.__main__ import main
+
+    for name, value in subprocess_env(FREEPRUNER_DEVICE="cpu").items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--model-path", fast_checkpoint, "--root", str(playground), "--limit", "2", "--gpus", "",
+            "--methods", "none,freepruner", "--ratios", "0.25", "--benchmarks", "pope", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] pope method=none" in printed and "[2/2] pope method=freepruner ratio=0.25" in printed
+    rows = (out / "results.md").read_text().splitlines()[2:]
+    assert len(rows) == 2 and "| freepruner-r0.25 | ok |" in rows[1] and "| 144.00 |" in rows[1]
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 2

@@ -88,8 +88,8 @@ def run_benchmark(name: str, model_path: str, root: Path, *, chunks: int = 1, gp
                   log=print) -> RunResult:
     """Answer and score benchmark ``name`` under the pruning setting in ``environ``.
 
-    ``gpus`` (device ids) gives one chunk per device, as upstream's scripts do;
-    otherwise ``chunks`` processes share the machine. ``limit`` answers only
+    ``gpus`` (device ids) gives one chunk per device, as upstream's scripts do,
+    unless ``chunks`` > 1 asks for more (spread round-robin over the devices). ``limit`` answers only
     the first questions (a smoke test); their subset is scored.
     """
     bench = benchmarks.get(name)
@@ -113,7 +113,7 @@ def run_benchmark(name: str, model_path: str, root: Path, *, chunks: int = 1, gp
     if not questions:
         raise BenchmarkRunError(f"{name}: the question file {question_file} has no questions")
     ids = [benchmarks.question_id(q) for q in questions]
-    num_chunks = max(1, len(gpus)) if gpus else chunks
+    num_chunks = chunks if chunks > 1 or not gpus else len(gpus)
     if num_chunks < 1:
         raise ValueError(f"chunks must be >= 1, got {num_chunks}")
 

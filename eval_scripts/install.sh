@@ -4,8 +4,8 @@
 #   bash eval_scripts/install.sh [VENV_DIR]     # default VENV_DIR: .venv in the repository root
 #
 # Environment:
-#   PYTHON      interpreter the venv is made from (default: python3.11, else python3.10,
-#               else python3); Python >= 3.10 is required.
+#   PYTHON      interpreter the venv is made from (default: the first of python3.11,
+#               python3.10, python3 that runs as Python >= 3.10, which is required).
 #   TORCH_SPEC  pip requirement for torch, e.g. "torch==2.13.0" or a path to a wheel.
 #               Unset: a torch already in the venv is kept (say, a CUDA build on a GPU
 #               box); otherwise torch==2.13.0 is installed.
@@ -25,9 +25,13 @@ fail() {
     exit 1
 }
 
+is_python_310() {
+    "$1" -I -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1
+}
+
 # require_python_310 INTERPRETER HINT
 require_python_310() {
-    "$1" -I -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null && return
+    is_python_310 "$1" && return
     local version
     version="$("$1" -I -c 'import platform; print(platform.python_version())' 2>/dev/null)" ||
         fail "cannot run $1 as Python; llava-freepruner needs Python >= 3.10 ($2)"
@@ -35,13 +39,14 @@ require_python_310() {
 }
 
 if [[ -z "${PYTHON:-}" ]]; then
+    # A name on PATH may still not run (pyenv shims for versions not selected).
     for candidate in python3.11 python3.10 python3; do
-        if command -v "$candidate" >/dev/null 2>&1; then
+        if is_python_310 "$candidate"; then
             PYTHON="$candidate"
             break
         fi
     done
-    [[ -n "${PYTHON:-}" ]] || fail "no python3 found on PATH; set PYTHON=/path/to/python3.11"
+    PYTHON="${PYTHON:-python3}"
 fi
 
 py="$venv_dir/bin/python"

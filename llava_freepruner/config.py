@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
-PREFIXES = ("FREEPRUNER_", "FITPRUNE_")
+from .autoload import ENV_PREFIXES as PREFIXES
 
 VISION_METHODS = ("freepruner", "random", "grid", "cls_topk")
 LLM_METHODS = ("fitprune", "fastv")
@@ -114,6 +114,11 @@ def _validate(c: Config) -> None:
         _fail("FREEPRUNER_FASTV_LAYER", c.fastv_layer, "an LLM layer index >= 0")
     if c.device not in DEVICES:
         _fail("FREEPRUNER_DEVICE", c.device, "one of " + ", ".join(DEVICES))
+    if c.llm_method == "fastv" and c.ratio is None:
+        raise ConfigError(
+            "FREEPRUNER_METHOD includes fastv but FREEPRUNER_RATIO is not set: FastV keeps that "
+            "fraction of the visual tokens at LLM layer FREEPRUNER_FASTV_LAYER (0 < r <= 1)."
+        )
     if c.llm_method == "fitprune" and not c.fitprune_recipe:
         raise ConfigError(
             "FREEPRUNER_METHOD includes fitprune but FITPRUNE_RECIPE is not set: give a "

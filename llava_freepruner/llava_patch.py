@@ -15,13 +15,17 @@ import weakref
 from typing import List, Optional
 
 import torch
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model.llava_arch import LlavaMetaForCausalLM, unpad_image
 
 from . import config as config_module
 from . import anyres, cpu, methods
+from . import llm as llm_runtime
 from .anyres import TileLayout
 from .config import Config, ConfigError
+from .fitprune import RecipeError, load_recipe
+from .llm import FastVPolicy, FitPrunePolicy
 from .methods.base import CropRequest
 from .stats import open_writer
 from .tower import gather_kept, run_tower
@@ -48,6 +52,8 @@ class Runtime:
             if config.enabled and config.vision_method and (config.ratio is not None or config.tokens is not None)
             else None
         )
+        self.llm = _llm_policy(config) if config.enabled else None
+        self.llm_models = weakref.WeakSet()    # models the decoder-side runtime is attached to
         self.stats = open_writer(config.stats) if config.enabled else None
         self.precomputed: Optional[List[torch.Tensor]] = None   # image features for the splice in flight
         self.pending: List[dict] = []      # records waiting for their LLM prefill time
@@ -55,10 +61,23 @@ class Runtime:
         self.announced = set()
         self.timed_models = weakref.WeakKeyDictionary()   # model -> hook handles
 
+    @property
+    def active(self) -> bool:
+        return self.vision is not None or self.llm is not None or self.stats is not None
+
     def announce(self, num_tokens: int, anyres: bool = False) -> None:
-        if (num_tokens, anyres) not in self.announced:
-            self.announced.add((num_tokens, anyres))
-            log.info(config_module.describe(self.config, num_tokens, anyres))
+        self.say_once(config_module.describe(self.config, num_tokens, anyres))
+
+    def say_once(self, message: str) -> None:
+        if message not in self.announced:
+            self.announced.add(message)
+            log.info(message)
+
+    def tag_samples(self, image_samples: List[int]) -> None:
+        """Note which batch sample each of the latest image records belongs to."""
+        if self.stats is not None and image_samples:
+            for record, sample in zip(self.pending[-len(image_samples):], image_samples):
+                record["sample"] = sample
 
     def record(self, record: dict) -> None:
         if self.stats is None:
@@ -67,10 +86,15 @@ class Runtime:
         self.images_seen += 1
         self.pending.append(record)
 
-    def flush(self, prefill_ms: Optional[float] = None) -> None:
+    def flush(self, prefill_ms: Optional[float] = None, llm_record=None) -> None:
+        """Write the waiting records, with what the prefill that used them did."""
         for record in self.pending:
             if prefill_ms is not None:
                 record["llm_prefill_ms"] = round(prefill_ms, 3)
+            sample = record.pop("sample", None)
+            if llm_record is not None and sample is not None and sample < len(llm_record.visual_out):
+                record["llm_visual_alive"] = llm_record.visual_out[sample]
+                record["llm_flops_reduction"] = round(llm_record.flops_reduction[sample], 4)
             self.stats.write(record)
         self.pending.clear()
 
@@ -78,6 +102,8 @@ class Runtime:
         if self.stats is not None:
             self.flush()
             self.stats.close()
+        for model in list(self.llm_models):
+            llm_runtime.detach(model)
         for handles in self.timed_models.values():
             for handle in handles:
                 handle.remove()
@@ -88,11 +114,23 @@ def _sync(tensor: torch.Tensor) -> None:
         torch.cuda.synchronize(tensor.device)
 
 
-def _time_llm_prefill(runtime: Runtime, model) -> None:
-    """Hook the decoder once per model so each prefill's time lands in the stats."""
-    llm = model.get_model()
-    if runtime.stats is None or model in runtime.timed_models:
+def _llm_policy(config: Config):
+    if config.llm_method == "fitprune":
+        try:
+            return FitPrunePolicy(load_recipe(config.fitprune_recipe))
+        except RecipeError as err:
+            raise ConfigError(f"FITPRUNE_RECIPE={config.fitprune_recipe!r} cannot be used: {err}") from None
+    if config.llm_method == "fastv":
+        return FastVPolicy(config.ratio, config.fastv_layer)
+    return None
+
+
+def _watch_prefill(runtime: Runtime, model) -> None:
+    """Hook the decoder once per model: each prefill's time and decoder-side
+    pruning land in the stats, and recipe scaling notes in the log."""
+    if model in runtime.timed_models or (runtime.stats is None and runtime.llm is None):
         return
+    llm = model.get_model()
     started = {}
 
     def before(module, args, kwargs):
@@ -102,9 +140,15 @@ def _time_llm_prefill(runtime: Runtime, model) -> None:
             started["t"] = time.perf_counter()
 
     def after(module, args, kwargs, output):
-        if "t" in started:
-            _sync(output[0])
-            runtime.flush(1000 * (time.perf_counter() - started.pop("t")))
+        if "t" not in started:
+            return
+        _sync(output[0])
+        elapsed_ms = 1000 * (time.perf_counter() - started.pop("t"))
+        record = llm_runtime.last_record(model) if model in runtime.llm_models else None
+        for note in record.notes if record is not None else ():
+            runtime.say_once(f"freePruner: {note}")
+        if runtime.stats is not None:
+            runtime.flush(elapsed_ms, record)
 
     runtime.timed_models[model] = [
         llm.register_forward_pre_hook(before, with_kwargs=True),
@@ -130,7 +174,7 @@ def encode_images(self, images):
     if runtime is None or (runtime.vision is None and runtime.stats is None):
         return _ORIGINALS["encode_images"](self, images)
     runtime.flush()
-    _time_llm_prefill(runtime, self)
+    _watch_prefill(runtime, self)
     tower = self.get_model().get_vision_tower()
     num_patches = tower.num_patches
     if runtime.vision is None:      # stats only: record the unpruned counts
@@ -167,19 +211,22 @@ def _image_layouts(model, crops_per_image: List[int], image_sizes) -> List[Optio
     return layouts
 
 
-def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], image_sizes, runtime) -> List[torch.Tensor]:
+def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], image_sizes, runtime):
     """LLaVA-NeXT path: prune every crop of every image, then lay kept tokens
-    out as upstream does (base first, unpadded raster, one newline per row)."""
+    out as upstream does (base first, unpadded raster, one newline per row).
+
+    Returns (features per image, or None when upstream's own are unchanged;
+    visual tokens per image)."""
     tower = model.get_vision_tower()
     crop_tokens = tower.num_patches
     merge_type = getattr(model.config, "mm_patch_merge_type", "flat")
     layouts = _image_layouts(model, crops_per_image, image_sizes)
     newline = getattr(model.get_model(), "image_newline", None)
-    if runtime.vision is None:      # stats only
-        for layout, crops_i in zip(layouts, crops_per_image):
-            tokens = anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens)
+    if runtime.vision is None:      # upstream's tokens, counted
+        counts = [anyres.unpruned_length(l, merge_type, c, crop_tokens) for l, c in zip(layouts, crops_per_image)]
+        for tokens in counts:
             runtime.record({"tokens_in": tokens, "tokens_out": tokens})
-        return None
+        return None, counts
 
     runtime.announce(crop_tokens, anyres=True)
     requests = []
@@ -215,36 +262,54 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
             **_timings(run, crops_i / len(run.selections)),
         })
         first += crops_i
-    return features
+    return features, [f.shape[0] for f in features]
 
 
 def prepare_inputs_labels_for_multimodal(
     self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None
 ):
-    """Encodes images itself when the plugin changes their tokens, then lets
-    upstream splice them into the prompt (padding, truncation, position ids)."""
+    """Encodes images itself when the plugin changes their tokens, lets upstream
+    splice them into the prompt (padding, truncation, position ids), then tells
+    the decoder-side pruning where the visual tokens landed."""
     original = _ORIGINALS["prepare_inputs_labels_for_multimodal"]
     args = (input_ids, position_ids, attention_mask, past_key_values, labels)
     runtime = _runtime
-    multi_crop = images is not None and (type(images) is list or images.ndim == 5)
-    if (runtime is None or not multi_crop or input_ids.shape[1] == 1 or self.get_vision_tower() is None
-            or (runtime.vision is None and runtime.stats is None)):
+    if (runtime is None or not runtime.active or images is None or input_ids.shape[1] == 1
+            or self.get_vision_tower() is None):
         return original(self, *args, images, image_sizes)
-    if type(images) is list:
-        images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
-    crops_per_image = [x.shape[0] for x in images]
+    multi_crop = type(images) is list or images.ndim == 5
+    if not multi_crop and runtime.llm is None:
+        return original(self, *args, images, image_sizes)      # encode_images does the work
     runtime.flush()
-    _time_llm_prefill(runtime, self)
-    features = _anyres_features(self, torch.cat(list(images)), crops_per_image, image_sizes, runtime)
+    _watch_prefill(runtime, self)
+    if multi_crop:
+        images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
+        features, counts = _anyres_features(self, torch.cat(images), [x.shape[0] for x in images], image_sizes, runtime)
+    else:
+        features = self.encode_images(images)
+        counts = [features.shape[1]] * features.shape[0]
+    # Upstream walks images in order; a text-only sample still consumes one.
+    runtime.tag_samples([b for b, ids in enumerate(input_ids)
+                         for _ in range(max(1, int((ids == IMAGE_TOKEN_INDEX).sum())))])
     if features is None:
-        return original(self, *args, images, image_sizes)
-    # A 4-D stand-in sends upstream down its single-crop branch, whose call to
-    # encode_images returns the features computed above.
-    runtime.precomputed = features
-    try:
-        return original(self, *args, images[0].new_empty(len(features), 0, 0, 0), image_sizes)
-    finally:
-        runtime.precomputed = None
+        out = original(self, *args, images, image_sizes)
+    else:
+        # A 4-D stand-in sends upstream down its single-crop branch, whose call
+        # to encode_images returns the features computed above.
+        runtime.precomputed = features
+        try:
+            out = original(self, *args, features[0].new_empty(len(features), 0, 0, 0), image_sizes)
+        finally:
+            runtime.precomputed = None
+    if runtime.llm is not None:
+        if self not in runtime.llm_models:
+            llm_runtime.attach(self, runtime.llm)
+            runtime.llm_models.add(self)
+        spans = llm_runtime.visual_spans(
+            input_ids, attention_mask, counts, getattr(self.config, "tokenizer_model_max_length", None),
+            getattr(self.config, "tokenizer_padding_side", "right"))
+        llm_runtime.begin_prefill(self, spans)
+    return out
 
 
 def _patch(owner, name: str, replacement) -> None:
@@ -266,7 +331,9 @@ def apply(config: Optional[Config] = None, **overrides) -> Config:
         cpu.apply()
     _patch(LlavaMetaForCausalLM, "encode_images", encode_images)
     _patch(LlavaMetaForCausalLM, "prepare_inputs_labels_for_multimodal", prepare_inputs_labels_for_multimodal)
-    if _runtime.vision is None and config.llm_method is None:
+    if not config.enabled:
+        log.info(config_module.describe(config))
+    elif _runtime.vision is None and config.llm_method is None:
         log.info("freePruner: no FREEPRUNER_RATIO or FREEPRUNER_TOKENS set; visual tokens are not pruned.")
     else:
         _runtime.announce(576, anyres=False)
@@ -301,10 +368,6 @@ def activate_from_env() -> None:
     """Apply the environment's configuration; a bad value ends the process
     with a message naming the variable, before any model is loaded."""
     try:
-        config = config_module.from_env()
-        if config.enabled or config.device == "cpu":
-            apply(config)
-        else:
-            log.info(config_module.describe(config))
+        apply(config_module.from_env())
     except (ConfigError, OSError) as err:
         raise SystemExit(f"llava_freepruner: {err}") from None

@@ -179,4 +179,4 @@ def _retarget_vision(checkpoint: str, vision_dir: str) -> None:
 # The demo's checkpoint: still small enough to build and run in seconds on a
 # laptop CPU, large enough that the LLM's prefill dominates and its time is
 # visible next to the vision tower's.
-DEMO = TinySpec(vision_layers=6, vision_hidden=128, llm_layers=8, llm_hidden=512, llm_heads=8)
+DEMO = TinySpec(vision_layers=6, vision_hidden=128, llm_layers=4, llm_hidden=256, llm_heads=8)

@@ -146,10 +146,11 @@ print("watching:", any(type(f).__name__ == "LlavaImportWatcher" for f in sys.met
 """
 
 
-def test_pth_file_is_one_import_line():
+def test_pth_file_is_one_import_line_checking_the_same_prefixes():
     lines = PTH_FILE.read_text().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("import ")
+    assert repr(autoload.ENV_PREFIXES) in lines[0]
 
 
 def test_pth_without_variables_imports_nothing(tmp_path):

@@ -15,6 +15,7 @@ from typing import List, Optional
 COMMANDS = {
     "config": "print the effective configuration read from FREEPRUNER_* variables",
     "demo": "run the unchanged upstream LLaVA eval on a tiny offline checkpoint, with and without pruning",
+    "fitprune-fit": "fit a FitPrune recipe (per-layer deletions) for a FLOPs reduction target",
 }
 
 

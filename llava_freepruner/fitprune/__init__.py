@@ -1,0 +1,10 @@
+"""FitPrune: recipes (per-layer deletions), the FLOPs model and the fitting rules.
+
+The fitting command lives in :mod:`llava_freepruner.fitprune.fit` (it loads llava).
+"""
+
+from .flops import flops_reduction, layer_flops, reduction_from_counts
+from .recipes import Recipe, RecipeError, builtin_names, load_recipe, scale_deletions
+
+__all__ = ["Recipe", "RecipeError", "builtin_names", "load_recipe", "scale_deletions",
+           "flops_reduction", "layer_flops", "reduction_from_counts"]

@@ -1,0 +1,226 @@
+"""Fit a FitPrune recipe for a FLOPs budget on calibration questions.
+
+Inputs are built exactly like ``llava.eval.model_vqa_loader``. Each sample is
+encoded once (image tower, projector, splice) and its embeddings are cached; every
+bisection round then runs only the language model, with the fitting policy deciding
+deletions layer by layer.
+"""
+
+import hashlib
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from ..llm.policies import SELF_CROSS, PrunePolicy
+from ..llm.runtime import attach, begin_prefill, detach
+from .flops import flops_reduction
+from .recipes import Recipe, scale_deletions
+from .rules import FlopsBudget, fit_deletions, rounds_for, smallest_passing_alpha
+
+
+class _ReferenceMasses(PrunePolicy):
+    """Unpruned pass: records the self and cross attention masses of every layer."""
+
+    def begin(self, visual_counts):
+        self.masses = []
+        return []
+
+    def statistic(self, layer_idx):
+        return SELF_CROSS
+
+    def choose(self, layer_idx, stats, alive):
+        self.masses.append((float(stats[0]["self"].sum()), float(stats[0]["cross"].sum())))
+        return [torch.zeros(0, dtype=torch.long)]
+
+
+class _ToleranceRule(PrunePolicy):
+    """One sample at tolerance alpha: delete P_self & P_cross until the budget is met."""
+
+    def __init__(self, alpha, masses, hidden_size, intermediate_size, reduction):
+        self.alpha, self.masses = alpha, masses
+        self.sizes, self.reduction = (hidden_size, intermediate_size), reduction
+
+    def begin(self, visual_counts):
+        self.alive = visual_counts[0]
+        self.budget = FlopsBudget(self.alive, len(self.masses), *self.sizes, self.reduction)
+        self.deletions, self.stopped = [], False
+        return []
+
+    def statistic(self, layer_idx):
+        self.stopped = self.stopped or self.budget.met(layer_idx, self.alive)
+        if self.stopped:
+            self.deletions.append(0)
+            return None
+        return SELF_CROSS
+
+    def choose(self, layer_idx, stats, alive):
+        self_mass, cross_mass = self.masses[layer_idx]
+        chosen = fit_deletions(stats[0]["self"], stats[0]["cross"], self_mass, cross_mass, self.alpha)
+        self.budget.spend(self.alive, self.alive - len(chosen))
+        self.alive -= len(chosen)
+        self.deletions.append(len(chosen))
+        return [chosen]
+
+
+def read_questions(question_file, image_folder, samples):
+    """Questions in model_vqa_loader's jsonl format, checked before any model is loaded."""
+    if not os.path.isfile(question_file):
+        raise FileNotFoundError(f"question file {question_file} does not exist")
+    questions = []
+    with open(question_file, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"question file {question_file}, line {number}: not JSON ({err})") from None
+            missing = [k for k in ("question_id", "image", "text") if k not in record]
+            if missing:
+                raise ValueError(f"question file {question_file}, line {number}: missing {', '.join(missing)} "
+                                 "(each line needs question_id, image, text)")
+            questions.append(record)
+    if not questions:
+        raise ValueError(f"question file {question_file} holds no questions")
+    if samples is not None:
+        if not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples={samples!r} must be a positive integer")
+        if samples > len(questions):
+            raise ValueError(f"samples={samples} but question file {question_file} holds {len(questions)} questions")
+        questions = questions[:samples]
+    for record in questions:
+        path = os.path.join(image_folder, record["image"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image {path} of question {record['question_id']!r} does not exist")
+    return questions
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _encode_sample(model, tokenizer, image_processor, record, image_folder, conv_mode):
+    """Spliced embeddings (1, L, d) and the visual span, as model_vqa_loader builds them."""
+    from PIL import Image
+    from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+    from llava.conversation import conv_templates
+    from llava.mm_utils import process_images, tokenizer_image_token
+
+    text = record["text"]
+    if model.config.mm_use_im_start_end:
+        text = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n" + text
+    else:
+        text = DEFAULT_IMAGE_TOKEN + "\n" + text
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], text)
+    conv.append_message(conv.roles[1], None)
+    image = Image.open(os.path.join(image_folder, record["image"])).convert("RGB")
+    pixels = process_images([image], image_processor, model.config)[0]
+    input_ids = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    placeholders = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+    if placeholders != 1:
+        raise ValueError(f"question {record['question_id']!r}: the prompt holds {placeholders} image "
+                         f"placeholders with conv mode {conv_mode!r}; fitting needs exactly one")
+    with torch.inference_mode():
+        embeds = model.prepare_inputs_labels_for_multimodal(
+            input_ids[None].to(model.device), None, None, None, None,
+            pixels[None].to(dtype=model.dtype, device=model.device), image_sizes=[image.size])[4]
+    start = int((input_ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
+    visual = embeds.shape[1] - (input_ids.shape[0] - 1)
+    if embeds.shape[1] == getattr(model.config, "tokenizer_model_max_length", None):
+        raise ValueError(f"question {record['question_id']!r}: the prompt reaches tokenizer_model_max_length "
+                         f"({embeds.shape[1]}) and may be truncated")
+    return embeds, (start, start + visual)
+
+
+def _average_recipe(per_sample, counts, num_visual_tokens, name):
+    """Floor of the per-layer mean deletions, each sample scaled to ``num_visual_tokens``."""
+    scaled = [scale_deletions(Recipe(name, n, d), num_visual_tokens)[0] if n != num_visual_tokens else d
+              for d, n in zip(per_sample, counts)]
+    return [sum(column) // len(column) for column in zip(*scaled)]
+
+
+def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=None, conv_mode="llava_v1",
+               device="cpu", progress=True, model_base=None, tolerance=0.01):
+    """Fit the recipe of the smallest tolerance alpha that removes ``reduction`` of the
+    visual-token FLOPs, write it to ``out`` (JSON) and return it."""
+    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not 0 < reduction < 1:
+        raise ValueError(f"reduction={reduction!r} must lie strictly between 0 and 1 (e.g. 0.6)")
+    started = time.time()
+    questions = read_questions(question_file, image_folder, samples)
+
+    from tqdm import tqdm
+    from llava.conversation import conv_templates
+    from llava.mm_utils import get_model_name_from_path
+    from llava.model.builder import load_pretrained_model
+
+    model_path = os.path.expanduser(model_path)
+    model_name = get_model_name_from_path(model_path)
+    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode:
+        conv_mode = conv_mode + "_mmtag"
+    if conv_mode not in conv_templates:
+        raise ValueError(f"conv_mode={conv_mode!r} is unknown; accepted: {', '.join(sorted(conv_templates))}")
+    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, model_name,
+                                                                 device_map=device, device=device)
+    if model.get_vision_tower() is None:
+        raise ValueError(f"model {model_path} has no vision tower: no image reaches its prompt")
+    if torch.device(device).type == "cpu":
+        model = model.float()  # fp16 matmuls on CPU are slow and the statistics want fp32
+    model.eval()
+
+    config = model.config
+    sizes = (config.hidden_size, config.intermediate_size)
+    rounds = rounds_for(tolerance)
+    bar = tqdm(total=len(questions) * (rounds + 3), desc="FitPrune fit", disable=not progress)
+    cached = []
+    for record in questions:
+        cached.append(_encode_sample(model, tokenizer, image_processor, record, image_folder, conv_mode))
+        bar.update(1)
+    counts = [span[1] - span[0] for _, span in cached]
+    num_visual = int(statistics.median(counts))
+    decoder = model.get_model()
+
+    def run(policy, embeds, span):
+        attach(model, policy)
+        begin_prefill(model, [[span]])
+        with torch.inference_mode():
+            decoder(inputs_embeds=embeds, use_cache=False)
+        bar.update(1)
+
+    try:
+        masses = []
+        for embeds, span in cached:
+            observer = _ReferenceMasses()
+            run(observer, embeds, span)
+            masses.append(observer.masses)
+
+        def evaluate(alpha):
+            per_sample = []
+            for (embeds, span), sample_masses in zip(cached, masses):
+                rule = _ToleranceRule(alpha, sample_masses, *sizes, reduction)
+                run(rule, embeds, span)
+                per_sample.append(rule.deletions)
+            deletions = _average_recipe(per_sample, counts, num_visual, model_name)
+            achieved = flops_reduction(num_visual, deletions, *sizes)
+            return achieved >= reduction, (deletions, achieved)
+
+        alpha, (deletions, achieved) = smallest_passing_alpha(evaluate, rounds)
+    finally:
+        detach(model)
+        bar.close()
+
+    metadata = {"model_path": model_path, "target_reduction": reduction, "achieved_reduction": round(achieved, 6),
+                "alpha": alpha, "samples": len(questions), "calibration_file": os.path.abspath(question_file),
+                "calibration_sha256": _sha256(question_file), "conv_mode": conv_mode,
+                "hidden_size": sizes[0], "intermediate_size": sizes[1],
+                "wall_time_s": round(time.time() - started, 2)}
+    recipe = Recipe(model_name, num_visual, deletions, metadata)
+    recipe.save(out)
+    return recipe

@@ -1,0 +1,462 @@
+"""Decoder-side visual-token pruning for LLaMA-family LLaVA models.
+
+``attach(model, policy)`` wraps the decoder's forward, each decoder layer's forward
+and each rotary embedding of a model instance; ``detach(model)`` undoes it.
+``begin_prefill(model, spans)`` arms the next forward with query length > 1:
+
+- layers before the first deletion run untouched (the model's own attention and mask);
+- at a layer where the policy deletes tokens, the statistic it asks for is computed
+  from that layer's queries and keys, the deleted tokens take part in the layer's
+  attention (their keys and values stay in this layer's cache) and skip its output
+  projection, its MLP and every later layer;
+- later layers run their own attention on the shorter sequence with the survivors'
+  original position ids and a mask built from the survivors' original positions;
+- after the last layer the sequence is scattered back to its full length (a deleted
+  token keeps the hidden state it had when it was dropped), so logits keep the shape
+  of an unpruned forward;
+- decode steps prune nothing: each layer attends to what its own cache holds, with
+  the original position numbering.
+
+Samples of a batch rank their own tokens. When they delete different numbers,
+shorter sequences are filled at the end with masked filler slots.
+"""
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaAttention, apply_rotary_pos_emb, repeat_kv
+
+from ..fitprune.flops import reduction_from_counts
+from .attention import attention_to_columns
+from .policies import LAST_QUERY, SELF_CROSS
+
+_ATTR = "_freepruner_llm_runtime"
+VISUAL, TEXT_QUERY = 1, 2
+
+
+@dataclass
+class PrefillRecord:
+    """What one pruned prefill did. Per-sample lists are in batch order."""
+
+    visual_in: List[List[int]]  # per sample, visual tokens taking part in each layer's attention
+    visual_out: List[List[int]]  # per sample, visual tokens leaving each layer
+    seq_len: List[int]  # per layer, (padded) sequence length entering the layer
+    flops_reduction: List[float]  # per sample, estimated visual-token FLOPs removed
+    drop_layer: List[List[int]] = field(default_factory=list)  # per sample and visual token: layer or -1
+    notes: List[str] = field(default_factory=list)
+
+
+def attach(model, policy):
+    """Install the pruning runtime on ``model`` (replacing any previous policy)."""
+    decoder = _decoder(model)
+    runtime = getattr(model, _ATTR, None)
+    policy.check_model(len(decoder.layers))
+    if runtime is None:
+        runtime = _Runtime(model, decoder, policy)
+        setattr(model, _ATTR, runtime)
+    runtime.policy = policy
+    return runtime
+
+
+def detach(model):
+    """Remove the runtime; the model behaves exactly as before :func:`attach`."""
+    runtime = getattr(model, _ATTR, None)
+    if runtime is not None:
+        runtime.uninstall()
+        delattr(model, _ATTR)
+
+
+def is_attached(model):
+    return getattr(model, _ATTR, None) is not None
+
+
+def begin_prefill(model, spans):
+    """Arm pruning for the next forward with query length > 1.
+
+    ``spans``: per sample, the ``[start, end)`` spans of visual tokens in the
+    spliced sequence (see :func:`llava_freepruner.llm.spans.visual_spans`).
+    """
+    runtime = getattr(model, _ATTR, None)
+    if runtime is None:
+        raise RuntimeError("begin_prefill: no pruning runtime on this model; call attach(model, policy) first")
+    runtime.pending = [[(int(s), int(e)) for s, e in sample] for sample in spans]
+
+
+def last_record(model):
+    """The :class:`PrefillRecord` of the latest armed prefill, or None."""
+    runtime = getattr(model, _ATTR, None)
+    return None if runtime is None else runtime.record
+
+
+def _decoder(model):
+    decoder = model.get_model() if hasattr(model, "get_model") else getattr(model, "model", model)
+    layers = getattr(decoder, "layers", None)
+    if layers is None or len(layers) == 0:
+        raise TypeError(f"{type(model).__name__}: no decoder layers found (expected a LLaMA-family LLaVA model)")
+    for layer in layers:
+        attn = getattr(layer, "self_attn", None)
+        if not isinstance(attn, LlamaAttention):
+            raise TypeError(f"decoder-side pruning supports LLaMA-family attention (sdpa or eager), "
+                            f"got {type(attn).__name__}")
+        if type(attn).__name__ == "LlamaFlashAttention2":
+            raise TypeError("decoder-side pruning supports attn_implementation 'sdpa' or 'eager', "
+                            "not 'flash_attention_2'")
+    return decoder
+
+
+def _cache_length(past):
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return past.get_seq_length(0)
+    return past[0][0].shape[2] if len(past) else 0
+
+
+class _Runtime:
+    def __init__(self, model, decoder, policy):
+        self.model, self.decoder, self.policy = model, decoder, policy
+        self.pending = None
+        self.state = None
+        self.record = None
+        self._decoder_signature = inspect.signature(decoder.forward)
+        self._restore = []
+        self._wrap(decoder, self._decoder_forward)
+        for idx, layer in enumerate(decoder.layers):
+            self._wrap(layer, functools.partial(self._layer_forward, idx, layer))
+            handle = layer.self_attn.rotary_emb.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
+            self._restore.append(handle.remove)
+
+    def _wrap(self, module, wrapper):
+        had_own = "forward" in module.__dict__
+        previous = module.__dict__.get("forward")
+        original = module.forward
+        module.forward = functools.partial(wrapper, original)
+
+        def restore():
+            if had_own:
+                module.forward = previous
+            else:
+                del module.forward
+        self._restore.append(restore)
+
+    def uninstall(self):
+        for restore in reversed(self._restore):
+            restore()
+        self._restore = []
+        self.state = None
+
+    # -- decoder forward: decides prefill / decode / untouched --------------------------
+
+    def _decoder_forward(self, original, *args, **kwargs):
+        bound = self._decoder_signature.bind(*args, **kwargs).arguments
+        source = bound.get("inputs_embeds")
+        if source is None:
+            source = bound.get("input_ids")
+        batch, q_len = source.shape[:2]
+        past_len = _cache_length(bound.get("past_key_values"))
+        mask2d = bound.get("attention_mask")
+        spans, self.pending = self.pending, None
+        state = self.state
+        if q_len > 1 and not past_len:
+            self.record = None  # a new sequence: the previous record no longer applies
+        if spans is not None and q_len > 1:
+            if past_len:
+                raise RuntimeError("decoder-side pruning needs an empty KV cache at prefill; "
+                                   f"the cache already holds {past_len} tokens")
+            state = _Prefill.start(self, spans, batch, q_len, mask2d, source)
+            if state is None:
+                self.record = _text_only_record(batch, len(self.decoder.layers), q_len)
+        elif state is not None and state.finished and past_len >= state.length:
+            state.begin_decode(past_len, q_len, mask2d)
+        else:
+            state = None
+        self.state = state
+        if state is None or state.finished:
+            return original(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            self.record = state.finish()
+            if not state.pruned:
+                self.state = None
+
+    # -- per layer -----------------------------------------------------------------------
+
+    def _layer_forward(self, layer_idx, layer, original, hidden_states, *args, **kwargs):
+        state = self.state
+        if state is None:
+            return original(hidden_states, *args, **kwargs)
+        if args:
+            raise RuntimeError("decoder-side pruning expects decoder layers to be called with keyword arguments")
+        if state.finished:
+            return original(hidden_states, **state.decode_kwargs(layer_idx, kwargs, hidden_states.dtype))
+        kwargs = state.prefill_kwargs(layer_idx, kwargs, hidden_states.dtype)
+        statistic = self.policy.statistic(layer_idx)
+        if statistic is None:
+            outputs = original(hidden_states, **kwargs)
+            state.keep_layer()
+        else:
+            outputs = _pruning_layer_forward(layer, layer_idx, state, self.policy, statistic, hidden_states, kwargs)
+        if layer_idx == len(self.decoder.layers) - 1 and state.pruned:
+            outputs = (state.restore_full_length(outputs[0]),) + tuple(outputs[1:])
+        return outputs
+
+    def _rotary_pre_hook(self, module, args, kwargs):
+        # with a pruned cache a layer holds fewer keys than the highest position id
+        state = self.state
+        if state is None or not state.pruned or "seq_len" not in kwargs:
+            return None
+        kwargs["seq_len"] = max(kwargs["seq_len"] or 0, state.rope_len)
+        return args, kwargs
+
+
+class _Prefill:
+    """Bookkeeping of one prefill and the decode steps that follow it."""
+
+    @classmethod
+    def start(cls, runtime, spans, batch, length, mask2d, source):
+        if len(spans) != batch:
+            if batch % max(1, len(spans)):
+                raise ValueError(f"begin_prefill got spans for {len(spans)} samples, the forward has batch {batch}")
+            repeat = batch // len(spans)
+            spans = [sample for sample in spans for _ in range(repeat)]
+        for b, sample in enumerate(spans):
+            for start, end in sample:
+                if not 0 <= start < end <= length:
+                    raise ValueError(f"sample {b}: visual span [{start}, {end}) lies outside the "
+                                     f"spliced sequence of length {length}")
+        if not any(spans):
+            return None
+        return cls(runtime, spans, batch, length, mask2d, source.device)
+
+    def __init__(self, runtime, spans, batch, length, mask2d, device):
+        self.runtime = runtime
+        self.batch, self.length, self.device = batch, length, device
+        self.num_layers = len(runtime.decoder.layers)
+        self.key_ok = (mask2d.bool() if mask2d is not None else torch.ones(batch, length, dtype=torch.bool,
+                                                                           device=device))
+        kind = torch.zeros(batch, length, dtype=torch.int8)
+        for b, sample in enumerate(spans):
+            if sample:
+                kind[b, min(s for s, _ in sample):] = TEXT_QUERY
+            for start, end in sample:
+                kind[b, start:end] = VISUAL
+        self.kind = kind.to(device) * self.key_ok.to(torch.int8)
+        self.counts = [sum(e - s for s, e in sample) for sample in spans]
+        self.notes = runtime.policy.begin(list(self.counts))
+        self.visual_in, self.visual_out, self.seq_len = [], [], []
+        self.slots = None  # (batch, S) original positions of the current sequence, -1 for fillers; None = all
+        self.layer_slots = [None] * self.num_layers
+        self.drop_layer = torch.full((batch, length), -1, dtype=torch.int16, device=device)
+        self.parked = None
+        self.pruned = False
+        self.finished = False
+        self.rope_len = length
+        self._position_ids = None
+        self._prefill_mask = None
+
+    # -- prefill ---------------------------------------------------------------------------
+
+    def prefill_kwargs(self, layer_idx, kwargs, dtype):
+        self.layer_slots[layer_idx] = self.slots
+        self.seq_len.append(self.length if self.slots is None else self.slots.shape[1])
+        self.visual_in.append(list(self.counts))
+        if self.slots is None:
+            return kwargs
+        kwargs = dict(kwargs)
+        if self._position_ids is None:
+            positions = kwargs["position_ids"].expand(self.batch, -1)
+            self._position_ids = positions.gather(1, self.slots.clamp(min=0))
+        kwargs["position_ids"] = self._position_ids
+        if kwargs.get("attention_mask") is not None or self.has_fillers:
+            if self._prefill_mask is None:
+                self._prefill_mask = self.additive_mask(self.slots, self.slots, diagonal=True, dtype=dtype)
+            kwargs["attention_mask"] = self._prefill_mask
+        else:
+            kwargs["attention_mask"] = None
+        return kwargs
+
+    def keep_layer(self):
+        self.visual_out.append(list(self.counts))
+
+    @property
+    def has_fillers(self):
+        return self.slots is not None and bool((self.slots < 0).any())
+
+    def current_slots(self):
+        if self.slots is not None:
+            return self.slots
+        return torch.arange(self.length, device=self.device).expand(self.batch, -1)
+
+    def allowed(self, query_idx, key_idx, key_mask=None):
+        """(batch, Q, K) bool: causal by original position, keys not padding nor filler."""
+        mask = self.key_ok if key_mask is None else key_mask
+        ok = mask.gather(1, key_idx.clamp(min=0)) & (key_idx >= 0)
+        return ok[:, None, :] & (key_idx[:, None, :] <= query_idx[:, :, None])
+
+    def additive_mask(self, query_idx, key_idx, diagonal, dtype, key_mask=None):
+        allowed = self.allowed(query_idx, key_idx, key_mask)
+        if diagonal:  # padding and filler rows see themselves, so no row is empty
+            allowed |= torch.eye(allowed.shape[1], allowed.shape[2], dtype=torch.bool, device=allowed.device)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def apply_deletions(self, layer_idx, drop, hidden_states):
+        """``drop``: (batch, S) bool over the current slots. Returns positions of the kept slots."""
+        slots = self.current_slots()
+        deleted = drop.sum(dim=1).tolist()
+        if not any(deleted):
+            self.visual_out.append(list(self.counts))
+            return torch.arange(slots.shape[1], device=self.device).expand(self.batch, -1), slots
+        kept = (~drop).sum(dim=1).tolist()
+        width = max(kept)
+        order = torch.argsort(drop.to(torch.int8), dim=1, stable=True)[:, :width]
+        new_slots = slots.gather(1, order)
+        filler = torch.arange(width, device=self.device)[None, :] >= torch.tensor(kept, device=self.device)[:, None]
+        new_slots = new_slots.masked_fill(filler, -1)
+        if self.parked is None:
+            self.parked = hidden_states.new_zeros(self.batch, self.length, hidden_states.shape[-1])
+        for b in range(self.batch):
+            dropped = drop[b].nonzero().squeeze(1)
+            self.parked[b, slots[b, dropped]] = hidden_states[b, dropped]
+            self.drop_layer[b, slots[b, dropped]] = layer_idx
+        self.counts = [n - k for n, k in zip(self.counts, deleted)]
+        self.visual_out.append(list(self.counts))
+        self.slots = new_slots
+        self.pruned = True
+        self._position_ids = None
+        self._prefill_mask = None
+        return order, new_slots
+
+    def restore_full_length(self, hidden_states):
+        full = self.parked
+        valid = self.slots >= 0
+        for b in range(self.batch):
+            full[b, self.slots[b, valid[b]]] = hidden_states[b, valid[b]]
+        return full
+
+    def finish(self):
+        self.finished = True
+        self.parked = None
+        self._prefill_mask = None
+        self._position_ids = None
+        config = self.runtime.model.config
+        visual_in = [list(per_sample) for per_sample in zip(*self.visual_in)] or [[] for _ in range(self.batch)]
+        visual_out = [list(per_sample) for per_sample in zip(*self.visual_out)] or [[] for _ in range(self.batch)]
+        reductions = [reduction_from_counts(i, o, config.hidden_size, config.intermediate_size)
+                      for i, o in zip(visual_in, visual_out)]
+        is_visual = (self.kind == VISUAL).cpu()
+        drop_layer = [row[mask].tolist() for row, mask in zip(self.drop_layer.cpu(), is_visual)]
+        return PrefillRecord(visual_in, visual_out, list(self.seq_len), reductions, drop_layer, list(self.notes))
+
+    # -- decode ----------------------------------------------------------------------------
+
+    def begin_decode(self, past_len, q_len, mask2d):
+        self.rope_len = past_len + q_len
+        total = past_len + q_len
+        self._decode = (past_len, q_len, mask2d.bool() if mask2d is not None else None)
+        self._decode_masks = {}
+        self._decode_keys = torch.arange(self.length, total, device=self.device).expand(self.batch, -1)
+
+    def decode_kwargs(self, layer_idx, kwargs, dtype):
+        slots = self.layer_slots[layer_idx]
+        if slots is None:
+            return kwargs
+        past_len, q_len, mask2d = self._decode
+        fillers = bool((slots < 0).any())
+        if kwargs.get("attention_mask") is None and not fillers:
+            return kwargs
+        key = id(slots)
+        if key not in self._decode_masks:
+            key_idx = torch.cat([slots, self._decode_keys], dim=1)
+            query_idx = torch.arange(past_len, past_len + q_len, device=self.device).expand(self.batch, -1)
+            key_mask = mask2d if mask2d is not None else torch.ones(
+                self.batch, past_len + q_len, dtype=torch.bool, device=self.device)
+            self._decode_masks[key] = self.additive_mask(query_idx, key_idx, diagonal=False, dtype=dtype,
+                                                         key_mask=key_mask)
+        kwargs = dict(kwargs)
+        kwargs["attention_mask"] = self._decode_masks[key]
+        return kwargs
+
+
+def _text_only_record(batch, num_layers, length):
+    zeros = [[0] * num_layers for _ in range(batch)]
+    return PrefillRecord(zeros, [list(z) for z in zeros], [length] * num_layers, [0.0] * batch,
+                         [[] for _ in range(batch)])
+
+
+def _layer_statistics(state, statistic, query, key, slots):
+    """Per sample, the statistic the policy asked for, and the visual positions it covers."""
+    kinds = state.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
+    stats, visual_positions = [], []
+    for b in range(state.batch):
+        visual = (kinds[b] == VISUAL).nonzero().squeeze(1)
+        visual_positions.append(visual)
+        sample_slots, key_ok = slots[b:b + 1], state.key_ok[b:b + 1]
+        if statistic == SELF_CROSS:
+            text = (kinds[b] == TEXT_QUERY).nonzero().squeeze(1)
+            rows = torch.cat([visual, text])
+            allowed = state.allowed(sample_slots[:, rows], sample_slots, key_ok)[0]
+            probs = attention_to_columns(query[b], key[b], rows, allowed, visual, "max")
+            is_visual = torch.arange(rows.shape[0], device=rows.device) < visual.shape[0]
+            self_scores = probs[is_visual].mean(dim=0) if visual.numel() else probs.new_zeros(0)
+            cross_scores = probs[~is_visual].mean(dim=0) if text.numel() else probs.new_zeros(visual.shape[0])
+            stats.append({"self": self_scores, "cross": cross_scores})
+        elif statistic == LAST_QUERY:
+            real = ((slots[b] >= 0) & state.key_ok[b].gather(0, slots[b].clamp(min=0))).nonzero().squeeze(1)
+            rows = real[-1:]
+            allowed = state.allowed(sample_slots[:, rows], sample_slots, key_ok)[0]
+            probs = attention_to_columns(query[b], key[b], rows, allowed, visual, "mean")
+            stats.append({"last": probs[0]})
+        else:
+            raise ValueError(f"unknown statistic {statistic!r}; accepted: {SELF_CROSS}, {LAST_QUERY}")
+    return stats, visual_positions
+
+
+def _pruning_layer_forward(layer, layer_idx, state, policy, statistic, hidden_states, kwargs):
+    """One decoder layer that computes the policy's statistic and deletes tokens."""
+    attn = layer.self_attn
+    batch, seq, _ = hidden_states.shape
+    cache = kwargs.get("past_key_value")
+    residual = hidden_states
+    x = layer.input_layernorm(hidden_states)
+    query = attn.q_proj(x).view(batch, seq, attn.num_heads, attn.head_dim).transpose(1, 2)
+    key = attn.k_proj(x).view(batch, seq, attn.num_key_value_heads, attn.head_dim).transpose(1, 2)
+    value = attn.v_proj(x).view(batch, seq, attn.num_key_value_heads, attn.head_dim).transpose(1, 2)
+    cos, sin = attn.rotary_emb(value, seq_len=max(seq, state.rope_len))
+    query, key = apply_rotary_pos_emb(query, key, cos, sin, kwargs["position_ids"])
+    if cache is not None:
+        key, value = cache.update(key, value, attn.layer_idx, {"sin": sin, "cos": cos})
+    key = repeat_kv(key, attn.num_key_value_groups)
+    value = repeat_kv(value, attn.num_key_value_groups)
+
+    slots = state.current_slots()
+    stats, visual_positions = _layer_statistics(state, statistic, query, key, slots)
+    alive = [p.shape[0] for p in visual_positions]
+    choices = policy.choose(layer_idx, stats, alive)
+    drop = torch.zeros(batch, seq, dtype=torch.bool, device=hidden_states.device)
+    for b, (chosen, positions) in enumerate(zip(choices, visual_positions)):
+        drop[b, positions[chosen.to(positions.device)]] = True
+    kept_positions, kept_slots = state.apply_deletions(layer_idx, drop, residual)
+
+    # survivors only: attention output, output projection, residual, MLP
+    width = kept_positions.shape[1]
+    query = query.gather(2, kept_positions[:, None, :, None].expand(-1, attn.num_heads, -1, attn.head_dim))
+    mask = state.additive_mask(kept_slots, slots, diagonal=False, dtype=query.dtype)
+    # filler rows reuse a dropped token's query; let them see their own key so no row is empty
+    mask[:, 0].scatter_(2, kept_positions[:, :, None], 0.0)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(batch, width, attn.num_heads * attn.head_dim)
+    hidden = residual.gather(1, kept_positions[:, :, None].expand(-1, -1, residual.shape[-1])) + attn.o_proj(out)
+    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    outputs = (hidden,)
+    if kwargs.get("output_attentions"):
+        outputs += (None,)
+    if kwargs.get("use_cache"):
+        outputs += (cache,)
+    return outputs

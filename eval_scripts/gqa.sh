@@ -1,0 +1,3 @@
+#!/bin/bash
+# Answer and score gqa with the current FREEPRUNER_* settings; options: --help.
+exec python -m llava_freepruner.evaluation run gqa "$@"

@@ -1,0 +1,3 @@
+#!/bin/bash
+# Answer and score sqa with the current FREEPRUNER_* settings; options: --help.
+exec python -m llava_freepruner.evaluation run sqa "$@"

@@ -15,6 +15,8 @@ from typing import List, Optional
 COMMANDS = {
     "config": "print the effective configuration read from FREEPRUNER_* variables",
     "demo": "run the unchanged upstream LLaVA eval on a tiny offline checkpoint, with and without pruning",
+    "visualize": "draw the tokens each selection method keeps on a photo (pivotal, complementary, dropped)",
+    "fidelity": "measure what each selection method keeps on real photos: saliency, coverage, reconstruction, CLS fidelity",
 }
 
 

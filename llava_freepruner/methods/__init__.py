@@ -8,10 +8,14 @@ from __future__ import annotations
 from typing import Dict, Type
 
 from .base import CropRequest, Selection, SelectionContext, VisionMethod
+from .baselines import ClsTopK, GridTokens, RandomTokens
 from .freepruner import FreePruner
 
 REGISTRY: Dict[str, Type[VisionMethod]] = {
     FreePruner.name: FreePruner,
+    RandomTokens.name: RandomTokens,
+    GridTokens.name: GridTokens,
+    ClsTopK.name: ClsTopK,
 }
 
 

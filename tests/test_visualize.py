@@ -66,7 +66,7 @@ def test_visualize_draws_one_panel_per_method(llava_dir, tmp_path, capsys):
     assert rc == 0
     assert Image.open(out).size == (2 * 672 + 8, 672 + overlay.CAPTION_HEIGHT)
     printed = capsys.readouterr().out
-    assert "freepruner: kept 144/576" in printed and "grid: kept 144/576 (0 pivotal, 144 complementary)" in printed
+    assert "freepruner: kept 144/576 (" in printed and "grid: kept 144/576\n" in printed
 
 
 @pytest.mark.parametrize("argv, message", [

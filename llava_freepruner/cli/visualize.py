@@ -36,8 +36,7 @@ def run(args) -> int:
     for name in args.method:
         selection = towers.run_method(vision.tower, pixels[None], name, args.ratio, base).selections[0]
         panels.append(overlay.draw_selection(view, vision.grid, selection, name))
-        print(f"{name}: kept {selection.indices.numel()}/{vision.tower.num_patches} "
-              f"({selection.num_pivotal} pivotal, {selection.num_complementary} complementary)")
+        print(f"{name}: {overlay.describe(selection, vision.tower.num_patches)}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     overlay.side_by_side(panels).save(args.out)
     print(f"wrote {args.out}")

@@ -1,5 +1,6 @@
-"""Draw which patches a method keeps: pivotal and complementary in two colours,
-dropped patches dimmed, a caption with the counts; panels side by side."""
+"""Draw which patches a method keeps: pivotal (orange, outlined) and
+complementary (blue) tinted, dropped patches dimmed, a caption with the
+counts; panels side by side. Methods without pivots show all kept in blue."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def cell_colors(selection: Selection, num_patches: int) -> np.ndarray:
     return kind
 
 
+def describe(selection: Selection, num_patches: int) -> str:
+    """'kept 144/576 (57 pivotal, 87 complementary)', or without pivots 'kept 144/576'."""
+    text = f"kept {selection.indices.numel()}/{num_patches}"
+    if selection.num_pivotal:
+        text += f" ({selection.num_pivotal} pivotal, {selection.num_complementary} complementary)"
+    return text
+
+
 def draw_selection(view: Image.Image, grid: Tuple[int, int], selection: Selection, title: str, scale: int = 2) -> Image.Image:
     """``view`` (the square picture the model saw) enlarged ``scale`` times,
     marked, with a caption strip underneath."""
@@ -39,13 +48,12 @@ def draw_selection(view: Image.Image, grid: Tuple[int, int], selection: Selectio
     picture = view.convert("RGB").resize((view.width * scale, view.height * scale), Image.NEAREST)
     pixels = np.asarray(picture, dtype=np.float32).copy()
     cell_h, cell_w = picture.height // rows, picture.width // cols
-    kind = cell_colors(selection, rows * cols).reshape(rows, cols)
-    factor = np.repeat(np.repeat(kind, cell_h, 0), cell_w, 1)
-    full = np.zeros(pixels.shape[:2], dtype=np.int64)
-    full[: factor.shape[0], : factor.shape[1]] = factor
-    pixels[full == 0] *= DIM
+    cells = cell_colors(selection, rows * cols).reshape(rows, cols)
+    kind = np.zeros(pixels.shape[:2], dtype=np.int64)   # per pixel; a margin not covered by cells stays "dropped"
+    kind[: rows * cell_h, : cols * cell_w] = np.repeat(np.repeat(cells, cell_h, 0), cell_w, 1)
+    pixels[kind == 0] *= DIM
     for code, color in ((1, COMPLEMENTARY), (2, PIVOTAL)):
-        pixels[full == code] = (1 - TINT) * pixels[full == code] + TINT * np.array(color, dtype=np.float32)
+        pixels[kind == code] = (1 - TINT) * pixels[kind == code] + TINT * np.array(color, dtype=np.float32)
     marked = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(marked)
     for index in selection.pivotal.tolist():
@@ -54,9 +62,9 @@ def draw_selection(view: Image.Image, grid: Tuple[int, int], selection: Selectio
 
     panel = Image.new("RGB", (marked.width, marked.height + CAPTION_HEIGHT), "white")
     panel.paste(marked, (0, 0))
-    kept = int(selection.indices.numel())
-    caption = (f"{title}: kept {kept}/{rows * cols}\n"
-               f"{selection.num_pivotal} pivotal (orange), {selection.num_complementary} complementary (blue)")
+    caption = f"{title}: kept {selection.indices.numel()}/{rows * cols}\n" + (
+        f"{selection.num_pivotal} pivotal (orange), {selection.num_complementary} complementary (blue)"
+        if selection.num_pivotal else "no pivot stage: all kept in blue")
     ImageDraw.Draw(panel).multiline_text((6, marked.height + 3), caption, fill="black", font=_font(14), spacing=3)
     return panel
 

@@ -17,6 +17,8 @@ COMMANDS = {
     "bench": "time, FLOPs and memory of each pruning method and ratio, side by side with an oracle",
     "demo": "run the unchanged upstream LLaVA eval on a tiny offline checkpoint, with and without pruning",
     "fitprune-fit": "fit a FitPrune recipe (per-layer deletions) for a FLOPs reduction target",
+    "visualize": "draw the tokens each selection method keeps on a photo (pivotal, complementary, dropped)",
+    "fidelity": "measure what each selection method keeps on real photos: saliency, coverage, reconstruction, CLS fidelity",
 }
 
 

@@ -1,0 +1,1 @@
+"""Vision-side tools beyond LLaVA: any supported ViT, selection overlays, fidelity proxies."""

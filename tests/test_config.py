@@ -71,3 +71,17 @@ def test_bad_values_name_variable_value_and_accepted(env, names):
 def test_config_is_frozen():
     with pytest.raises(Exception):
         Config().ratio = 0.5
+
+
+def test_config_command_prints_setting_and_refuses_bad_values(monkeypatch, capsys):
+    from llava_freepruner.cli import main
+
+    for name in [n for n in __import__("os").environ if n.startswith(("FREEPRUNER_", "FITPRUNE_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FREEPRUNER_RATIO", "0.25")
+    assert main(["config"]) == 0
+    assert "keeping 144 of 576 visual tokens per image" in capsys.readouterr().out
+    monkeypatch.setenv("FREEPRUNER_METHOD", "freepruner+fitprune")
+    monkeypatch.setenv("FITPRUNE_RECIPE", "llava-v1.5-7b@99")
+    assert main(["config"]) == 2
+    assert "FITPRUNE_RECIPE='llava-v1.5-7b@99'" in capsys.readouterr().err

@@ -20,6 +20,16 @@ def run(args) -> int:
     except config_module.ConfigError as err:
         print(f"llava_freepruner: {err}", file=sys.stderr)
         return 2
+    if config.llm_method == "fitprune":
+        from ..fitprune import RecipeError, load_recipe
+
+        try:
+            recipe = load_recipe(config.fitprune_recipe)
+        except RecipeError as err:
+            print(f"llava_freepruner: FITPRUNE_RECIPE={config.fitprune_recipe!r} cannot be used: {err}", file=sys.stderr)
+            return 2
+        print(f"FitPrune recipe {recipe.name}: {recipe.num_layers} layers, {recipe.num_visual_tokens} visual tokens, "
+              f"{recipe.alive_after_each_layer()[-1]} alive after the last layer")
     print(config_module.describe(config, args.tokens_per_image))
     for name, value in dataclasses.asdict(config).items():
         print(f"  {name:16} {value}")

@@ -1,9 +1,9 @@
 """Hooks that hand a method the attention of the encoder layers it asks for.
 
-The hooks read the query and key projections the layer computes anyway and
-let the method reduce them on the spot (see ``methods.base.AttentionView``):
-no ``output_attentions``, no attention map kept after the layer returns, and
-the model's own outputs are untouched.
+The hooks hand the method one layer's attention (see
+``methods.base.AttentionView``), to be reduced on the spot: only the layers the
+method asks for, no attention map kept after the layer returns, and the
+model's own outputs untouched.
 
 Supported towers: Hugging Face CLIP vision models (LLaVA's tower) and DINOv2.
 """
@@ -17,7 +17,7 @@ from typing import List
 import torch
 from torch import nn
 
-from .methods.base import AttentionView, SelectionContext, VisionMethod
+from .methods.base import MapView, QueryKeyView, SelectionContext, VisionMethod
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,20 @@ def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 class AttentionCapture:
     """Context manager: while active, each requested layer's attention goes to
     ``method.observe`` as the tower runs. ``seconds`` accumulates the time spent
-    in the hooks (the selection overhead inside the tower)."""
+    in the hooks (the selection overhead inside the tower).
 
-    def __init__(self, vision_model: nn.Module, method: VisionMethod, ctx: SelectionContext):
+    Where the layer computes its attention map itself in fp32 (CLIP's eager
+    attention in an fp32 tower, as LLaVA-1.5 loads it), the hook asks for that map
+    and reduces it over heads: no recomputation. Otherwise (fp16 towers, fused
+    attention) the statistics are recomputed in fp32 from the layer's queries and
+    keys. ``reuse_maps=False`` forces the recomputation.
+    """
+
+    def __init__(self, vision_model: nn.Module, method: VisionMethod, ctx: SelectionContext, reuse_maps: bool = True):
         self.sites = attention_sites(vision_model)
         self.method = method
         self.ctx = ctx
+        self.reuse_maps = reuse_maps
         self.seconds = 0.0
         self._handles = []
 
@@ -86,12 +94,23 @@ class AttentionCapture:
                 captured[name] = output
             return hook
 
+        def ask_for_map(module, args, kwargs):
+            # Only a keyword the caller already passes is changed; the layer's own
+            # outputs do not depend on it.
+            if "output_attentions" in kwargs:
+                kwargs["output_attentions"] = True
+            return args, kwargs
+
         def observe(module, args, output):
             start = time.perf_counter()
-            q = _split_heads(captured.pop("q"), site.num_heads)
-            k = _split_heads(captured.pop("k"), site.num_heads)
-            q = q.float() * q.shape[-1] ** -0.5
-            self.method.observe(layer, AttentionView(q, k.float()), self.ctx)
+            q, k = captured.pop("q"), captured.pop("k")
+            maps = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if torch.is_tensor(maps) and maps.dtype == torch.float32 and maps.dim() == 4:
+                view = MapView(maps.mean(dim=1))
+            else:
+                q = _split_heads(q, site.num_heads).float()
+                view = QueryKeyView(q * q.shape[-1] ** -0.5, _split_heads(k, site.num_heads).float())
+            self.method.observe(layer, view, self.ctx)
             self.seconds += time.perf_counter() - start
 
         self._handles += [
@@ -99,3 +118,5 @@ class AttentionCapture:
             site.key.register_forward_hook(keep("k")),
             site.attention.register_forward_hook(observe),
         ]
+        if self.reuse_maps:
+            self._handles.append(site.attention.register_forward_pre_hook(ask_for_map, with_kwargs=True))

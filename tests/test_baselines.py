@@ -5,7 +5,7 @@ import torch
 
 from llava_freepruner.config import Config
 from llava_freepruner.methods import REGISTRY, create
-from llava_freepruner.methods.base import AttentionView, CropRequest, SelectionContext
+from llava_freepruner.methods.base import CropRequest, QueryKeyView, SelectionContext
 from llava_freepruner.methods.baselines import ClsTopK, GridTokens, RandomTokens, grid_tokens, lattice
 
 GRID = (24, 24)
@@ -27,7 +27,7 @@ def run(method, requests, seed=0):
     for layer in method.attention_layers(ctx.num_layers, ctx.feature_layer):
         q = torch.randn(len(requests), HEADS, tokens, HEAD_DIM, generator=generator)
         k = torch.randn(len(requests), HEADS, tokens, HEAD_DIM, generator=generator)
-        method.observe(layer, AttentionView(q, k), ctx)
+        method.observe(layer, QueryKeyView(q, k), ctx)
     return method.select(ctx)
 
 
@@ -75,7 +75,7 @@ def test_choice_is_deterministic_and_independent_of_batch_mates(method):
         k1 = torch.randn(1, HEADS, 577, HEAD_DIM, generator=generator)
         q = torch.cat([torch.randn(1, HEADS, 577, HEAD_DIM), q1])
         k = torch.cat([torch.randn(1, HEADS, 577, HEAD_DIM), k1])
-        method.observe(2, AttentionView(q, k), ctx)
+        method.observe(2, QueryKeyView(q, k), ctx)
         in_batch = method.select(ctx)[1].indices
     else:
         in_batch = run(method, [CropRequest(40), CropRequest(300), request])[2].indices
@@ -99,7 +99,7 @@ def test_cls_topk_keeps_the_patches_cls_attends_to_most():
         k[0, :, 1 + patch, 0] = strength
     method = ClsTopK()
     assert method.attention_layers(4, 2) == (2,)
-    method.observe(2, AttentionView(q, k), ctx)
+    method.observe(2, QueryKeyView(q, k), ctx)
     assert method.select(ctx)[0].indices.tolist() == [7, 300, 500]
 
 

@@ -1,5 +1,6 @@
 """The capture hooks see exactly the attention the tower computes, and change nothing."""
 
+import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -11,14 +12,16 @@ class Recorder(VisionMethod):
     def __init__(self, layers):
         self.layers = layers
         self.seen = {}
+        self.kinds = set()
 
     def attention_layers(self, num_layers, feature_layer):
         return self.layers
 
     def observe(self, layer, view, ctx):
+        self.kinds.add(type(view).__name__)
         self.seen[layer] = {
-            "maps": torch.stack([view.rows(b) for b in range(view.q.shape[0])]),
-            "received": torch.stack([view.received(b) for b in range(view.q.shape[0])]),
+            "maps": torch.stack([view.rows(b) for b in range(view.batch_size)]),
+            "received": torch.stack([view.received(b) for b in range(view.batch_size)]),
             "paid": view.paid_to(0, torch.tensor([1, 5])),
         }
 
@@ -30,14 +33,15 @@ def tiny_clip(dtype=torch.float32):
     return CLIPVisionModel(config).eval().to(dtype)
 
 
-def test_hooks_match_output_attentions_and_leave_outputs_unchanged():
+@pytest.mark.parametrize("reuse_maps", [True, False])
+def test_hooks_match_output_attentions_and_leave_outputs_unchanged(reuse_maps):
     model = tiny_clip()
     images = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
         reference = model(images, output_attentions=True, output_hidden_states=True)
         method = Recorder((0, 2))
         ctx = SelectionContext([CropRequest(4)] * 2, grid=(4, 4), num_prefix=1, num_layers=3, feature_layer=1)
-        with AttentionCapture(model, method, ctx):
+        with AttentionCapture(model, method, ctx, reuse_maps=reuse_maps):
             hooked = model(images, output_hidden_states=True)
         after = model(images, output_hidden_states=True)
     assert sorted(method.seen) == [0, 2]
@@ -49,8 +53,9 @@ def test_hooks_match_output_attentions_and_leave_outputs_unchanged():
         torch.testing.assert_close(method.seen[layer]["paid"], maps[0][:, [1, 5]].sum(1), rtol=1e-5, atol=1e-6)
     for a, b in zip(hooked.hidden_states, reference.hidden_states):
         assert torch.equal(a, b)
+    assert method.kinds == {"MapView" if reuse_maps else "QueryKeyView"}
     # Hooks are gone after the context.
-    assert all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert torch.equal(after.last_hidden_state, reference.last_hidden_state)
 
 
@@ -61,5 +66,6 @@ def test_fp16_tower_gives_fp32_statistics():
     with torch.no_grad(), AttentionCapture(model, method, ctx):
         model(torch.randn(1, 3, 56, 56, dtype=torch.float16))
     maps = method.seen[1]["maps"]
+    assert method.kinds == {"QueryKeyView"}      # fp16 maps are not reused: recomputed in fp32
     assert maps.dtype == torch.float32
     torch.testing.assert_close(maps.sum(-1), torch.ones_like(maps.sum(-1)))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llava_freepruner.methods.base import AttentionView, CropRequest, SelectionContext
+from llava_freepruner.methods.base import CropRequest, QueryKeyView, SelectionContext
 from llava_freepruner.methods.freepruner import (
     FreePruner, complementary_tokens, default_contribution_layers, pivotal_tokens, spread_top,
 )
@@ -27,7 +27,7 @@ def random_layers(batch, seed, heads=2, dim=8):
 def run_method(method, layers, requests):
     ctx = SelectionContext(requests=requests, grid=GRID, num_prefix=1, num_layers=LAYERS, feature_layer=FEATURE)
     for layer in method.attention_layers(LAYERS, FEATURE):
-        method.observe(layer, AttentionView(*layers[layer]), ctx)
+        method.observe(layer, QueryKeyView(*layers[layer]), ctx)
     return method.select(ctx)
 
 

@@ -29,7 +29,7 @@ def capture_peak(method_name: str, patches: int, heads: int, head_dim: int,
     """Measure in this process (call it in a fresh one: see :func:`measure`)."""
     from ..config import Config
     from ..methods import create
-    from ..methods.base import AttentionView, CropRequest, SelectionContext
+    from ..methods.base import CropRequest, QueryKeyView, SelectionContext
 
     side = int(round(patches ** 0.5))
     if side * side != patches:
@@ -47,7 +47,7 @@ def capture_peak(method_name: str, patches: int, heads: int, head_dim: int,
     for layer in layers:
         q = q_raw.view(1, -1, heads, head_dim).transpose(1, 2).float() * head_dim ** -0.5
         k = k_raw.view(1, -1, heads, head_dim).transpose(1, 2).float()
-        method.observe(layer, AttentionView(q, k), ctx)
+        method.observe(layer, QueryKeyView(q, k), ctx)
         del q, k
     method.select(ctx)
     seconds = time.perf_counter() - start

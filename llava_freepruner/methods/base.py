@@ -1,7 +1,7 @@
 """What a vision-side selection method receives and returns.
 
 A method sees the vision tower only through :class:`AttentionView` objects
-(queries and keys of one encoder layer, captured by hooks) and returns one
+(the attention of one encoder layer, captured by hooks) and returns one
 :class:`Selection` per crop. It never imports ``llava``.
 """
 
@@ -71,26 +71,61 @@ class SelectionContext:
 
 
 class AttentionView:
-    """Queries and keys of one encoder layer for a batch of crops.
+    """Head-mean attention of one encoder layer for a batch of crops, in fp32.
 
-    q, k: (batch, heads, tokens, head_dim); q already carries the softmax scale.
+    Methods use only this interface; :class:`QueryKeyView` computes what is asked
+    from queries and keys, :class:`MapView` reads a map the layer already made.
     """
 
-    def __init__(self, q: torch.Tensor, k: torch.Tensor):
-        self.q = q
-        self.k = k
+    device: torch.device
+    batch_size: int
 
     def rows(self, sample: int, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Head-mean attention rows of one crop: (len(rows), tokens) fp32."""
-        return attention.head_mean_attention(self.q[sample], self.k[sample], rows)
+        """Attention rows of one crop: (len(rows), tokens)."""
+        raise NotImplementedError
 
     def received(self, sample: int) -> torch.Tensor:
         """Attention each token receives from the others (self excluded): (tokens,)."""
-        return attention.received_attention(self.q[sample], self.k[sample])
+        raise NotImplementedError
 
     def paid_to(self, sample: int, columns: torch.Tensor) -> torch.Tensor:
         """Attention each token pays to the given tokens: (tokens,)."""
+        raise NotImplementedError
+
+
+class QueryKeyView(AttentionView):
+    """From queries and keys, (batch, heads, tokens, head_dim), q already scaled."""
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor):
+        self.q, self.k = q, k
+        self.device, self.batch_size = q.device, q.shape[0]
+
+    def rows(self, sample, rows=None):
+        return attention.head_mean_attention(self.q[sample], self.k[sample], rows)
+
+    def received(self, sample):
+        return attention.received_attention(self.q[sample], self.k[sample])
+
+    def paid_to(self, sample, columns):
         return attention.attention_to_columns(self.q[sample], self.k[sample], columns)
+
+
+class MapView(AttentionView):
+    """From head-mean attention maps the layer computed anyway: (batch, tokens, tokens) fp32."""
+
+    def __init__(self, maps: torch.Tensor):
+        self.maps = maps
+        self.device, self.batch_size = maps.device, maps.shape[0]
+
+    def rows(self, sample, rows=None):
+        return self.maps[sample] if rows is None else self.maps[sample][rows]
+
+    def received(self, sample):
+        a = self.maps[sample]
+        return a.sum(dim=0) - torch.diagonal(a)
+
+    def paid_to(self, sample, columns):
+        return self.maps[sample][:, columns].sum(dim=1)
 
 
 class VisionMethod:

@@ -143,7 +143,7 @@ class ClsTopK(VisionMethod):
         return (feature_layer,)
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        cls_row = torch.zeros(1, dtype=torch.long, device=view.q.device)
+        cls_row = torch.zeros(1, dtype=torch.long, device=view.device)
         for sample, memo in enumerate(ctx.memo):
             memo["cls_attention"] = view.rows(sample, cls_row)[0, ctx.num_prefix:]
 

@@ -142,7 +142,7 @@ class FreePruner(VisionMethod):
                 received = view.received(sample)[ctx.num_prefix:] / ctx.num_patches
                 memo["contribution"] = memo.get("contribution", 0) + received / len(band)
             if layer == ctx.feature_layer:
-                candidates = ctx.candidates(sample, view.q.device)
+                candidates = ctx.candidates(sample, view.device)
                 if ctx.requests[sample].budget == 0 or not candidates.any():
                     memo["pivots"] = candidates.new_empty(0, dtype=torch.long)
                     continue

@@ -109,6 +109,7 @@ class Bench:
         self.num_patches = tower.num_patches
         self.projector = [(m.in_features, m.out_features) for m in model.get_model().mm_projector.modules()
                           if isinstance(m, torch.nn.Linear)]
+        self.check()
 
     # --- one generate call --------------------------------------------------------
 
@@ -205,6 +206,14 @@ class Bench:
         }
 
     # --- everything ---------------------------------------------------------------
+
+    def check(self) -> None:
+        """Refuse, before any timing, a row that cannot run on this model."""
+        layers = self.bench.model.config.num_hidden_layers
+        fastv_layer = config_module.Config().fastv_layer
+        if "fastv" in self.settings.methods and layers <= fastv_layer:
+            raise ValueError(f"fastv prunes at LLM layer {fastv_layer}, but the model has {layers} decoder layers: "
+                             f"build at least {fastv_layer + 1} (--llm-layers)")
 
     def run(self) -> List[dict]:
         rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods]]

@@ -1,7 +1,6 @@
 """The bench: end to end on a tiny checkpoint, the oracle's token count, FLOPs, inputs."""
 
 import json
-import os
 
 import pytest
 import torch

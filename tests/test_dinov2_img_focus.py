@@ -2,7 +2,6 @@
 freePruner's selection on real photos checked against full attention maps."""
 
 import importlib.util
-import json
 import os
 
 import numpy as np

@@ -82,7 +82,6 @@ def test_crash_mid_write_then_resume_loses_only_the_question_in_flight(tmp_path)
 
 
 def test_resume_with_another_world_size_reads_old_logs(tmp_path):
-    ids = ["a", "b", "c", "d"]
     with ShardWriter(shard_log_path(tmp_path, 0, 4)) as w:
         w.write(0, answer("a"))
     records = read_shard_logs(tmp_path)

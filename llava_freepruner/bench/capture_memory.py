@@ -21,7 +21,7 @@ from typing import Dict, List
 
 import torch
 
-from .memory import PeakMemory, rss_mb
+from .memory import PeakMemory
 
 
 def capture_peak(method_name: str, patches: int, heads: int, head_dim: int,

@@ -109,6 +109,7 @@ class Bench:
         self.num_patches = tower.num_patches
         self.projector = [(m.in_features, m.out_features) for m in model.get_model().mm_projector.modules()
                           if isinstance(m, torch.nn.Linear)]
+        self.records: List[dict] = []
         self.check()
 
     # --- one generate call --------------------------------------------------------
@@ -222,15 +223,15 @@ class Bench:
         plugin_log = logging.getLogger("llava_freepruner")
         level = plugin_log.level
         plugin_log.setLevel(logging.WARNING)     # the bench prints its own progress
-        records = []
+        self.records = []      # what finished, also when a later row fails
         try:
             for i, (method, ratio) in enumerate(rows, 1):
                 started = time.perf_counter()
-                records.append(self.run_config(method, ratio, f"[{i}/{len(rows)}]"))
+                self.records.append(self.run_config(method, ratio, f"[{i}/{len(rows)}]"))
                 self.log(f"  [{i}/{len(rows)}] {method} ratio {ratio} done in {time.perf_counter() - started:.1f} s")
         finally:
             plugin_log.setLevel(level)
-        return compare(records)
+        return compare(self.records)
 
 
 def compare(records: List[dict]) -> List[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -96,7 +97,15 @@ def run(args) -> int:
         runner = Bench(bench, inputs, settings, args.out, log)
     except ValueError as err:
         return fail(str(err))
-    records = runner.run()
+    try:
+        records = runner.run()
+    except BaseException:
+        if runner.records:      # keep the rows that finished
+            path = os.path.join(args.out, "results.partial.json")
+            with open(path, "w") as handle:
+                json.dump(runner.records, handle, indent=1)
+            log(f"bench: stopped early; the {len(runner.records)} finished rows are in {path}")
+        raise
     capture = None
     if args.capture_memory:
         tower = bench.model.get_vision_tower()

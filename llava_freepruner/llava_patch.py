@@ -8,10 +8,6 @@ change; :func:`remove` puts every original back.
 from __future__ import annotations
 
 import atexit
-import logging
-import sys
-import time
-import weakref
 from typing import List, Optional
 
 import torch
@@ -20,135 +16,16 @@ from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model.llava_arch import LlavaMetaForCausalLM, unpad_image
 
 from . import config as config_module
-from . import anyres, cpu, methods
+from . import anyres, cpu
 from . import llm as llm_runtime
 from .anyres import TileLayout
 from .config import Config, ConfigError
-from .fitprune import RecipeError, load_recipe
-from .llm import FastVPolicy, FitPrunePolicy
 from .methods.base import CropRequest
-from .stats import open_writer
-from .tower import gather_kept, run_tower, sync as _sync
-
-log = logging.getLogger("llava_freepruner")
-if not log.handlers:
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+from .session import Session, log, watch_prefill
+from .tower import gather_kept, run_tower
 
 _ORIGINALS = {}
-_runtime: Optional["Runtime"] = None
-
-
-class Runtime:
-    """What the patched methods need while the plugin is applied."""
-
-    def __init__(self, config: Config):
-        self.config = config
-        self.vision = (
-            methods.create(config)
-            if config.enabled and config.vision_method and (config.ratio is not None or config.tokens is not None)
-            else None
-        )
-        self.llm = _llm_policy(config) if config.enabled else None
-        self.llm_models = weakref.WeakSet()    # models the decoder-side runtime is attached to
-        self.stats = open_writer(config.stats) if config.enabled else None
-        self.precomputed: Optional[List[torch.Tensor]] = None   # image features for the splice in flight
-        self.pending: List[dict] = []      # records waiting for their LLM prefill time
-        self.images_seen = 0
-        self.announced = set()
-        self.timed_models = weakref.WeakKeyDictionary()   # model -> hook handles
-
-    @property
-    def active(self) -> bool:
-        return self.vision is not None or self.llm is not None or self.stats is not None
-
-    def announce(self, num_tokens: int, anyres: bool = False) -> None:
-        self.say_once(config_module.describe(self.config, num_tokens, anyres))
-
-    def say_once(self, message: str) -> None:
-        if message not in self.announced:
-            self.announced.add(message)
-            log.info(message)
-
-    def tag_samples(self, image_samples: List[int]) -> None:
-        """Note which batch sample each of the latest image records belongs to."""
-        if self.stats is not None and image_samples:
-            for record, sample in zip(self.pending[-len(image_samples):], image_samples):
-                record["sample"] = sample
-
-    def record(self, record: dict) -> None:
-        if self.stats is None:
-            return
-        record.update(image=self.images_seen, method=self.config.method)
-        self.images_seen += 1
-        self.pending.append(record)
-
-    def flush(self, prefill_ms: Optional[float] = None, llm_record=None) -> None:
-        """Write the waiting records, with what the prefill that used them did."""
-        for record in self.pending:
-            if prefill_ms is not None:
-                record["llm_prefill_ms"] = round(prefill_ms, 3)
-            sample = record.pop("sample", None)
-            if llm_record is not None and sample is not None and sample < len(llm_record.visual_out):
-                record["llm_visual_alive"] = llm_record.visual_out[sample]
-                record["llm_flops_reduction"] = round(llm_record.flops_reduction[sample], 4)
-            self.stats.write(record)
-        self.pending.clear()
-
-    def close(self) -> None:
-        if self.stats is not None:
-            self.flush()
-            self.stats.close()
-        for model in list(self.llm_models):
-            llm_runtime.detach(model)
-        for handles in self.timed_models.values():
-            for handle in handles:
-                handle.remove()
-
-
-def _llm_policy(config: Config):
-    if config.llm_method == "fitprune":
-        try:
-            return FitPrunePolicy(load_recipe(config.fitprune_recipe))
-        except RecipeError as err:
-            raise ConfigError(f"FITPRUNE_RECIPE={config.fitprune_recipe!r} cannot be used: {err}") from None
-    if config.llm_method == "fastv":
-        return FastVPolicy(config.ratio, config.fastv_layer)
-    return None
-
-
-def _watch_prefill(runtime: Runtime, model) -> None:
-    """Hook the decoder once per model: each prefill's time and decoder-side
-    pruning land in the stats, and recipe scaling notes in the log."""
-    if model in runtime.timed_models or (runtime.stats is None and runtime.llm is None):
-        return
-    llm = model.get_model()
-    started = {}
-
-    def before(module, args, kwargs):
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is not None and embeds.shape[1] > 1:
-            _sync(embeds)
-            started["t"] = time.perf_counter()
-
-    def after(module, args, kwargs, output):
-        if "t" not in started:
-            return
-        _sync(output[0])
-        elapsed_ms = 1000 * (time.perf_counter() - started.pop("t"))
-        record = llm_runtime.last_record(model) if model in runtime.llm_models else None
-        for note in record.notes if record is not None else ():
-            runtime.say_once(f"freePruner: {note}")
-        if runtime.stats is not None:
-            runtime.flush(elapsed_ms, record)
-
-    runtime.timed_models[model] = [
-        llm.register_forward_pre_hook(before, with_kwargs=True),
-        llm.register_forward_hook(after, with_kwargs=True),
-    ]
+_session: Optional[Session] = None
 
 
 def _crop_record(selection, valid_tokens: int) -> dict:
@@ -163,27 +40,27 @@ def _timings(run, share: float) -> dict:
 
 def encode_images(self, images):
     """LLaVA-1.5 path: every image keeps its budget of tokens, chosen per image."""
-    runtime = _runtime
-    if runtime is not None and runtime.precomputed is not None:
-        return runtime.precomputed
-    if runtime is None or (runtime.vision is None and runtime.stats is None):
+    session = _session
+    if session is not None and session.precomputed is not None:
+        return session.precomputed
+    if session is None or (session.vision is None and session.stats is None):
         return _ORIGINALS["encode_images"](self, images)
-    runtime.flush()
-    _watch_prefill(runtime, self)
+    session.flush()
+    watch_prefill(session, self)
     tower = self.get_model().get_vision_tower()
     num_patches = tower.num_patches
-    if runtime.vision is None:      # stats only: record the unpruned counts
+    if session.vision is None:      # stats only: record the unpruned counts
         for _ in range(images.shape[0]):
-            runtime.record({"tokens_in": num_patches, "tokens_out": num_patches})
+            session.record({"tokens_in": num_patches, "tokens_out": num_patches})
         return _ORIGINALS["encode_images"](self, images)
-    budget = runtime.config.budget(num_patches)
-    runtime.announce(num_patches)
+    budget = session.config.budget(num_patches)
+    session.announce(num_patches)
 
-    run = run_tower(tower, images, [CropRequest(budget)] * images.shape[0], runtime.vision)
+    run = run_tower(tower, images, [CropRequest(budget)] * images.shape[0], session.vision)
     with_cls = tower.select_feature == "cls_patch"
     kept = torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)])
     for selection in run.selections:
-        runtime.record({**_crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
+        session.record({**_crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
     return self.get_model().mm_projector(kept)
 
 
@@ -206,7 +83,7 @@ def _image_layouts(model, crops_per_image: List[int], image_sizes) -> List[Optio
     return layouts
 
 
-def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], image_sizes, runtime):
+def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], image_sizes, session):
     """LLaVA-NeXT path: prune every crop of every image, then lay kept tokens
     out as upstream does (base first, unpadded raster, one newline per row).
 
@@ -217,21 +94,21 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
     merge_type = getattr(model.config, "mm_patch_merge_type", "flat")
     layouts = _image_layouts(model, crops_per_image, image_sizes)
     newline = getattr(model.get_model(), "image_newline", None)
-    if runtime.vision is None:      # upstream's tokens, counted
+    if session.vision is None:      # upstream's tokens, counted
         counts = [anyres.unpruned_length(l, merge_type, c, crop_tokens) for l, c in zip(layouts, crops_per_image)]
         for tokens in counts:
-            runtime.record({"tokens_in": tokens, "tokens_out": tokens})
+            session.record({"tokens_in": tokens, "tokens_out": tokens})
         return None, counts
 
-    runtime.announce(crop_tokens, anyres=True)
+    session.announce(crop_tokens, anyres=True)
     requests = []
     for layout, crops_i in zip(layouts, crops_per_image):
-        requests.append(CropRequest(runtime.config.budget(crop_tokens)))
+        requests.append(CropRequest(session.config.budget(crop_tokens)))
         for tile in range(crops_i - 1):
             valid = layout.tile_valid(tile) if layout else None
             valid_tokens = crop_tokens if valid is None else int(valid.sum())
-            requests.append(CropRequest(runtime.config.crop_budget(valid_tokens, crop_tokens), valid))
-    run = run_tower(tower, crops, requests, runtime.vision)
+            requests.append(CropRequest(session.config.crop_budget(valid_tokens, crop_tokens), valid))
+    run = run_tower(tower, crops, requests, session.vision)
     # Project every token as upstream does, then gather: with all tokens kept
     # the result is bit-identical to upstream's.
     projected = model.get_model().mm_projector(run.features)
@@ -249,7 +126,7 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
         else:
             image = anyres.assemble(base, tiles, kept_tiles, layout, merge_type, newline)
         features.append(image)
-        runtime.record({
+        session.record({
             "tokens_in": anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens),
             "tokens_out": int(image.shape[0]),
             "crops": [_crop_record(s, int(r.valid.sum()) if r.valid is not None else crop_tokens)
@@ -268,38 +145,38 @@ def prepare_inputs_labels_for_multimodal(
     the decoder-side pruning where the visual tokens landed."""
     original = _ORIGINALS["prepare_inputs_labels_for_multimodal"]
     args = (input_ids, position_ids, attention_mask, past_key_values, labels)
-    runtime = _runtime
-    if (runtime is None or not runtime.active or images is None or input_ids.shape[1] == 1
+    session = _session
+    if (session is None or not session.active or images is None or input_ids.shape[1] == 1
             or self.get_vision_tower() is None):
         return original(self, *args, images, image_sizes)
     multi_crop = type(images) is list or images.ndim == 5
-    if not multi_crop and runtime.llm is None:
+    if not multi_crop and session.llm is None:
         return original(self, *args, images, image_sizes)      # encode_images does the work
-    runtime.flush()
-    _watch_prefill(runtime, self)
+    session.flush()
+    watch_prefill(session, self)
     if multi_crop:
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
-        features, counts = _anyres_features(self, torch.cat(images), [x.shape[0] for x in images], image_sizes, runtime)
+        features, counts = _anyres_features(self, torch.cat(images), [x.shape[0] for x in images], image_sizes, session)
     else:
         features = self.encode_images(images)
         counts = [features.shape[1]] * features.shape[0]
     # Upstream walks images in order; a text-only sample still consumes one.
-    runtime.tag_samples([b for b, ids in enumerate(input_ids)
+    session.tag_samples([b for b, ids in enumerate(input_ids)
                          for _ in range(max(1, int((ids == IMAGE_TOKEN_INDEX).sum())))])
     if features is None:
         out = original(self, *args, images, image_sizes)
     else:
         # A 4-D stand-in sends upstream down its single-crop branch, whose call
         # to encode_images returns the features computed above.
-        runtime.precomputed = features
+        session.precomputed = features
         try:
             out = original(self, *args, features[0].new_empty(len(features), 0, 0, 0), image_sizes)
         finally:
-            runtime.precomputed = None
-    if runtime.llm is not None:
-        if self not in runtime.llm_models:
-            llm_runtime.attach(self, runtime.llm)
-            runtime.llm_models.add(self)
+            session.precomputed = None
+    if session.llm is not None:
+        if self not in session.llm_models:
+            llm_runtime.attach(self, session.llm)
+            session.llm_models.add(self)
         spans = llm_runtime.visual_spans(
             input_ids, attention_mask, counts, getattr(self.config, "tokenizer_model_max_length", None),
             getattr(self.config, "tokenizer_padding_side", "right"))
@@ -315,59 +192,59 @@ def _patch(owner, name: str, replacement) -> None:
 
 def apply(config: Optional[Config] = None, **overrides) -> Config:
     """Install the patches (once) with ``config`` (default: from the environment)."""
-    global _runtime
+    global _session
     config = config_module.from_env() if config is None else config
     if overrides:
         config = config.replace(**overrides)
-    if _runtime is not None:
-        _runtime.close()
-    _runtime = Runtime(config)
+    if _session is not None:
+        _session.close()
+    _session = Session(config)
     if config.device == "cpu":
         cpu.apply()
     _patch(LlavaMetaForCausalLM, "encode_images", encode_images)
     _patch(LlavaMetaForCausalLM, "prepare_inputs_labels_for_multimodal", prepare_inputs_labels_for_multimodal)
     if not config.enabled:
         log.info(config_module.describe(config))
-    elif _runtime.vision is None and config.llm_method is None:
+    elif _session.vision is None and config.llm_method is None:
         log.info("freePruner: no FREEPRUNER_RATIO or FREEPRUNER_TOKENS set; visual tokens are not pruned.")
     else:
-        _runtime.announce(576, anyres=False)
+        _session.announce(576, anyres=False)
     return config
 
 
 def _close_at_exit() -> None:
     # Records still waiting for a prefill time are written without one.
-    if _runtime is not None:
-        _runtime.close()
+    if _session is not None:
+        _session.close()
 
 
 atexit.register(_close_at_exit)
 
 
 def remove() -> None:
-    global _runtime
+    global _session
     for name, original in _ORIGINALS.items():
         setattr(LlavaMetaForCausalLM, name, original)
     _ORIGINALS.clear()
     cpu.remove()
-    if _runtime is not None:
-        _runtime.close()
-        _runtime = None
+    if _session is not None:
+        _session.close()
+        _session = None
 
 
 def set_vision_method(method) -> None:
     """Select with ``method`` (a :class:`~llava_freepruner.methods.base.VisionMethod`
     instance, registered or not) in the applied plugin; for benchmarks and experiments."""
-    if _runtime is None:
+    if _session is None:
         raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    _runtime.vision = method
+    _session.vision = method
 
 
 def vision_method():
     """The vision method the applied plugin selects with (None: it does not select)."""
-    if _runtime is None:
+    if _session is None:
         raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    return _runtime.vision
+    return _session.vision
 
 
 def is_applied() -> bool:

@@ -154,7 +154,8 @@ def _parse_int(var: str, raw: str, accepted: str) -> int:
         _fail(var, raw, accepted)
 
 
-def _parse_bool(var: str, raw: str) -> bool:
+def parse_bool(var: str, raw: str) -> bool:
+    """A switch variable: 1/true/yes/on or 0/false/no/off (empty: off)."""
     low = raw.strip().lower()
     if low in _TRUE:
         return True
@@ -207,7 +208,7 @@ _VARIABLES: dict = {
     "FREEPRUNER_FASTV_LAYER": ("fastv_layer", lambda v, r: _parse_int(v, r, "a layer index >= 0")),
     "FREEPRUNER_STATS": ("stats", lambda v, r: r),
     "FREEPRUNER_DEVICE": ("device", lambda v, r: r.strip().lower()),
-    "FREEPRUNER_DISABLE": ("enabled", lambda v, r: not _parse_bool(v, r)),
+    "FREEPRUNER_DISABLE": ("enabled", lambda v, r: not parse_bool(v, r)),
     "FITPRUNE_RECIPE": ("fitprune_recipe", lambda v, r: r.strip()),
 }
 KNOWN_VARIABLES = tuple(sorted(("FREEPRUNER_METHOD",) + tuple(_VARIABLES)))

@@ -21,7 +21,7 @@ from . import llm as llm_runtime
 from .anyres import TileLayout
 from .config import Config, ConfigError
 from .methods.base import CropRequest
-from .session import Session, log, watch_prefill
+from .session import Session, log
 from .tower import gather_kept, run_tower
 
 _ORIGINALS = {}
@@ -45,8 +45,7 @@ def encode_images(self, images):
         return session.precomputed
     if session is None or (session.vision is None and session.stats is None):
         return _ORIGINALS["encode_images"](self, images)
-    session.flush()
-    watch_prefill(session, self)
+    session.begin_images(self)
     tower = self.get_model().get_vision_tower()
     num_patches = tower.num_patches
     if session.vision is None:      # stats only: record the unpruned counts
@@ -152,8 +151,7 @@ def prepare_inputs_labels_for_multimodal(
     multi_crop = type(images) is list or images.ndim == 5
     if not multi_crop and session.llm is None:
         return original(self, *args, images, image_sizes)      # encode_images does the work
-    session.flush()
-    watch_prefill(session, self)
+    session.begin_images(self)
     if multi_crop:
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
         features, counts = _anyres_features(self, torch.cat(images), [x.shape[0] for x in images], image_sizes, session)
@@ -232,19 +230,21 @@ def remove() -> None:
         _session = None
 
 
+def _applied() -> Session:
+    if _session is None:
+        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
+    return _session
+
+
 def set_vision_method(method) -> None:
     """Select with ``method`` (a :class:`~llava_freepruner.methods.base.VisionMethod`
     instance, registered or not) in the applied plugin; for benchmarks and experiments."""
-    if _session is None:
-        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    _session.vision = method
+    _applied().vision = method
 
 
 def vision_method():
     """The vision method the applied plugin selects with (None: it does not select)."""
-    if _session is None:
-        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    return _session.vision
+    return _applied().vision
 
 
 def is_applied() -> bool:

@@ -76,6 +76,11 @@ class Session:
         self.images_seen += 1
         self.pending.append(record)
 
+    def begin_images(self, model) -> None:
+        """New images for ``model``: earlier records are complete, and its prefills are watched."""
+        self.flush()
+        watch_prefill(self, model)
+
     def flush(self, prefill_ms: Optional[float] = None, llm_record=None) -> None:
         """Write the waiting records, with what the prefill that used them did."""
         for record in self.pending:

@@ -25,8 +25,8 @@ class StatsWriter:
         self._file.close()
 
 
-def read_stats(path: str) -> list:
-    """All records of a stats file (for reports and tests)."""
+def read_jsonl(path) -> list:
+    """All records of a JSON-lines file: a stats file, an answer file."""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 

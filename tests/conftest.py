@@ -75,7 +75,3 @@ def run_upstream(module, args, env_vars, cwd, timeout=300):
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
-
-def read_jsonl(path):
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]

@@ -7,7 +7,7 @@ import torch
 import llava_freepruner
 from llava_freepruner import anyres
 from llava_freepruner.config import Config
-from llava_freepruner.stats import read_stats
+from llava_freepruner.stats import read_jsonl
 from llava_freepruner.tiny import TinySpec
 
 from conftest import load_llava as load
@@ -147,7 +147,7 @@ def test_half_ratio_per_image_fraction_and_batch_equals_single(v16, photo_dir, t
     embeds, mask = splice(model, tokenizer, images, sizes)
     singles = [splice(model, tokenizer, [im], [s]) for im, s in zip(images, sizes)]
     llava_freepruner.remove()
-    records = read_stats(stats)[: len(images)]
+    records = read_jsonl(stats)[: len(images)]
     for i, record in enumerate(records):
         assert 0.45 <= record["tokens_out"] / record["tokens_in"] <= 0.56
         assert record["crops"][0] == {**record["crops"][0], "tokens_in": 576, "tokens_out": 288}
@@ -165,7 +165,7 @@ def test_tokens_mean_per_full_crop_scaled_to_tiles(v16, photo_dir, tmp_path):
     llava_freepruner.apply(Config(tokens=100, stats=str(tmp_path / "s.jsonl")))
     splice(model, tokenizer, images, sizes)
     llava_freepruner.remove()
-    crops = read_stats(tmp_path / "s.jsonl")[0]["crops"]
+    crops = read_jsonl(tmp_path / "s.jsonl")[0]["crops"]
     assert crops[0]["tokens_out"] == 100
     for crop in crops[1:]:
         assert crop["tokens_in"] < 576 and crop["tokens_out"] == int(100 * crop["tokens_in"] / 576 + 0.5)

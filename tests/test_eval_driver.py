@@ -9,7 +9,7 @@ from eval_helpers import one_token_checkpoint, subprocess_env
 from llava_freepruner.evaluation import benchmarks
 from llava_freepruner.evaluation.benchmarks import MissingDataError
 from llava_freepruner.evaluation.driver import run_benchmark
-from llava_freepruner.evaluation.sharding import read_jsonl
+from llava_freepruner.stats import read_jsonl
 
 PRUNED = {"FREEPRUNER_DEVICE": "cpu", "FREEPRUNER_RATIO": "0.5"}
 

@@ -5,7 +5,7 @@ import torch
 
 import llava_freepruner
 from llava_freepruner.config import Config
-from llava_freepruner.stats import read_stats
+from llava_freepruner.stats import read_jsonl
 from llava_freepruner.tiny import TinySpec
 
 from conftest import load_llava as load
@@ -55,7 +55,7 @@ def test_half_ratio_keeps_288_per_image_and_writes_stats(v15, photo_dir, tmp_pat
     kept = encode(model, images)
     llava_freepruner.remove()
     assert full.shape[:2] == (3, 576) and kept.shape == (3, 288, full.shape[2])
-    records = read_stats(stats)
+    records = read_jsonl(stats)
     assert [r["tokens_out"] for r in records] == [288] * 3
     assert all(r["tokens_in"] == 576 and r["pivotal"] + r["complementary"] == 288 for r in records)
     # Kept rows are rows of the unpruned output (projector is per token), in raster order.
@@ -80,7 +80,7 @@ def test_batch_equals_single_runs(v15, photo_dir, tmp_path):
     singles = torch.cat([encode(model, images[i:i + 1]) for i in range(3)])
     llava_freepruner.remove()   # flushes the last stats record
     torch.testing.assert_close(batch, singles, rtol=1e-3, atol=1e-3)
-    records = read_stats(tmp_path / "s.jsonl")
+    records = read_jsonl(tmp_path / "s.jsonl")
     assert [r["pivotal"] for r in records[:3]] == [r["pivotal"] for r in records[3:]]
 
 

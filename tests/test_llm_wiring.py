@@ -7,10 +7,10 @@ import torch
 import llava_freepruner
 from llava_freepruner.config import Config, ConfigError
 from llava_freepruner.fitprune import flops_reduction, load_recipe, scale_deletions
-from llava_freepruner.stats import read_stats
+from llava_freepruner.stats import read_jsonl
 from llava_freepruner.tiny import TinySpec
 
-from conftest import load_llava, read_jsonl, run_upstream
+from conftest import load_llava, run_upstream
 
 
 pytestmark = pytest.mark.usefixtures("unpatched")
@@ -49,7 +49,7 @@ def test_builtin_recipe_is_followed_layer_by_layer(deep, photo_dir, tmp_path):
                                   stats=str(stats)))
     generate(deep, photo_dir)
     llava_freepruner.remove()
-    records = read_stats(stats)
+    records = read_jsonl(stats)
     recipe = load_recipe("llava-v1.5-7b@60")
     model = deep[2]
     # The estimate uses this model's sizes (hidden 64), not the 7B sizes the label refers to.
@@ -66,7 +66,7 @@ def test_freepruner_plus_fitprune_scales_recipe_to_tokens_reaching_llm(deep, pho
     llava_freepruner.apply(Config(ratio=0.5, llm_method="fitprune", fitprune_recipe="llava-v1.5-7b@60", stats=str(stats)))
     generate(deep, photo_dir)
     llava_freepruner.remove()
-    records = read_stats(stats)
+    records = read_jsonl(stats)
     expected = recipe_alive(load_recipe("llava-v1.5-7b@60"), 288)
     assert all(r["tokens_out"] == 288 and r["llm_visual_alive"] == expected for r in records)
     assert expected[-1] < 288 * 0.5
@@ -77,7 +77,7 @@ def test_fastv_keeps_fraction_after_its_layer(deep, photo_dir, tmp_path):
     llava_freepruner.apply(Config(vision_method=None, llm_method="fastv", ratio=0.25, fastv_layer=2, stats=str(stats)))
     generate(deep, photo_dir, ("chelsea",))
     llava_freepruner.remove()
-    alive = read_stats(stats)[0]["llm_visual_alive"]
+    alive = read_jsonl(stats)[0]["llm_visual_alive"]
     assert alive[:2] == [576, 576] and alive[2:] == [144] * 30
 
 

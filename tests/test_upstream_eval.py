@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from conftest import read_jsonl, run_upstream
+from conftest import run_upstream
+from llava_freepruner.stats import read_jsonl
 from llava_freepruner.tiny import TinySpec
 
 CPU = {"FREEPRUNER_DEVICE": "cpu"}

@@ -142,14 +142,15 @@ class Bench:
 
     def run_config(self, method: str, ratio: float, position: str) -> dict:
         import llava_freepruner
+        from .. import llava_patch
 
         config = plugin_config(method, ratio, self.bench.device.type, self.stats_path, self.settings.seed)
         llava_freepruner.apply(config)
         timer = None
         if config.vision_method is not None:
-            chosen = oracle.FirstK() if method == oracle.NAME else swap.installed()
+            chosen = oracle.FirstK() if method == oracle.NAME else llava_patch.vision_method()
             timer = swap.TimedMethod(chosen, self.clock, lambda: sync(self.bench.device))
-            swap.install(timer)
+            llava_patch.set_vision_method(timer)
         probe = Probe(self.bench.model, self.bench.device, self.clock)
         stats = StatsTail(self.stats_path)
         try:

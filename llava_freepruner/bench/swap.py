@@ -1,27 +1,13 @@
-"""Put another vision method into the applied plugin: the oracle, or a timing wrapper.
+"""A timing wrapper around the vision method of the applied plugin.
 
-The configuration can only name registered methods; unregistered ones go in
-through ``llava_patch.set_vision_method``.
+The bench puts it (or the unregistered oracle) in with ``llava_patch.set_vision_method``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 from ..methods.base import AttentionView, SelectionContext, Selection, VisionMethod
-
-
-def installed() -> Optional[VisionMethod]:
-    """The vision method the applied plugin selects with (None: it does not select)."""
-    from .. import llava_patch
-
-    return llava_patch.vision_method()
-
-
-def install(method: VisionMethod) -> None:
-    from .. import llava_patch
-
-    llava_patch.set_vision_method(method)
 
 
 class TimedMethod(VisionMethod):

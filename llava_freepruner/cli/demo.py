@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 
-from ..stats import read_stats
+from ..stats import read_jsonl
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 QUESTION = "What is in the image? Answer in a few words."
@@ -68,7 +68,7 @@ def _run_eval(model_path: str, workdir: str, tag: str, env_vars: dict, max_new_t
             print("  " + line)
     with open(answers) as handle:
         texts = [json.loads(line)["text"] for line in handle]
-    return texts, read_stats(stats)
+    return texts, read_jsonl(stats)
 
 
 def run(args) -> int:

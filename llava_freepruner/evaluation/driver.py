@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
 from . import benchmarks, naming
-from .sharding import read_jsonl, upstream_chunks, write_jsonl
+from ..stats import read_jsonl
+from .sharding import upstream_chunks, write_jsonl
 from .stats import token_summary
 
 

@@ -11,32 +11,18 @@ import hashlib
 import re
 from typing import Mapping
 
-PREFIXES = ("FREEPRUNER_", "FITPRUNE_")
+from ..autoload import ENV_PREFIXES
+from ..config import Config, parse_bool
+
 # Variables that change where output goes or which device runs, not the answers.
 NON_SEMANTIC = frozenset({"FREEPRUNER_STATS", "FREEPRUNER_DEVICE"})
 BUDGET_VARIABLES = ("FREEPRUNER_METHOD", "FREEPRUNER_RATIO", "FREEPRUNER_TOKENS", "FREEPRUNER_DISABLE")
-DEFAULT_METHOD = "freepruner"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+DEFAULT_METHOD = Config().method
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
 def _safe(text: str) -> str:
     return _UNSAFE.sub("_", text.strip())
-
-
-def _is_disabled(environ: Mapping[str, str]) -> bool:
-    raw = environ.get("FREEPRUNER_DISABLE")
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(
-        f"FREEPRUNER_DISABLE={raw!r} is not a boolean; accepted: {', '.join(_TRUE + _FALSE[:-1])} or empty"
-    )
 
 
 def pruning_tag(environ: Mapping[str, str]) -> str:
@@ -47,8 +33,8 @@ def pruning_tag(environ: Mapping[str, str]) -> str:
     the hash covers every other answer-changing ``FREEPRUNER_*``/``FITPRUNE_*``
     variable, so two different settings never share a tag.
     """
-    ours = {k: v for k, v in environ.items() if k.startswith(PREFIXES) and k not in NON_SEMANTIC}
-    if not ours or _is_disabled(ours):
+    ours = {k: v for k, v in environ.items() if k.startswith(ENV_PREFIXES) and k not in NON_SEMANTIC}
+    if not ours or parse_bool("FREEPRUNER_DISABLE", ours.get("FREEPRUNER_DISABLE", "")):
         return "none"
     method = ours.get("FREEPRUNER_METHOD", DEFAULT_METHOD).strip().lower() or DEFAULT_METHOD
     if method == "none":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
 
 
+
 class ShardError(RuntimeError):
     """Answer logs that cannot be merged into one complete answer file."""
 
@@ -183,6 +184,3 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     os.replace(tmp, path)
 
 
-def read_jsonl(path: Path) -> List[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

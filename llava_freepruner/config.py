@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
-from .autoload import ENV_PREFIXES as PREFIXES
+from .hosts import ENV_PREFIXES as PREFIXES
 
 VISION_METHODS = ("freepruner", "random", "grid", "cls_topk")
 LLM_METHODS = ("fitprune", "fastv")

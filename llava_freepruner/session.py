@@ -2,7 +2,7 @@
 waiting for their prefill, and the hooks that time each prefill.
 
 One :class:`Session` lives from ``apply()`` to ``remove()``; the patched llava
-methods (``llava_patch``) read it.
+methods of every backend (``backends``) read it.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def test_fewer_visual_tokens_mean_fewer_prefill_flops(results):
 
 def test_oracle_feeds_exactly_k_visual_tokens_to_the_llm(checkpoint):
     import llava_freepruner
-    from llava_freepruner import llava_patch
+    from llava_freepruner import backends
     from llava_freepruner.bench import model as bench_model, oracle
 
     bench = bench_model.load_checkpoint(checkpoint, "cpu", torch.float32)
@@ -93,7 +93,7 @@ def test_oracle_feeds_exactly_k_visual_tokens_to_the_llm(checkpoint):
     try:
         for budget in (100, 7):
             llava_freepruner.apply(plugin_config("oracle", 1.0, "cpu", None, 0).replace(ratio=None, tokens=budget))
-            llava_patch.set_vision_method(oracle.FirstK())
+            backends.set_vision_method(oracle.FirstK())
             assert not oracle.FirstK().attention_layers(4, 2)
             with torch.inference_mode():
                 bench.model.generate(inputs.input_ids, images=inputs.images, image_sizes=inputs.image_sizes,

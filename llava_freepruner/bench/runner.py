@@ -142,15 +142,15 @@ class Bench:
 
     def run_config(self, method: str, ratio: float, position: str) -> dict:
         import llava_freepruner
-        from .. import llava_patch
+        from .. import backends
 
         config = plugin_config(method, ratio, self.bench.device.type, self.stats_path, self.settings.seed)
         llava_freepruner.apply(config)
         timer = None
         if config.vision_method is not None:
-            chosen = oracle.FirstK() if method == oracle.NAME else llava_patch.vision_method()
+            chosen = oracle.FirstK() if method == oracle.NAME else backends.vision_method()
             timer = swap.TimedMethod(chosen, self.clock, lambda: sync(self.bench.device))
-            llava_patch.set_vision_method(timer)
+            backends.set_vision_method(timer)
         probe = Probe(self.bench.model, self.bench.device, self.clock)
         stats = StatsTail(self.stats_path)
         try:
@@ -219,7 +219,7 @@ class Bench:
 
     def run(self) -> List[dict]:
         rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods]]
-        from .. import llava_patch  # noqa: F401  (its import sets the logger up; quiet it after)
+        from .. import session  # noqa: F401  (its import sets the logger up; quiet it after)
 
         plugin_log = logging.getLogger("llava_freepruner")
         level = plugin_log.level

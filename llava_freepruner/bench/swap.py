@@ -1,6 +1,6 @@
 """A timing wrapper around the vision method of the applied plugin.
 
-The bench puts it (or the unregistered oracle) in with ``llava_patch.set_vision_method``.
+The bench puts it (or the unregistered oracle) in with ``backends.set_vision_method``.
 """
 
 from __future__ import annotations

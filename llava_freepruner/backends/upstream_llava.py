@@ -1,4 +1,4 @@
-"""Patches on upstream ``llava`` that route images through the selection.
+"""Backend for upstream ``llava``: patches that route images through the selection.
 
 Only ``LlavaMetaForCausalLM`` is patched (the llama, mistral and mpt classes all
 inherit from it). Each wrapper calls the original for everything it does not
@@ -7,7 +7,6 @@ change; :func:`remove` puts every original back.
 
 from __future__ import annotations
 
-import atexit
 from typing import List, Optional
 
 import torch
@@ -15,14 +14,12 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model.llava_arch import LlavaMetaForCausalLM, unpad_image
 
-from . import config as config_module
-from . import anyres, cpu
-from . import llm as llm_runtime
-from .anyres import TileLayout
-from .config import Config, ConfigError
-from .methods.base import CropRequest
-from .session import Session, log
-from .tower import gather_kept, run_tower
+from .. import anyres, cpu
+from .. import llm as llm_runtime
+from ..anyres import TileLayout
+from ..methods.base import CropRequest
+from ..session import Session
+from ..tower import gather_kept, run_tower
 
 _ORIGINALS = {}
 _session: Optional[Session] = None
@@ -188,73 +185,20 @@ def _patch(owner, name: str, replacement) -> None:
         setattr(owner, name, replacement)
 
 
-def apply(config: Optional[Config] = None, **overrides) -> Config:
-    """Install the patches (once) with ``config`` (default: from the environment)."""
+def install(session: Session, host=None) -> None:
+    """Route upstream's image encoding through ``session`` (patches installed once)."""
     global _session
-    config = config_module.from_env() if config is None else config
-    if overrides:
-        config = config.replace(**overrides)
-    if _session is not None:
-        _session.close()
-    _session = Session(config)
-    if config.device == "cpu":
+    _session = session
+    if session.config.device == "cpu":
         cpu.apply()
     _patch(LlavaMetaForCausalLM, "encode_images", encode_images)
     _patch(LlavaMetaForCausalLM, "prepare_inputs_labels_for_multimodal", prepare_inputs_labels_for_multimodal)
-    if not config.enabled:
-        log.info(config_module.describe(config))
-    elif _session.vision is None and config.llm_method is None:
-        log.info("freePruner: no FREEPRUNER_RATIO or FREEPRUNER_TOKENS set; visual tokens are not pruned.")
-    else:
-        _session.announce(576, anyres=False)
-    return config
 
 
-def _close_at_exit() -> None:
-    # Records still waiting for a prefill time are written without one.
-    if _session is not None:
-        _session.close()
-
-
-atexit.register(_close_at_exit)
-
-
-def remove() -> None:
+def uninstall() -> None:
     global _session
     for name, original in _ORIGINALS.items():
         setattr(LlavaMetaForCausalLM, name, original)
     _ORIGINALS.clear()
     cpu.remove()
-    if _session is not None:
-        _session.close()
-        _session = None
-
-
-def _applied() -> Session:
-    if _session is None:
-        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    return _session
-
-
-def set_vision_method(method) -> None:
-    """Select with ``method`` (a :class:`~llava_freepruner.methods.base.VisionMethod`
-    instance, registered or not) in the applied plugin; for benchmarks and experiments."""
-    _applied().vision = method
-
-
-def vision_method():
-    """The vision method the applied plugin selects with (None: it does not select)."""
-    return _applied().vision
-
-
-def is_applied() -> bool:
-    return bool(_ORIGINALS)
-
-
-def activate_from_env() -> None:
-    """Apply the environment's configuration; a bad value ends the process
-    with a message naming the variable, before any model is loaded."""
-    try:
-        apply(config_module.from_env())
-    except (ConfigError, OSError) as err:
-        raise SystemExit(f"llava_freepruner: {err}") from None
+    _session = None

@@ -113,3 +113,27 @@ def unpruned_length(layout: Optional[TileLayout], merge_type: str, num_crops: in
         return crop_tokens * num_crops
     rows = layout.rows[1] - layout.rows[0]
     return crop_tokens + rows * (layout.cols[1] - layout.cols[0] + 1)
+
+
+def packed_positions(layout: TileLayout, base: torch.Tensor, kept_tiles: Sequence[torch.Tensor],
+                     newline: bool) -> torch.Tensor:
+    """Positions of the kept tokens in the full ``spatial_unpad`` sequence of one image
+    (base crop first, then the unpadded map row by row, a newline closing each row
+    when ``newline``). A row's newline is kept when the row keeps a token; in raster order.
+    """
+    side, crop_tokens = layout.side, layout.side * layout.side
+    (r0, r1), (c0, c1) = layout.rows, layout.cols
+    stride = c1 - c0 + int(newline)
+    positions = [base.long()]
+    kept_rows = set()
+    for tile, kept in enumerate(kept_tiles):
+        tile_row, tile_col = divmod(tile, layout.tiles_wide)
+        y, x = kept.long() // side, kept.long() % side
+        rows, cols = tile_row * side + y - r0, tile_col * side + x - c0
+        inside = (rows >= 0) & (rows < r1 - r0) & (cols >= 0) & (cols < c1 - c0)
+        positions.append(crop_tokens + rows[inside] * stride + cols[inside])
+        kept_rows.update(rows[inside].tolist())
+    if newline:
+        positions.append(torch.tensor([crop_tokens + r * stride + stride - 1 for r in sorted(kept_rows)],
+                                      dtype=torch.long))
+    return torch.sort(torch.cat(positions)).values

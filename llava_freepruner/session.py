@@ -46,6 +46,7 @@ class Session:
         self.llm_models = weakref.WeakSet()    # models the decoder-side pruning is attached to
         self.stats = open_writer(config.stats) if config.enabled else None
         self.precomputed: Optional[List[torch.Tensor]] = None   # image features for the splice in flight
+        self.pending_images = None         # per image (tokens made, kept positions) until the merge
         self.pending: List[dict] = []      # records waiting for their LLM prefill time
         self.images_seen = 0
         self.announced = set()

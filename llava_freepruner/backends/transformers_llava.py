@@ -1,0 +1,351 @@
+"""Backend for transformers' own LLaVA classes (``LlavaModel``, ``LlavaNextModel``).
+
+Three patches per host class, each calling the original for the work it does not change:
+
+- ``get_image_features``: the host's own tower + projector (+ LLaVA-NeXT packing)
+  run with the capture attached; the method selects per crop and only the kept
+  features are returned. ``generate()`` of transformers 5.x calls it before the
+  prefill, the model's forward calls it in 4.57; both get the kept features.
+- ``get_placeholder_mask``: the host's check runs against the full placeholder
+  count; the mask returned marks the kept placeholders only, so the host's
+  ``masked_scatter`` fills them, and the dropped ones are noted.
+- the decoder (``language_model``) forward of that model instance: the noted
+  positions leave the sequence there (:mod:`llava_freepruner.sequence`), and
+  every later decode step on the same cache is translated. ``generate()`` keeps
+  the caller's ``input_ids`` as the prefix; the KV cache holds text + kept tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import weakref
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from .. import anyres
+from ..capture import AttentionCapture
+from ..config import ConfigError
+from ..methods.base import CropRequest, SelectionContext
+from ..sequence import Compression
+from ..session import Session
+from ..tower import feature_layer, sync
+
+SUPPORTED_VERSIONS = "4.57.x, or 5.17 and newer 5.x"
+# host module -> the model class that merges image features
+HOST_CLASSES = {
+    "transformers.models.llava.modeling_llava": "LlavaModel",
+    "transformers.models.llava_next.modeling_llava_next": "LlavaNextModel",
+}
+_ATTR = "_freepruner_compression"
+
+_session: Optional[Session] = None
+_ORIGINALS = {}                         # (class, attribute) -> original
+_decoders = weakref.WeakSet()           # language models whose forward is wrapped
+
+
+def check_version(version: str) -> None:
+    """Refuse a transformers release outside the supported range, naming both."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    major, minor = (parts + [0, 0])[:2]
+    if not ((major, minor) == (4, 57) or (major == 5 and minor >= 17)):
+        raise ConfigError(
+            f"transformers {version} is installed; llava_freepruner prunes transformers' LLaVA classes "
+            f"on transformers {SUPPORTED_VERSIONS}. Install one of those "
+            "(upstream llava keeps its own pin, transformers 4.37.2)."
+        )
+
+
+def install(session: Session, host) -> None:
+    import transformers
+
+    check_version(transformers.__version__)
+    global _session
+    _session = session
+    cls = getattr(host, HOST_CLASSES[host.__name__])
+    _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
+    _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
+
+
+def uninstall() -> None:
+    global _session
+    for (cls, name), original in _ORIGINALS.items():
+        setattr(cls, name, original)
+    _ORIGINALS.clear()
+    for decoder in list(_decoders):
+        decoder.__dict__.pop("forward", None)
+    _decoders.clear()
+    _session = None
+
+
+def _patch(cls, name: str, replacement) -> None:
+    if (cls, name) not in _ORIGINALS:
+        _ORIGINALS[(cls, name)] = cls.__dict__[name]
+        setattr(cls, name, replacement)
+
+
+# -- vision side ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Image:
+    """One image's crops and, for LLaVA-NeXT, its tile layout in the packed sequence."""
+
+    first_crop: int
+    num_crops: int
+    layout: Optional[anyres.TileLayout] = None
+    newline: bool = False
+
+
+def _num_prefix(vision_config) -> int:
+    """Tokens the tower puts before its patches: [CLS] (none in SigLIP) and registers."""
+    cls_token = 0 if "siglip" in vision_config.model_type else 1
+    return cls_token + getattr(vision_config, "num_register_tokens", 0)
+
+
+def _plan(model, pixel_values, image_sizes, config) -> tuple:
+    """(crop requests in the order the tower sees the crops, images, patches per crop side)."""
+    vision = model.config.vision_config
+    patch = vision.patch_size
+    if not hasattr(model, "pack_image_features"):           # LlavaModel: one crop per image
+        rows, cols = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+        _check_budget(config, rows * cols)
+        request = CropRequest(config.budget(rows * cols))
+        images = [_Image(i, 1) for i in range(pixel_values.shape[0])]
+        return [request] * len(images), images, (rows, cols)
+
+    from transformers.models.llava_next.modeling_llava_next import (
+        get_anyres_image_grid_shape, image_size_to_num_patches, unpad_image)
+
+    side = vision.image_size // patch
+    _check_budget(config, side * side)
+    requests, images = [], []
+    for size in image_sizes:
+        crops = image_size_to_num_patches(size, model.config.image_grid_pinpoints, vision.image_size)
+        image = _Image(len(requests), crops, newline=model.image_newline is not None)
+        requests.append(CropRequest(config.budget(side * side)))
+        if crops > 1:
+            high, wide = get_anyres_image_grid_shape(size, model.config.image_grid_pinpoints, vision.image_size)
+            image.layout = anyres.tile_layout(wide, high, side, size, unpad_image)
+            for tile in range(crops - 1):
+                valid = image.layout.tile_valid(tile)
+                requests.append(CropRequest(config.crop_budget(int(valid.sum()), side * side), valid))
+        images.append(image)
+    return requests, images, (side, side)
+
+
+def _check_budget(config, crop_tokens: int) -> None:
+    if config.tokens is not None and config.tokens > crop_tokens:
+        raise ConfigError(
+            f"FREEPRUNER_TOKENS={config.tokens} exceeds the {crop_tokens} visual tokens of one image crop "
+            f"of this model: expected 1..{crop_tokens} (or FREEPRUNER_RATIO)."
+        )
+
+
+def _wrap_image_features(original):
+    @functools.wraps(original)
+    def get_image_features(self, *args, **kwargs):
+        session = _session
+        if session is None or (session.vision is None and session.stats is None):
+            return original(self, *args, **kwargs)
+        call = inspect.signature(original).bind(self, *args, **kwargs).arguments
+        pixel_values = call["pixel_values"]
+        layer = call.get("vision_feature_layer")
+        layer = self.config.vision_feature_layer if layer is None else layer
+        if not isinstance(layer, int):
+            raise ConfigError(f"vision_feature_layer={layer!r}: llava_freepruner selects on one tower layer; "
+                              "models that concatenate several layers' features are not supported.")
+        requests, images, grid = _plan(self, pixel_values, call.get("image_sizes"), session.config)
+        vision = self.config.vision_config
+        ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),
+                               num_layers=vision.num_hidden_layers,
+                               feature_layer=feature_layer(vision.num_hidden_layers, layer))
+        sync(pixel_values)
+        start = time.perf_counter()
+        if session.vision is None:
+            output, selections, select_seconds = original(self, *args, **kwargs), None, 0.0
+        else:
+            session.announce(grid[0] * grid[1], anyres=hasattr(self, "pack_image_features"))
+            with AttentionCapture(self.vision_tower, session.vision, ctx) as capture:
+                output = original(self, *args, **kwargs)
+            selections = session.vision.select(ctx)
+            select_seconds = capture.seconds
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        sync(features[0])
+        seconds = time.perf_counter() - start
+        kept_features, pending = [], []
+        for image, feats in zip(images, features):
+            n = feats.shape[0]
+            if selections is None:
+                keep = torch.arange(n)
+            else:
+                keep = _positions(image, selections, n, grid)
+            kept_features.append(feats[keep.to(feats.device)])
+            pending.append((n, keep))
+            session.record(_image_record(image, selections, requests, n, keep.numel(), grid,
+                                         seconds * image.num_crops / len(requests),
+                                         select_seconds * image.num_crops / len(requests)))
+        session.pending_images = pending
+        if hasattr(output, "pooler_output"):
+            output.pooler_output = kept_features
+            return output
+        return kept_features
+
+    return get_image_features
+
+
+def _positions(image: _Image, selections, num_features: int, grid) -> torch.Tensor:
+    crops = selections[image.first_crop:image.first_crop + image.num_crops]
+    base = crops[0].indices.cpu()
+    if image.layout is not None:
+        return anyres.packed_positions(image.layout, base, [s.indices.cpu() for s in crops[1:]], image.newline)
+    # tokens before the patches ([CLS] under strategy "full"), the kept patches, LLaVA-NeXT's newline
+    prefix = num_features - grid[0] * grid[1] - int(image.newline)
+    pieces = [torch.arange(prefix), prefix + base]
+    if image.newline:
+        pieces.append(torch.tensor([num_features - 1]))
+    return torch.cat(pieces)
+
+
+def _image_record(image, selections, requests, tokens_in, tokens_out, grid, seconds, select_seconds) -> dict:
+    record = {"tokens_in": tokens_in, "tokens_out": tokens_out,
+              "vision_ms": round(1000 * seconds, 3), "select_ms": round(1000 * select_seconds, 3)}
+    if selections is None:
+        return record
+    crops = []
+    for c in range(image.first_crop, image.first_crop + image.num_crops):
+        valid = requests[c].valid
+        crops.append({"tokens_in": grid[0] * grid[1] if valid is None else int(valid.sum()),
+                      "tokens_out": int(selections[c].indices.numel()),
+                      "pivotal": selections[c].num_pivotal, "complementary": selections[c].num_complementary})
+    if len(crops) == 1:
+        record.update(pivotal=crops[0]["pivotal"], complementary=crops[0]["complementary"])
+    else:
+        record["crops"] = crops
+    return record
+
+
+# -- the merge ------------------------------------------------------------------------------
+
+
+def _wrap_placeholder_mask(original):
+    @functools.wraps(original)
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
+        session = _session
+        pending = getattr(session, "pending_images", None) if session is not None else None
+        if not pending:
+            return original(self, input_ids, inputs_embeds, image_features)
+        session.pending_images = None
+        counts = [n for n, _ in pending]
+        # The host checks its placeholders against the full counts (a shape-only stand-in).
+        stand_in = torch.empty((sum(counts), inputs_embeds.shape[-1]), device="meta")
+        full = original(self, input_ids, inputs_embeds, stand_in)
+        placeholders = full[..., 0]
+        flat = torch.nonzero(placeholders.flatten()).flatten()
+        keep = torch.zeros_like(placeholders)
+        offset = 0
+        for n, kept in pending:
+            keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
+            offset += n
+        decoder = _shortening_decoder(self.language_model)
+        drop = placeholders & ~keep
+        decoder.arm(drop if bool(drop.any()) else None)
+        return keep[..., None].expand_as(full)
+
+    return get_placeholder_mask
+
+
+# -- the decoder ----------------------------------------------------------------------------
+
+
+def _shortening_decoder(decoder) -> "_ShorteningDecoder":
+    wrapper = decoder.__dict__.get("forward")
+    if not isinstance(wrapper, _ShorteningDecoder):
+        wrapper = _ShorteningDecoder(decoder)
+        decoder.forward = wrapper
+        _decoders.add(decoder)
+    return wrapper
+
+
+class _ShorteningDecoder:
+    """The forward of one language model: drops the armed positions at prefill,
+    translates decode steps on a cache that holds a shortened prompt, times prefills."""
+
+    def __init__(self, decoder):
+        self.original = decoder.forward
+        self.signature = inspect.signature(self.original)
+        self.var_keyword = next((p.name for p in self.signature.parameters.values()
+                                 if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+        self.cache_key = "cache" if "cache" in self.signature.parameters else "past_key_values"
+        self.drop: Optional[torch.Tensor] = None
+
+    def arm(self, drop: Optional[torch.Tensor]) -> None:
+        self.drop = drop
+
+    def __call__(self, *args, **kwargs):
+        call = dict(self.signature.bind(*args, **kwargs).arguments)
+        call.update(call.pop(self.var_keyword, {}) if self.var_keyword else {})
+        drop, self.drop = self.drop, None
+        cache = call.get(self.cache_key)
+        if drop is not None:
+            return self._prefill(call, drop)
+        compression = getattr(cache, _ATTR, None)
+        if compression is not None and cache.get_seq_length() > 0:
+            self._translate_decode(call, compression, cache)
+        return self._timed(call, prefill=compression is None)
+
+    def _timed(self, call, prefill: bool):
+        session = _session
+        embeds = call.get("inputs_embeds")
+        if session is None or not prefill or embeds is None or embeds.shape[1] == 1 or not session.pending:
+            return self.original(**call)
+        sync(embeds)
+        start = time.perf_counter()
+        out = self.original(**call)
+        sync(out[0])
+        session.flush(1000 * (time.perf_counter() - start))
+        return out
+
+    def _prefill(self, call, drop):
+        embeds = call["inputs_embeds"]
+        if embeds.shape[1] != drop.shape[1]:
+            raise RuntimeError(f"the decoder got {embeds.shape[1]} positions, the merge marked {drop.shape[1]}")
+        cache = call.get(self.cache_key)
+        if cache is not None and cache.get_seq_length() > 0:
+            raise RuntimeError("llava_freepruner prunes an image prompt only at its prefill (empty KV cache); "
+                               f"the cache already holds {cache.get_seq_length()} positions")
+        mask = call.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise RuntimeError("llava_freepruner needs the 2-D attention mask (batch, length) at prefill, "
+                               f"got a {mask.dim()}-D mask")
+        compression = Compression.from_drop(drop, mask)
+        call["inputs_embeds"] = compression.gather(embeds)
+        call["attention_mask"] = compression.compress_prompt_mask(mask).to(
+            mask.dtype if mask is not None else torch.long)
+        call["position_ids"] = compression.prefill_positions(call.get("position_ids"))
+        if call.get("cache_position") is not None:
+            call["cache_position"] = call["cache_position"][:compression.width]
+        out = self._timed(call, prefill=True)
+        out.last_hidden_state = compression.expand(out.last_hidden_state)
+        returned = getattr(out, self.cache_key, None)
+        if returned is None:
+            returned = getattr(out, "past_key_values", None)
+        for holder in (cache, returned):
+            if holder is not None:
+                setattr(holder, _ATTR, compression)
+        return out
+
+    @staticmethod
+    def _translate_decode(call, compression: Compression, cache) -> None:
+        steps = call["inputs_embeds"].shape[1] if call.get("inputs_embeds") is not None else call["input_ids"].shape[1]
+        past_full = cache.get_seq_length() - compression.width + compression.length
+        call["attention_mask"] = compression.decode_mask(call.get("attention_mask"), past_full + steps)
+        call["position_ids"] = compression.decode_positions(call.get("position_ids"), past_full, steps)
+        if call.get("cache_position") is not None:
+            call["cache_position"] = call["cache_position"] - (compression.length - compression.width)

@@ -1,14 +1,14 @@
 """Backend for transformers' own LLaVA classes (``LlavaModel``, ``LlavaNextModel``).
 
-Three patches per host class, each calling the original for the work it does not change:
+Three patches per host class, each calling the original for all its work:
 
 - ``get_image_features``: the host's own tower + projector (+ LLaVA-NeXT packing)
-  run with the capture attached; the method selects per crop and only the kept
-  features are returned. ``generate()`` of transformers 5.x calls it before the
-  prefill, the model's forward calls it in 4.57; both get the kept features.
-- ``get_placeholder_mask``: the host's check runs against the full placeholder
-  count; the mask returned marks the kept placeholders only, so the host's
-  ``masked_scatter`` fills them, and the dropped ones are noted.
+  run with the capture attached; the method selects per crop, and the positions
+  of the kept tokens in each image's features are noted. The features returned
+  are the host's, unchanged: ``generate()`` of transformers 5.x calls this before
+  the prefill and splits and repeats its output by placeholder counts.
+- ``get_placeholder_mask``: the host's own mask and check; the placeholders of
+  dropped tokens are noted for the decoder of that model.
 - the decoder (``language_model``) forward of that model instance: the noted
   positions leave the sequence there (:mod:`llava_freepruner.sequence`), and
   every later decode step on the same cache is translated. ``generate()`` keeps
@@ -179,23 +179,16 @@ def _wrap_image_features(original):
         features = output.pooler_output if hasattr(output, "pooler_output") else output
         sync(features[0])
         seconds = time.perf_counter() - start
-        kept_features, pending = [], []
+        pending = []
         for image, feats in zip(images, features):
             n = feats.shape[0]
-            if selections is None:
-                keep = torch.arange(n)
-            else:
-                keep = _positions(image, selections, n, grid)
-            kept_features.append(feats[keep.to(feats.device)])
+            keep = torch.arange(n) if selections is None else _positions(image, selections, n, grid)
             pending.append((n, keep))
             session.record(_image_record(image, selections, requests, n, keep.numel(), grid,
                                          seconds * image.num_crops / len(requests),
                                          select_seconds * image.num_crops / len(requests)))
         session.pending_images = pending
-        if hasattr(output, "pooler_output"):
-            output.pooler_output = kept_features
-            return output
-        return kept_features
+        return output
 
     return get_image_features
 
@@ -237,28 +230,45 @@ def _image_record(image, selections, requests, tokens_in, tokens_out, grid, seco
 def _wrap_placeholder_mask(original):
     @functools.wraps(original)
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
+        mask = original(self, input_ids, inputs_embeds, image_features)
         session = _session
         pending = getattr(session, "pending_images", None) if session is not None else None
         if not pending:
-            return original(self, input_ids, inputs_embeds, image_features)
+            return mask
         session.pending_images = None
-        counts = [n for n, _ in pending]
-        # The host checks its placeholders against the full counts (a shape-only stand-in).
-        stand_in = torch.empty((sum(counts), inputs_embeds.shape[-1]), device="meta")
-        full = original(self, input_ids, inputs_embeds, stand_in)
-        placeholders = full[..., 0]
-        flat = torch.nonzero(placeholders.flatten()).flatten()
+        placeholders = mask[..., 0]
         keep = torch.zeros_like(placeholders)
+        flat = torch.nonzero(placeholders.flatten()).flatten()
         offset = 0
-        for n, kept in pending:
+        for n, kept in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
             keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
             offset += n
-        decoder = _shortening_decoder(self.language_model)
         drop = placeholders & ~keep
-        decoder.arm(drop if bool(drop.any()) else None)
-        return keep[..., None].expand_as(full)
+        _shortening_decoder(self.language_model).arm(drop if bool(drop.any()) else None)
+        return mask
 
     return get_placeholder_mask
+
+
+def _per_placeholder_run(pending, per_row: List[int]) -> list:
+    """The selected images in the order their placeholders appear. ``generate()``
+    repeats each sample's rows (and images) for beam search or several return
+    sequences after the features were made: the selections are repeated with them."""
+    total = sum(n for n, _ in pending)
+    if sum(per_row) == total:
+        return pending
+    repeat = sum(per_row) // total if total else 0
+    if repeat < 2 or sum(per_row) != repeat * total or len(per_row) % repeat:
+        raise RuntimeError(f"the prompts hold {sum(per_row)} image placeholders, the images made {total} tokens")
+    runs, images = [], iter(pending)
+    for first in range(0, len(per_row), repeat):
+        sample, count = [], 0
+        while count < per_row[first]:
+            image = next(images)
+            sample.append(image)
+            count += image[0]
+        runs += sample * repeat
+    return runs
 
 
 # -- the decoder ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import List, Optional
 import torch
 
 from .. import anyres
+from .. import llm as llm_runtime
 from ..capture import AttentionCapture
 from ..config import ConfigError
 from ..methods.base import CropRequest, SelectionContext
@@ -152,7 +153,7 @@ def _wrap_image_features(original):
     @functools.wraps(original)
     def get_image_features(self, *args, **kwargs):
         session = _session
-        if session is None or (session.vision is None and session.stats is None):
+        if session is None or not session.active:
             return original(self, *args, **kwargs)
         call = inspect.signature(original).bind(self, *args, **kwargs).arguments
         pixel_values = call["pixel_values"]
@@ -243,8 +244,7 @@ def _wrap_placeholder_mask(original):
         for n, kept in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
             keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
             offset += n
-        drop = placeholders & ~keep
-        _shortening_decoder(self.language_model).arm(drop if bool(drop.any()) else None)
+        _shortening_decoder(self.language_model).arm(placeholders & ~keep, placeholders)
         return mask
 
     return get_placeholder_mask
@@ -288,23 +288,25 @@ class _ShorteningDecoder:
     translates decode steps on a cache that holds a shortened prompt, times prefills."""
 
     def __init__(self, decoder):
+        self.decoder = decoder
         self.original = decoder.forward
         self.signature = inspect.signature(self.original)
         self.var_keyword = next((p.name for p in self.signature.parameters.values()
                                  if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         self.cache_key = "cache" if "cache" in self.signature.parameters else "past_key_values"
-        self.drop: Optional[torch.Tensor] = None
+        self.armed = None        # (drop, visual) for the next prefill: (batch, length) bool each
 
-    def arm(self, drop: Optional[torch.Tensor]) -> None:
-        self.drop = drop
+    def arm(self, drop: torch.Tensor, visual: torch.Tensor) -> None:
+        """The next prefill drops ``drop`` and holds visual tokens at ``visual``."""
+        self.armed = (drop, visual)
 
     def __call__(self, *args, **kwargs):
         call = dict(self.signature.bind(*args, **kwargs).arguments)
         call.update(call.pop(self.var_keyword, {}) if self.var_keyword else {})
-        drop, self.drop = self.drop, None
+        armed, self.armed = self.armed, None
         cache = call.get(self.cache_key)
-        if drop is not None:
-            return self._prefill(call, drop)
+        if armed is not None:
+            return self._prefill(call, *armed)
         compression = getattr(cache, _ATTR, None)
         if compression is not None and cache.get_seq_length() > 0:
             self._translate_decode(call, compression, cache)
@@ -319,10 +321,16 @@ class _ShorteningDecoder:
         start = time.perf_counter()
         out = self.original(**call)
         sync(out[0])
-        session.flush(1000 * (time.perf_counter() - start))
+        record = llm_runtime.last_record(self.decoder) if session.llm is not None else None
+        for note in record.notes if record is not None else ():
+            session.say_once(f"freePruner: {note}")
+        session.flush(1000 * (time.perf_counter() - start), record)
         return out
 
-    def _prefill(self, call, drop):
+    def _prefill(self, call, drop, visual):
+        if not bool(drop.any()):
+            self._begin_llm_pruning(visual)
+            return self._timed(call, prefill=True)
         embeds = call["inputs_embeds"]
         if embeds.shape[1] != drop.shape[1]:
             raise RuntimeError(f"the decoder got {embeds.shape[1]} positions, the merge marked {drop.shape[1]}")
@@ -341,6 +349,7 @@ class _ShorteningDecoder:
         call["position_ids"] = compression.prefill_positions(call.get("position_ids"))
         if call.get("cache_position") is not None:
             call["cache_position"] = call["cache_position"][:compression.width]
+        self._begin_llm_pruning(compression.gather(visual))
         out = self._timed(call, prefill=True)
         out.last_hidden_state = compression.expand(out.last_hidden_state)
         returned = getattr(out, self.cache_key, None)
@@ -351,6 +360,16 @@ class _ShorteningDecoder:
                 setattr(holder, _ATTR, compression)
         return out
 
+    def _begin_llm_pruning(self, visual: torch.Tensor) -> None:
+        """Hand the decoder-side policy (FitPrune, FastV) the visual spans the decoder will see."""
+        session = _session
+        if session is None or session.llm is None:
+            return
+        if not llm_runtime.is_attached(self.decoder):
+            llm_runtime.attach(self.decoder, session.llm)
+            session.llm_models.add(self.decoder)
+        llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.cpu()])
+
     @staticmethod
     def _translate_decode(call, compression: Compression, cache) -> None:
         steps = call["inputs_embeds"].shape[1] if call.get("inputs_embeds") is not None else call["input_ids"].shape[1]
@@ -359,3 +378,16 @@ class _ShorteningDecoder:
         call["position_ids"] = compression.decode_positions(call.get("position_ids"), past_full, steps)
         if call.get("cache_position") is not None:
             call["cache_position"] = call["cache_position"] - (compression.length - compression.width)
+
+
+def _runs(visual_row: torch.Tensor) -> List[tuple]:
+    """[start, end) runs of True in one row."""
+    flags = visual_row.tolist()
+    runs, start = [], None
+    for i, flag in enumerate(flags + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs

@@ -11,4 +11,7 @@ HOST_MODULES = {
     "llava": "upstream_llava",
     "transformers.models.llava.modeling_llava": "transformers_llava",
     "transformers.models.llava_next.modeling_llava_next": "transformers_llava",
+    "transformers.models.llava_onevision.modeling_llava_onevision": "transformers_llava",
+    "transformers.models.llava_next_video.modeling_llava_next_video": "transformers_llava",
+    "transformers.models.video_llava.modeling_video_llava": "transformers_llava",
 }

@@ -41,6 +41,12 @@ HOST_CLASSES = {
     "transformers.models.llava.modeling_llava": "LlavaModel",
     "transformers.models.llava_next.modeling_llava_next": "LlavaNextModel",
 }
+# LLaVA-family classes not supported yet: refused when a model is built while the plugin prunes.
+UNSUPPORTED_CLASSES = {
+    "transformers.models.llava_onevision.modeling_llava_onevision": "LlavaOnevisionModel",
+    "transformers.models.llava_next_video.modeling_llava_next_video": "LlavaNextVideoModel",
+    "transformers.models.video_llava.modeling_video_llava": "VideoLlavaModel",
+}
 _ATTR = "_freepruner_compression"
 
 _session: Optional[Session] = None
@@ -69,10 +75,27 @@ def install(session: Session, host) -> None:
     check_version(transformers.__version__)
     global _session
     _session = session
+    if host.__name__ in UNSUPPORTED_CLASSES:
+        cls = getattr(host, UNSUPPORTED_CLASSES[host.__name__])
+        _patch(cls, "__init__", _refuse_init(cls.__init__, cls.__name__))
+        return
     cls = getattr(host, HOST_CLASSES[host.__name__])
     _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
     _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
 
+
+def _refuse_init(original, name: str):
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        if _session is not None and _session.active and _session.config.prunes:
+            raise ConfigError(
+                f"llava_freepruner does not prune transformers' {name} yet; supported: "
+                f"{', '.join(HOST_CLASSES.values())} (and upstream llava). Unset the FREEPRUNER_* / "
+                "FITPRUNE_* variables to run it unpruned."
+            )
+        original(self, *args, **kwargs)
+
+    return __init__
 
 def uninstall() -> None:
     global _session

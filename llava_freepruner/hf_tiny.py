@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() }}: "
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
@@ -29,11 +30,13 @@ _CORPUS = [
 ]
 # Grid pinpoints of llava-v1.6 (336 px crops)
 GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+# llava-onevision: 384 px crops, 1x1 .. 6x6 tiles
+ONEVISION_PINPOINTS = [[384 * h, 384 * w] for h in range(1, 7) for w in range(1, 7)]
 
 
 @dataclass(frozen=True)
 class TinyHF:
-    kind: str = "llava"             # "llava" (1.5) or "llava_next" (1.6, anyres)
+    kind: str = "llava"             # "llava" (1.5), "llava_next" (1.6, anyres) or "llava_onevision"
     llm: str = "llama"              # "llama", "mistral" or "qwen2"
     vision_layers: int = 4
     llm_layers: int = 3
@@ -48,14 +51,14 @@ def build_tokenizer():
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN, VIDEO_TOKEN]
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(_CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<pad>", padding_side="left",
                                    model_input_names=["input_ids", "attention_mask"])
-    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, VIDEO_TOKEN]})
     return fast
 
 
@@ -102,12 +105,48 @@ def build(spec: TinyHF = TinyHF()):
         processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                                        vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
                                        num_additional_image_tokens=1)
+    elif spec.kind == "llava_onevision":
+        from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                                  LlavaOnevisionImageProcessor, SiglipVisionConfig)
+
+        # SigLIP at 384 px: 27 x 27 = 729 patches, no [CLS]; features from the last layer, all kept
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=spec.vision_layers,
+                                    num_attention_heads=2, image_size=384, patch_size=14)
+        config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                                      video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+                                      vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                      image_grid_pinpoints=ONEVISION_PINPOINTS, vision_aspect_ratio="anyres_max_9")
+        model_cls = LlavaOnevisionForConditionalGeneration
+        # LlavaOnevisionProcessor needs torchvision for its video half: the image
+        # processor and the tokenizer are returned instead (see onevision_inputs).
+        processor = ImageAndText(LlavaOnevisionImageProcessor(size={"height": 384, "width": 384},
+                                                              image_grid_pinpoints=ONEVISION_PINPOINTS), tokenizer)
     else:
-        raise ValueError(f"TinyHF.kind={spec.kind!r}: expected 'llava' or 'llava_next'")
+        raise ValueError(f"TinyHF.kind={spec.kind!r}: expected 'llava', 'llava_next' or 'llava_onevision'")
     config._attn_implementation = spec.attn
     model = model_cls(config).eval()
     _spread_weights(model)
     return model, processor
+
+
+@dataclass(frozen=True)
+class ImageAndText:
+    image_processor: object
+    tokenizer: object
+
+
+def onevision_inputs(model, processor: ImageAndText, images, questions):
+    """Processor-like inputs for the tiny OneVision model: each prompt holds one
+    ``<image>`` expanded to the number of tokens the unpatched model makes for it."""
+    pixels = processor.image_processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        made = model.model.get_image_features(pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"],
+                                              vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                              vision_aspect_ratio="anyres_max_9")
+    counts = [f.shape[0] for f in getattr(made, "pooler_output", made)]
+    texts = [f"USER: {IMAGE_TOKEN * n}\n{q} ASSISTANT:" for n, q in zip(counts, questions)]
+    inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
+    return {**inputs, "pixel_values": pixels["pixel_values"], "image_sizes": pixels["image_sizes"]}
 
 
 def _spread_weights(model) -> None:

@@ -17,6 +17,7 @@ Three patches per host class, each calling the original for all its work:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import time
@@ -40,10 +41,10 @@ SUPPORTED_VERSIONS = "4.57.x, or 5.17 and newer 5.x"
 HOST_CLASSES = {
     "transformers.models.llava.modeling_llava": "LlavaModel",
     "transformers.models.llava_next.modeling_llava_next": "LlavaNextModel",
+    "transformers.models.llava_onevision.modeling_llava_onevision": "LlavaOnevisionModel",
 }
 # LLaVA-family classes not supported yet: refused when a model is built while the plugin prunes.
 UNSUPPORTED_CLASSES = {
-    "transformers.models.llava_onevision.modeling_llava_onevision": "LlavaOnevisionModel",
     "transformers.models.llava_next_video.modeling_llava_next_video": "LlavaNextVideoModel",
     "transformers.models.video_llava.modeling_video_llava": "VideoLlavaModel",
 }
@@ -82,6 +83,19 @@ def install(session: Session, host) -> None:
     cls = getattr(host, HOST_CLASSES[host.__name__])
     _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
     _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
+    if "get_video_features" in cls.__dict__:
+        _patch(cls, "get_video_features", _refuse_videos(cls.get_video_features, cls.__name__))
+
+
+def _refuse_videos(original, name: str):
+    @functools.wraps(original)
+    def get_video_features(self, *args, **kwargs):
+        if _session is not None and _session.config.prunes:
+            raise ConfigError(f"llava_freepruner prunes the images of {name}, not its videos yet: "
+                              "unset the FREEPRUNER_* / FITPRUNE_* variables for video prompts.")
+        return original(self, *args, **kwargs)
+
+    return get_video_features
 
 
 def _refuse_init(original, name: str):
@@ -133,7 +147,7 @@ def _num_prefix(vision_config) -> int:
     return cls_token + getattr(vision_config, "num_register_tokens", 0)
 
 
-def _plan(model, pixel_values, image_sizes, config) -> tuple:
+def _plan(model, pixel_values, call, config) -> tuple:
     """(crop requests in the order the tower sees the crops, images, patches per crop side)."""
     vision = model.config.vision_config
     patch = vision.patch_size
@@ -149,19 +163,37 @@ def _plan(model, pixel_values, image_sizes, config) -> tuple:
 
     side = vision.image_size // patch
     _check_budget(config, side * side)
+    image_sizes = call["image_sizes"]
+    # OneVision: several images in one sample go in as one crop each; large maps are resampled
+    per_sample = call.get("batch_num_images")
+    anyres_crops = [True] * len(image_sizes) if per_sample is None else [n == 1 for n in per_sample for _ in range(n)]
+    max_crops = _max_crops(model, call)
     requests, images = [], []
-    for size in image_sizes:
-        crops = image_size_to_num_patches(size, model.config.image_grid_pinpoints, vision.image_size)
+    for size, tiled in zip(image_sizes, anyres_crops):
+        crops = image_size_to_num_patches(size, model.config.image_grid_pinpoints, vision.image_size) if tiled else 1
         image = _Image(len(requests), crops, newline=model.image_newline is not None)
         requests.append(CropRequest(config.budget(side * side)))
         if crops > 1:
             high, wide = get_anyres_image_grid_shape(size, model.config.image_grid_pinpoints, vision.image_size)
             image.layout = anyres.tile_layout(wide, high, side, size, unpad_image)
+            if max_crops is not None:
+                image.layout = dataclasses.replace(
+                    image.layout, resampled=anyres.resampled_shape(image.layout, max_crops))
             for tile in range(crops - 1):
                 valid = image.layout.tile_valid(tile)
                 requests.append(CropRequest(config.crop_budget(int(valid.sum()), side * side), valid))
         images.append(image)
     return requests, images, (side, side)
+
+
+def _max_crops(model, call) -> Optional[int]:
+    """OneVision's ``anyres_max_N`` limit (None for models that never resample)."""
+    if model.config.model_type != "llava_onevision":
+        return None
+    aspect = call.get("vision_aspect_ratio") or model.config.vision_aspect_ratio
+    if not aspect.startswith("anyres_max_"):
+        raise ConfigError(f"vision_aspect_ratio={aspect!r}: llava_freepruner follows OneVision's 'anyres_max_N' only")
+    return int(aspect[len("anyres_max_"):])
 
 
 def _check_budget(config, crop_tokens: int) -> None:
@@ -185,7 +217,7 @@ def _wrap_image_features(original):
         if not isinstance(layer, int):
             raise ConfigError(f"vision_feature_layer={layer!r}: llava_freepruner selects on one tower layer; "
                               "models that concatenate several layers' features are not supported.")
-        requests, images, grid = _plan(self, pixel_values, call.get("image_sizes"), session.config)
+        requests, images, grid = _plan(self, pixel_values, call, session.config)
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),
                                num_layers=vision.num_hidden_layers,
@@ -253,14 +285,15 @@ def _image_record(image, selections, requests, tokens_in, tokens_out, grid, seco
 
 def _wrap_placeholder_mask(original):
     @functools.wraps(original)
-    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
-        mask = original(self, input_ids, inputs_embeds, image_features)
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, **kwargs):
+        masks = original(self, input_ids, inputs_embeds, image_features, **kwargs)
         session = _session
         pending = getattr(session, "pending_images", None) if session is not None else None
-        if not pending:
-            return mask
+        if not pending or image_features is None:
+            return masks
         session.pending_images = None
-        placeholders = mask[..., 0]
+        # OneVision returns (image mask, video mask)
+        placeholders = (masks[0] if isinstance(masks, tuple) else masks)[..., 0]
         keep = torch.zeros_like(placeholders)
         flat = torch.nonzero(placeholders.flatten()).flatten()
         offset = 0
@@ -268,7 +301,7 @@ def _wrap_placeholder_mask(original):
             keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
             offset += n
         _shortening_decoder(self.language_model).arm(placeholders & ~keep, placeholders)
-        return mask
+        return masks
 
     return get_placeholder_mask
 

@@ -143,6 +143,9 @@ class ClsTopK(VisionMethod):
         return (feature_layer,)
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
+        if ctx.num_prefix == 0:
+            raise ValueError("cls_topk ranks patches by the [CLS] query, and this vision tower has no [CLS] "
+                             "token (SigLIP): use freepruner, random or grid")
         cls_row = torch.zeros(1, dtype=torch.long, device=view.device)
         for sample, memo in enumerate(ctx.memo):
             memo["cls_attention"] = view.rows(sample, cls_row)[0, ctx.num_prefix:]

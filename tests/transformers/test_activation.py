@@ -91,18 +91,17 @@ def test_unsupported_versions_are_refused_naming_both(version):
 
 
 def test_a_class_the_plugin_cannot_prune_is_refused_when_built(plugin):
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
+    small = VideoLlavaConfig(text_config={"model_type": "llama", "num_hidden_layers": 1, "hidden_size": 32,
+                                          "intermediate_size": 32, "num_attention_heads": 2, "vocab_size": 100},
+                             vision_config={"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 32,
+                                            "num_attention_heads": 2})
     plugin(ratio=0.5)
-    with pytest.raises(ConfigError, match="does not prune transformers' LlavaOnevisionModel yet; supported: "
-                                          "LlavaModel, LlavaNextModel"):
-        LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig())
+    with pytest.raises(ConfigError, match="does not prune transformers' VideoLlavaModel yet; supported: "
+                                          "LlavaModel, LlavaNextModel, LlavaOnevisionModel"):
+        VideoLlavaForConditionalGeneration(small)
     import llava_freepruner
 
     llava_freepruner.remove()
-    small = LlavaOnevisionConfig(text_config={"model_type": "qwen2", "num_hidden_layers": 1, "hidden_size": 32,
-                                              "intermediate_size": 32, "num_attention_heads": 2,
-                                              "num_key_value_heads": 1, "vocab_size": 100},
-                                 vision_config={"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 32,
-                                                "num_attention_heads": 2})
-    LlavaOnevisionForConditionalGeneration(small)       # unpatched again
+    VideoLlavaForConditionalGeneration(small)       # unpatched again

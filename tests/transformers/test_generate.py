@@ -206,3 +206,37 @@ def test_tokens_above_the_crop_are_refused_by_name(tiny_models, photos, plugin):
     plugin(tokens=600)
     with pytest.raises(ConfigError, match="FREEPRUNER_TOKENS=600 exceeds the 576"):
         generate(model, inputs_for(processor, [photos["coffee"]], QUESTIONS[:1]))
+
+
+ONEVISION = TinyHF(kind="llava_onevision", llm="qwen2")
+
+
+def test_onevision_keeps_half_of_what_the_llm_sees_resampled_maps_included(tiny_models, photos, plugin, tmp_path):
+    from llava_freepruner.hf_tiny import onevision_inputs
+
+    model, processor = tiny_models(ONEVISION)
+    # the coffee photo at 1600x1000 tiles into a map OneVision resamples (anyres_max_9)
+    images = [photos["astronaut"], photos["coffee"].resize((1600, 1000))]
+    questions = ["What is it?", "Describe it."]
+    inputs = onevision_inputs(model, processor, images, questions)
+    reference = generate(model, inputs)
+    plugin(ratio=1.0)
+    assert torch.equal(generate(model, inputs).sequences, reference.sequences)
+
+    stats = tmp_path / "stats.jsonl"
+    plugin(ratio=0.5, stats=str(stats))
+    batch = generate(model, inputs)
+    for i in range(2):
+        single = generate(model, onevision_inputs(model, processor, images[i:i + 1], questions[i:i + 1]))
+        assert torch.equal(batch.sequences[i, -5:], single.sequences[0, -5:])
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    records = [json.loads(line) for line in stats.read_text().splitlines()][:2]
+    full = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    for record, tokens in zip(records, full):
+        assert record["tokens_in"] == tokens
+        assert 0.48 < record["tokens_out"] / tokens < 0.53
+        assert record["crops"][0]["tokens_in"] == 729
+    # resampled: each tile counts only the patches behind a token the LLM sees
+    assert any(c["tokens_in"] < 729 for c in records[1]["crops"][1:])

@@ -53,7 +53,7 @@ class TinySpec:
         return f"tiny-llava-{kind}-{self.llm}-{self.select_feature}"
 
 
-def _train_tokenizer(out_dir: str) -> None:
+def train_tokenizer(out_dir: str) -> None:
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
@@ -153,7 +153,7 @@ def build(root: str, spec: Optional[TinySpec] = None) -> str:
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".building-", dir=root)
     try:
-        _train_tokenizer(staging)
+        train_tokenizer(staging)
         _build_vision(spec, os.path.join(staging, "vision"))
         from transformers import LlamaTokenizer
 

@@ -111,4 +111,10 @@ for spec in "${no_deps[@]}"; do
     fi
 done
 
+# lmms-eval (its llava_hf model) in the newest-transformers environment only: its
+# checks need no second copy in the 4.57 one.
+if [[ "$host" == "transformers" && "$transformers_spec" == "transformers" ]]; then
+    bash "$repo_root/eval_scripts/install_lmms_eval.sh" "$py"
+fi
+
 echo "llava-freepruner environment ready: $(cd "$venv_dir" && pwd) (activate: source $(cd "$venv_dir" && pwd)/bin/activate)"

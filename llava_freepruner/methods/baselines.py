@@ -14,11 +14,9 @@ from typing import List, Tuple
 
 import torch
 
-from .base import AttentionView, SelectionContext, Selection, VisionMethod, make_selection, ranked
-
-
-def _budget(ctx: SelectionContext, sample: int, candidates: torch.Tensor) -> int:
-    return min(ctx.requests[sample].budget, int(candidates.sum()))
+from .base import (
+    AttentionView, SelectionContext, Selection, VisionMethod, budget_of, cls_scores, make_selection, ranked,
+)
 
 
 # --- random -------------------------------------------------------------------
@@ -56,7 +54,7 @@ class RandomTokens(VisionMethod):
         selections = []
         for sample in range(len(ctx.requests)):
             candidates = ctx.candidates(sample, "cpu")
-            budget = _budget(ctx, sample, candidates)
+            budget = budget_of(ctx, sample, candidates)
             selections.append(make_selection(random_tokens(candidates, budget, self.seed)))
         return selections
 
@@ -119,7 +117,7 @@ class GridTokens(VisionMethod):
         selections = []
         for sample in range(len(ctx.requests)):
             candidates = ctx.candidates(sample, "cpu")
-            budget = _budget(ctx, sample, candidates)
+            budget = budget_of(ctx, sample, candidates)
             selections.append(make_selection(grid_tokens(candidates, budget, ctx.grid[1])))
         return selections
 
@@ -143,15 +141,14 @@ class ClsTopK(VisionMethod):
         return (feature_layer,)
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        cls_row = torch.zeros(1, dtype=torch.long, device=view.device)
         for sample, memo in enumerate(ctx.memo):
-            memo["cls_attention"] = view.rows(sample, cls_row)[0, ctx.num_prefix:]
+            memo["cls_attention"] = cls_scores(view, sample, ctx.num_prefix)
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []
         for sample, memo in enumerate(ctx.memo):
             scores = memo["cls_attention"]
             candidates = ctx.candidates(sample, scores.device)
-            budget = _budget(ctx, sample, candidates)
+            budget = budget_of(ctx, sample, candidates)
             selections.append(make_selection(ranked(scores, candidates)[:budget]))
         return selections

@@ -61,7 +61,7 @@ def run(args) -> int:
     import torch
 
     from ..bench import capture_memory, model as bench_model, report
-    from ..bench.runner import Bench, Settings, known_methods
+    from ..bench.runner import LLM_METHODS, Bench, Settings, known_methods
 
     def fail(message: str) -> int:
         print(f"llava_freepruner bench: {message}", file=sys.stderr)
@@ -78,7 +78,7 @@ def run(args) -> int:
         if args.threads < 1:
             return fail(f"--threads {args.threads} is not valid: expected >= 1")
         torch.set_num_threads(args.threads)
-    vision_methods = [m for m in known_methods() if m not in ("fastv",)]
+    vision_methods = [m for m in known_methods() if m not in LLM_METHODS]
     methods = vision_methods if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         dtype = bench_model.parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))

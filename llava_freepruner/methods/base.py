@@ -178,6 +178,11 @@ class VisionMethod:
     needs_hidden = False        # reads the feature layer's output (ctx.hidden) in select
     needs_instruction = False   # reads CropRequest.instruction (text-conditioned)
 
+    @classmethod
+    def from_config(cls, config) -> "VisionMethod":
+        """A method without knobs; methods with knobs read theirs from ``config``."""
+        return cls()
+
     def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
         """Encoder layers whose attention :meth:`observe` must see, ascending."""
         return ()
@@ -187,6 +192,18 @@ class VisionMethod:
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         raise NotImplementedError
+
+
+class ClsAttentionMethod(VisionMethod):
+    """A method that reads the [CLS] query's attention at the feature layer,
+    into ``memo["cls_attention"]`` (see :func:`cls_scores`)."""
+
+    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
+        return (feature_layer,)
+
+    def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
+        for sample, memo in enumerate(ctx.memo):
+            memo["cls_attention"] = cls_scores(view, sample, ctx.num_prefix)
 
 
 def ranked(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import List, Tuple
 import torch
 
 from .base import (
-    AttentionView, SelectionContext, Selection, VisionMethod, budget_of, cls_scores, make_selection, ranked,
+    ClsAttentionMethod, SelectionContext, Selection, VisionMethod, budget_of, make_selection, ranked,
 )
 
 
@@ -109,10 +109,6 @@ class GridTokens(VisionMethod):
 
     name = "grid"
 
-    @classmethod
-    def from_config(cls, config) -> "GridTokens":
-        return cls()
-
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []
         for sample in range(len(ctx.requests)):
@@ -125,24 +121,13 @@ class GridTokens(VisionMethod):
 # --- [CLS] attention top-k ---------------------------------------------------------
 
 
-class ClsTopK(VisionMethod):
+class ClsTopK(ClsAttentionMethod):
     """The patches the [CLS] query attends to most at the feature layer.
 
     Only the [CLS] query row of that layer's attention is computed.
     """
 
     name = "cls_topk"
-
-    @classmethod
-    def from_config(cls, config) -> "ClsTopK":
-        return cls()
-
-    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
-        return (feature_layer,)
-
-    def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        for sample, memo in enumerate(ctx.memo):
-            memo["cls_attention"] = cls_scores(view, sample, ctx.num_prefix)
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []

@@ -56,10 +56,6 @@ class DivPrune(VisionMethod):
     name = "divprune"
     needs_hidden = True
 
-    @classmethod
-    def from_config(cls, config) -> "DivPrune":
-        return cls()
-
     def select(self, ctx: SelectionContext) -> List[Selection]:
         tokens = ctx.projected()
         selections = []

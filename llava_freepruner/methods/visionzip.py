@@ -37,9 +37,7 @@ from typing import List, Tuple
 
 import torch
 
-from .base import (
-    AttentionView, Selection, SelectionContext, VisionMethod, budget_of, cls_scores, make_selection, ranked,
-)
+from .base import AttentionView, ClsAttentionMethod, Selection, SelectionContext, budget_of, make_selection, ranked
 
 
 def split_budget(budget: int) -> Tuple[int, int]:
@@ -68,20 +66,13 @@ def merge_contextual(hidden: torch.Tensor, keys: torch.Tensor, count: int) -> to
     return hidden[targets].float() + sums / joined
 
 
-class VisionZip(VisionMethod):
+class VisionZip(ClsAttentionMethod):
     name = "visionzip"
     needs_hidden = True
 
-    @classmethod
-    def from_config(cls, config) -> "VisionZip":
-        return cls()
-
-    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
-        return (feature_layer,)
-
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
+        super().observe(layer, view, ctx)
         for sample, memo in enumerate(ctx.memo):
-            memo["cls_attention"] = cls_scores(view, sample, ctx.num_prefix)
             memo["keys"] = view.mean_keys(sample)[ctx.num_prefix:]
 
     def select(self, ctx: SelectionContext) -> List[Selection]:

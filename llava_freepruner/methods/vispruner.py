@@ -28,13 +28,11 @@ at or above the crop's valid patches every patch is kept.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 
-from .base import (
-    AttentionView, Selection, SelectionContext, VisionMethod, budget_of, cls_scores, make_selection, ranked,
-)
+from .base import ClsAttentionMethod, Selection, SelectionContext, budget_of, make_selection, ranked
 
 IMPORTANT_RATIO = 0.5
 DROP_PER_ROUND = 8
@@ -57,30 +55,19 @@ def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, keep: in
     return candidates
 
 
-class VisPruner(VisionMethod):
+class VisPruner(ClsAttentionMethod):
     name = "vispruner"
     needs_hidden = True
 
     def __init__(self, important_ratio: float = IMPORTANT_RATIO):
         self.important_ratio = important_ratio
 
-    @classmethod
-    def from_config(cls, config) -> "VisPruner":
-        return cls()
-
-    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
-        return (feature_layer,)
-
-    def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        for sample, memo in enumerate(ctx.memo):
-            memo["importance"] = cls_scores(view, sample, ctx.num_prefix)
-
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []
         for sample, memo in enumerate(ctx.memo):
-            candidates = ctx.candidates(sample, memo["importance"].device)
+            candidates = ctx.candidates(sample, memo["cls_attention"].device)
             budget = budget_of(ctx, sample, candidates)
-            order = ranked(memo["importance"], candidates)
+            order = ranked(memo["cls_attention"], candidates)
             important = int(budget * self.important_ratio)
             if budget >= order.numel() or budget == important:
                 selections.append(make_selection(order[:budget]))

@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--llm-layers", type=int, help="decoder layers to build (random weights only; default: all)")
     parser.add_argument("--vision-layers", type=int, help="vision encoder layers to build (random weights only; default: all)")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated methods to compare with the oracle (default: every registered vision method)")
+                        help="comma-separated methods to compare with the oracle (default: every registered vision "
+                             "method that needs no instruction text)")
     parser.add_argument("--ratios", default="1.0,0.5,0.25", help="fractions of visual tokens kept (default: 1.0,0.5,0.25)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; medians are reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
@@ -62,6 +63,7 @@ def run(args) -> int:
 
     from ..bench import capture_memory, model as bench_model, report
     from ..bench.runner import LLM_METHODS, Bench, Settings, known_methods
+    from ..methods import REGISTRY
 
     def fail(message: str) -> int:
         print(f"llava_freepruner bench: {message}", file=sys.stderr)
@@ -78,7 +80,8 @@ def run(args) -> int:
         if args.threads < 1:
             return fail(f"--threads {args.threads} is not valid: expected >= 1")
         torch.set_num_threads(args.threads)
-    vision_methods = [m for m in known_methods() if m not in LLM_METHODS]
+    # Text-conditioned methods need a prompt's instruction and a CLIP text tower: only on request.
+    vision_methods = [m for m in known_methods() if m not in LLM_METHODS and not REGISTRY[m].needs_instruction]
     methods = vision_methods if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         dtype = bench_model.parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))

@@ -276,3 +276,23 @@ def test_instruction_is_the_user_turn_without_the_answer_format():
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
     texts = image_instructions(ids, mask, lambda row: " ".join(map(str, row)))
     assert texts == ["7 8", "9", "4 4"]
+
+
+def test_dart_reads_layer_one_keys_as_the_cache_holds_them():
+    from transformers import LlamaConfig, LlamaModel
+
+    from llava_freepruner.llm.dart import layer_inputs
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaModel(config).eval()
+    embeds = torch.randn(2, 9, 32)
+    positions = torch.arange(9)[None].expand(2, -1)
+    with torch.no_grad():
+        out = model(inputs_embeds=embeds, position_ids=positions, use_cache=True, output_hidden_states=True)
+        key_l1, normed = layer_inputs(model, 2, out.hidden_states[1], out.hidden_states[2], positions, 9)
+    cached = out.past_key_values[1][0]                          # (batch, kv heads, seq, head_dim), after RoPE
+    expected = 2 * cached.abs().sum(dim=-1).sum(dim=1)          # each kv head is repeated for 2 query heads
+    torch.testing.assert_close(key_l1, expected)
+    torch.testing.assert_close(normed, model.norm(out.hidden_states[2]))

@@ -10,7 +10,7 @@ from llava_freepruner.bench.runner import Settings, plugin_config
 from llava_freepruner.cli import main
 
 RATIOS = (1.0, 0.5)
-METHODS = ("cls_topk", "freepruner", "grid", "random")
+METHODS = ("cls_topk", "freepruner", "grid", "random", "visionzip", "divprune")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
-    code = main(["bench", "--model", checkpoint, "--ratios", ",".join(map(str, RATIOS)), "--repeats", "2",
+    code = main(["bench", "--model", checkpoint, "--methods", ",".join(METHODS),
+                 "--ratios", ",".join(map(str, RATIOS)), "--repeats", "2",
                  "--warmup", "0", "--new-tokens", "2", "--device", "cpu", "--out", str(out)])
     assert code == 0
     with open(out / "results.json") as handle:

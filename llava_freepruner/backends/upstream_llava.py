@@ -17,16 +17,17 @@ from llava.model.llava_arch import LlavaMetaForCausalLM, unpad_image
 from .. import anyres, cpu
 from .. import llm as llm_runtime
 from ..anyres import TileLayout
+from ..instruction import image_instructions
 from ..methods.base import CropRequest
 from ..session import Session
-from ..tower import gather_kept, run_tower
+from ..tower import gather_kept, gather_projected, run_tower
 
 _ORIGINALS = {}
 _session: Optional[Session] = None
 
 
 def _crop_record(selection, valid_tokens: int) -> dict:
-    return {"tokens_in": valid_tokens, "tokens_out": int(selection.indices.numel()),
+    return {"tokens_in": valid_tokens, "tokens_out": selection.num_tokens,
             "pivotal": selection.num_pivotal, "complementary": selection.num_complementary}
 
 
@@ -52,12 +53,21 @@ def encode_images(self, images):
     budget = session.config.budget(num_patches)
     session.announce(num_patches)
 
-    run = run_tower(tower, images, [CropRequest(budget)] * images.shape[0], session.vision)
+    requests = [CropRequest(budget, instruction=text) for text in session.take_instructions(images.shape[0])]
+    projector = self.get_model().mm_projector
+    run = run_tower(tower, images, requests, session.vision, projector)
     with_cls = tower.select_feature == "cls_patch"
-    kept = torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)])
     for selection in run.selections:
         session.record({**_crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
-    return self.get_model().mm_projector(kept)
+    if run.projected is not None:   # the method projected every patch: gather from those
+        return torch.stack([gather_projected(run, crop, with_cls, projector) for crop in range(len(run.selections))])
+    return projector(torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)]))
+
+
+def _merged_rows(selection, key: str, projector) -> List[torch.Tensor]:
+    """The selection's ``prefix`` or ``merged`` rows after the projector ([] if none)."""
+    rows = getattr(selection, key)
+    return [] if rows is None else [projector(rows)]
 
 
 def _image_layouts(model, crops_per_image: List[int], image_sizes) -> List[Optional[TileLayout]]:
@@ -98,21 +108,24 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
 
     session.announce(crop_tokens, anyres=True)
     requests = []
-    for layout, crops_i in zip(layouts, crops_per_image):
-        requests.append(CropRequest(session.config.budget(crop_tokens)))
+    for layout, crops_i, text in zip(layouts, crops_per_image, session.take_instructions(len(crops_per_image))):
+        requests.append(CropRequest(session.config.budget(crop_tokens), instruction=text))
         for tile in range(crops_i - 1):
             valid = layout.tile_valid(tile) if layout else None
             valid_tokens = crop_tokens if valid is None else int(valid.sum())
-            requests.append(CropRequest(session.config.crop_budget(valid_tokens, crop_tokens), valid))
-    run = run_tower(tower, crops, requests, session.vision)
+            requests.append(CropRequest(session.config.crop_budget(valid_tokens, crop_tokens), valid, text))
+    projector = model.get_model().mm_projector
+    run = run_tower(tower, crops, requests, session.vision, projector)
     # Project every token as upstream does, then gather: with all tokens kept
     # the result is bit-identical to upstream's.
-    projected = model.get_model().mm_projector(run.features)
+    projected = projector(run.features) if run.projected is None else run.projected
 
     features, first = [], 0
     for layout, crops_i in zip(layouts, crops_per_image):
         selections = run.selections[first:first + crops_i]
         base = projected[first][selections[0].indices.to(projected.device)]
+        base = torch.cat(_merged_rows(selections[0], "prefix", projector) + [base]
+                         + _merged_rows(selections[0], "merged", projector))
         tiles = projected[first + 1:first + crops_i]
         kept_tiles = [s.indices.to(projected.device) for s in selections[1:]]
         if crops_i == 1:
@@ -121,6 +134,11 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
             image = anyres.assemble(base, tiles, kept_tiles, None, "flat")
         else:
             image = anyres.assemble(base, tiles, kept_tiles, layout, merge_type, newline)
+        # A merging method's tile rows follow the map: every tile's prefix, then
+        # every tile's merged rows (VisionZip's official order).
+        extra = [row for key in ("prefix", "merged") for s in selections[1:] for row in _merged_rows(s, key, projector)]
+        if extra:
+            image = torch.cat([image] + [row.to(image) for row in extra])
         features.append(image)
         session.record({
             "tokens_in": anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens),
@@ -146,9 +164,14 @@ def prepare_inputs_labels_for_multimodal(
             or self.get_vision_tower() is None):
         return original(self, *args, images, image_sizes)
     multi_crop = type(images) is list or images.ndim == 5
-    if not multi_crop and session.llm is None:
+    needs_text = session.vision is not None and session.vision.needs_instruction
+    if not multi_crop and session.llm is None and not needs_text:
         return original(self, *args, images, image_sizes)      # encode_images does the work
     session.begin_images(self)
+    if needs_text:
+        tokenizer = session.prompt_tokenizer(self)
+        session.instructions = image_instructions(
+            input_ids, attention_mask, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     if multi_crop:
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
         features, counts = _anyres_features(self, torch.cat(images), [x.shape[0] for x in images], image_sizes, session)

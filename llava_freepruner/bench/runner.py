@@ -241,10 +241,11 @@ class Bench:
     def check(self) -> None:
         """Refuse, before any timing, a row that cannot run on this model."""
         layers = self.bench.model.config.num_hidden_layers
-        fastv_layer = config_module.Config().fastv_layer
-        if "fastv" in self.settings.methods and layers <= fastv_layer:
-            raise ValueError(f"fastv prunes at LLM layer {fastv_layer}, but the model has {layers} decoder layers: "
-                             f"build at least {fastv_layer + 1} (--llm-layers)")
+        prune_layer = config_module.Config().fastv_layer     # DART's layer is 2 as well
+        for name in (m for m in self.settings.methods if m in LLM_METHODS):
+            if layers <= prune_layer:
+                raise ValueError(f"{name} prunes at LLM layer {prune_layer}, but the model has {layers} decoder "
+                                 f"layers: build at least {prune_layer + 1} (--llm-layers)")
 
     def run(self) -> List[dict]:
         rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods] if runs_at(m, r)]

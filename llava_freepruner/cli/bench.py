@@ -26,9 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--llm-layers", type=int, help="decoder layers to build (random weights only; default: all)")
     parser.add_argument("--vision-layers", type=int, help="vision encoder layers to build (random weights only; default: all)")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated methods to compare with the oracle, or 'all' (every registered vision "
+                        help="comma-separated methods to compare with the oracle, or 'all' (every registered "
                              "method, the LLM-side ones and 'none', the unpatched model); default: every registered "
-                             "vision method")
+                             "vision method that needs no instruction text")
     parser.add_argument("--ratios", default="1.0,0.5,0.25", help="fractions of visual tokens kept (default: 1.0,0.5,0.25)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; medians are reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
@@ -83,11 +83,12 @@ def run(args) -> int:
         if args.threads < 1:
             return fail(f"--threads {args.threads} is not valid: expected >= 1")
         torch.set_num_threads(args.threads)
-    vision_methods = sorted(REGISTRY)
+    # Text-conditioned methods need a prompt's instruction and a CLIP text tower: only on request.
+    vision_methods = [m for m in sorted(REGISTRY) if not REGISTRY[m].needs_instruction]
     if args.methods is None:
         methods = vision_methods
     elif args.methods.strip() == "all":
-        methods = known_methods()
+        methods = [m for m in known_methods() if m not in REGISTRY or not REGISTRY[m].needs_instruction]
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:

@@ -3,12 +3,13 @@
 Three patches per host class, each calling the original for all its work:
 
 - ``get_image_features``: the host's own tower + projector (+ LLaVA-NeXT packing)
-  run with the capture attached; the method selects per crop, and the positions
-  of the kept tokens in each image's features are noted. The features returned
-  are the host's, unchanged: ``generate()`` of transformers 5.x calls this before
-  the prefill and splits and repeats its output by placeholder counts.
-- ``get_placeholder_mask``: the host's own mask and check; the placeholders of
-  dropped tokens are noted for the decoder of that model.
+  run with the capture attached; the method selects per crop. Each image keeps
+  its full number of feature rows (``generate()`` of transformers 5.x calls this
+  before the prefill and splits and repeats its output by placeholder counts):
+  the K tokens the LLM will see come first, in order (kept rows, and a merging
+  method's projected rows), and the count K is noted.
+- ``get_placeholder_mask``: the host's own mask and check; every placeholder
+  after an image's first K is handed to the decoder of that model as dropped.
 - the decoder (``language_model``) forward of that model instance: the noted
   positions leave the sequence there (:mod:`llava_freepruner.sequence`), and
   every later decode step on the same cache is translated. ``generate()`` keeps
@@ -217,11 +218,16 @@ def _wrap_image_features(original):
         if not isinstance(layer, int):
             raise ConfigError(f"vision_feature_layer={layer!r}: llava_freepruner selects on one tower layer; "
                               "models that concatenate several layers' features are not supported.")
+        if session.vision is not None and session.vision.needs_instruction:
+            raise ConfigError(f"FREEPRUNER_METHOD={session.vision.name} reads the prompt's instruction, which "
+                              "transformers' LLaVA classes do not hand to image encoding: run it through "
+                              "upstream llava, or choose a method that needs no text.")
         requests, images, grid = _plan(self, pixel_values, call, session.config)
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),
                                num_layers=vision.num_hidden_layers,
-                               feature_layer=feature_layer(vision.num_hidden_layers, layer))
+                               feature_layer=feature_layer(vision.num_hidden_layers, layer),
+                               projector=self.multi_modal_projector)
         sync(pixel_values)
         start = time.perf_counter()
         if session.vision is None:
@@ -230,35 +236,63 @@ def _wrap_image_features(original):
             session.announce(grid[0] * grid[1], anyres=hasattr(self, "pack_image_features"))
             with AttentionCapture(self.vision_tower, session.vision, ctx) as capture:
                 output = original(self, *args, **kwargs)
+            features = output.pooler_output if hasattr(output, "pooler_output") else output
+            ctx.output_dtype = features[0].dtype
             selections = session.vision.select(ctx)
             select_seconds = capture.seconds
         features = output.pooler_output if hasattr(output, "pooler_output") else output
         sync(features[0])
         seconds = time.perf_counter() - start
-        pending = []
+        pending, packed = [], []
         for image, feats in zip(images, features):
             n = feats.shape[0]
-            keep = torch.arange(n) if selections is None else _positions(image, selections, n, grid)
-            pending.append((n, keep))
-            session.record(_image_record(image, selections, requests, n, keep.numel(), grid,
+            sequence = feats if selections is None else _llm_sequence(
+                image, selections, feats, grid, self.multi_modal_projector)
+            kept = sequence.shape[0]
+            if kept > n:
+                raise RuntimeError(f"{session.config.method} made {kept} tokens for an image of {n}")
+            # The LLM sees an image's tokens in order, whichever placeholders carry them:
+            # they go to the first ones, the rest leave the sequence in the decoder.
+            packed.append(sequence if kept == n else torch.cat([sequence, feats[kept:]]))
+            pending.append((n, torch.arange(kept)))
+            session.record(_image_record(image, selections, requests, n, kept, grid,
                                          seconds * image.num_crops / len(requests),
                                          select_seconds * image.num_crops / len(requests)))
         session.pending_images = pending
-        return output
+        if selections is None:
+            return output
+        packed = packed if isinstance(features, (list, tuple)) else torch.stack(packed)
+        if hasattr(output, "pooler_output"):
+            output.pooler_output = packed
+            return output
+        return packed
 
     return get_image_features
 
 
-def _positions(image: _Image, selections, num_features: int, grid) -> torch.Tensor:
+def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector) -> torch.Tensor:
+    """The tokens the LLM sees for one image, in order: the base crop's (tokens the
+    tower puts first under strategy "full", a merging method's prefix rows, the kept
+    patches, its merged rows), then the map's kept tokens with their newlines, then
+    the tiles' prefix and merged rows (VisionZip's official order)."""
     crops = selections[image.first_crop:image.first_crop + image.num_crops]
     base = crops[0].indices.cpu()
     if image.layout is not None:
-        return anyres.packed_positions(image.layout, base, [s.indices.cpu() for s in crops[1:]], image.newline)
-    # tokens before the patches ([CLS] under strategy "full"), the kept patches, LLaVA-NeXT's newline
-    prefix = num_features - grid[0] * grid[1] - int(image.newline)
-    pieces = [torch.arange(prefix), prefix + base]
-    if image.newline:
-        pieces.append(torch.tensor([num_features - 1]))
+        positions = anyres.packed_positions(image.layout, base, [s.indices.cpu() for s in crops[1:]], image.newline)
+        base_part, rest = positions[:base.numel()], positions[base.numel():]
+    else:
+        lead = feats.shape[0] - grid[0] * grid[1] - int(image.newline)
+        base_part = torch.cat([torch.arange(lead), lead + base])
+        rest = torch.tensor([feats.shape[0] - 1]) if image.newline else torch.zeros(0, dtype=torch.long)
+
+    def rows(selection, key):
+        extra = getattr(selection, key)
+        return [] if extra is None else [projector(extra.to(feats.dtype)[None])[0].to(feats)]
+
+    device = feats.device
+    pieces = (rows(crops[0], "prefix") + [feats[base_part.to(device)]] + rows(crops[0], "merged")
+              + [feats[rest.to(device)]]
+              + [r for key in ("prefix", "merged") for crop in crops[1:] for r in rows(crop, key)])
     return torch.cat(pieces)
 
 
@@ -271,7 +305,7 @@ def _image_record(image, selections, requests, tokens_in, tokens_out, grid, seco
     for c in range(image.first_crop, image.first_crop + image.num_crops):
         valid = requests[c].valid
         crops.append({"tokens_in": grid[0] * grid[1] if valid is None else int(valid.sum()),
-                      "tokens_out": int(selections[c].indices.numel()),
+                      "tokens_out": selections[c].num_tokens,
                       "pivotal": selections[c].num_pivotal, "complementary": selections[c].num_complementary})
     if len(crops) == 1:
         record.update(pivotal=crops[0]["pivotal"], complementary=crops[0]["complementary"])

@@ -240,3 +240,44 @@ def test_onevision_keeps_half_of_what_the_llm_sees_resampled_maps_included(tiny_
         assert record["crops"][0]["tokens_in"] == 729
     # resampled: each tile counts only the patches behind a token the LLM sees
     assert any(c["tokens_in"] < 729 for c in records[1]["crops"][1:])
+
+
+@pytest.mark.parametrize("method", ["visionzip", "divprune", "vispruner", "random", "grid", "cls_topk"])
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_every_vision_method_keeps_its_budget_with_batch_equal_to_single(method, spec, tiny_models, photos, plugin,
+                                                                           tmp_path):
+    model, processor = tiny_models(spec)
+    images = [photos["astronaut"], photos["coffee"]]
+    stats = tmp_path / "stats.jsonl"
+    plugin(vision_method=method, ratio=1.0)
+    reference_inputs = inputs_for(processor, images[:1], QUESTIONS[:1])
+    assert torch.equal(generate(model, reference_inputs).sequences,
+                       _unpatched(model, reference_inputs).sequences)
+    plugin(vision_method=method, ratio=0.5, stats=str(stats))
+    batch = generate(model, inputs_for(processor, images, QUESTIONS))
+    for i in range(2):
+        single = generate(model, inputs_for(processor, images[i:i + 1], QUESTIONS[i:i + 1]))
+        assert torch.equal(batch.sequences[i, -5:], single.sequences[0, -5:])
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    for record in [json.loads(line) for line in stats.read_text().splitlines()]:
+        crops = record.get("crops") or [record]
+        assert crops[0]["tokens_out"] == 288
+        assert 0.45 < record["tokens_out"] / record["tokens_in"] < 0.56
+
+
+def _unpatched(model, inputs):
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    return generate(model, inputs)
+
+
+def test_a_method_that_reads_the_instruction_is_refused_by_name(tiny_models, photos, plugin):
+    from llava_freepruner.config import ConfigError
+
+    model, processor = tiny_models(LLAVA)
+    plugin(vision_method="cdpruner", ratio=0.5)
+    with pytest.raises(ConfigError, match="FREEPRUNER_METHOD=cdpruner reads the prompt's instruction"):
+        generate(model, inputs_for(processor, [photos["coffee"]], QUESTIONS[:1]))

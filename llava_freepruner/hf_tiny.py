@@ -9,6 +9,7 @@ expands ``<image>`` exactly as for the published checkpoints. Answers mean nothi
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -202,7 +203,9 @@ def video_inputs(model, processor: ImageAndText, clips, questions, image=None):
     if image is not None:
         side = model.config.vision_config.image_size // model.config.vision_config.patch_size
         texts[0] = IMAGE_TOKEN * side * side + texts[0]
-        extra["pixel_values"] = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        # Video-LLaVA's forward names its images pixel_values_images before transformers 5
+        key = "pixel_values" if "pixel_values" in inspect.signature(model.forward).parameters else "pixel_values_images"
+        extra[key] = frames(images=[image], return_tensors="pt")["pixel_values"]
     inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
     return {**inputs, "pixel_values_videos": pixels, **extra}
 

@@ -188,7 +188,8 @@ def _wrap_image_features(original):
         if session is None or not session.active:
             return original(self, *args, **kwargs)
         call = inspect.signature(original).bind(self, *args, **kwargs).arguments
-        pixel_values = call["pixel_values"]
+        # Video-LLaVA on 4.57 names them pixel_values_images
+        pixel_values = call["pixel_values"] if "pixel_values" in call else call["pixel_values_images"]
         layer = call.get("vision_feature_layer")
         layer = self.config.vision_feature_layer if layer is None else layer
         if not isinstance(layer, int):

@@ -72,6 +72,18 @@ def _check_budget(config, layout: video.FrameLayout) -> None:
         )
 
 
+def _per_video(output, videos: int) -> torch.Tensor:
+    """(videos, tokens, dim) from what the host returns: an output with ``pooler_output``
+    (5.x), (features, frames) (4.57's Video-LLaVA) or one tensor per video (4.57's NeXT-Video).
+    4.57's OneVision appends its newline later, outside: the frames' tokens come first either way."""
+    features = output.pooler_output if hasattr(output, "pooler_output") else output
+    if isinstance(features, tuple) and len(features) == 2 and isinstance(features[1], int):
+        features = features[0]
+    if isinstance(features, (tuple, list)):
+        features = torch.stack(list(features))
+    return features.reshape(videos, -1, features.shape[-1])
+
+
 def describe(config, layout: video.FrameLayout) -> str:
     mode = config.video_mode + (f" mode, tau {config.tau:g}" if config.video_mode == "temporal" else " mode")
     return (f"freePruner: {config.vision_method} keeping {video.frame_budget(config, layout) + layout.prefix} of "
@@ -86,7 +98,7 @@ def wrap_video_features(original):
             return original(self, *args, **kwargs)
         config = session.config
         call = inspect.signature(original).bind(self, *args, **kwargs).arguments
-        pixels = call["pixel_values_videos"]
+        pixels = call["pixel_values_videos"] if "pixel_values_videos" in call else call["pixel_values"]   # 4.57 names
         layer = call.get("vision_feature_layer")
         layer = self.config.vision_feature_layer if layer is None else layer
         if not isinstance(layer, int):
@@ -111,8 +123,7 @@ def wrap_video_features(original):
             with AttentionCapture(plan.tower, method, ctx) as capture:
                 output = original(self, *args, **kwargs)
             select_seconds = capture.seconds
-        features = output.pooler_output if hasattr(output, "pooler_output") else output
-        features = features.reshape(videos, layout.tokens, -1)
+        features = _per_video(output, videos)
         redundant = None
         if method is not None and config.video_mode == "temporal":
             redundant = torch.stack([video.temporal_redundancy(layout.frame_cells(f), config.tau) for f in features])

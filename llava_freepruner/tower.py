@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -43,8 +43,11 @@ def grid_shape(tower) -> tuple:
     return side, side
 
 
-def run_tower(tower, images: torch.Tensor, requests: Sequence[CropRequest], method: VisionMethod) -> TowerRun:
-    """Forward ``images`` through the tower, selecting tokens for each crop."""
+def run_tower(tower, images: torch.Tensor, requests: Sequence[CropRequest], method: VisionMethod,
+              narrow: Optional[Callable[[torch.Tensor], Sequence[CropRequest]]] = None) -> TowerRun:
+    """Forward ``images`` through the tower, selecting tokens for each crop.
+    ``narrow(features)``, when given, replaces the requests after the tower ran and
+    before the selection (temporal video mode: candidates lose redundant patches)."""
     config = tower.config
     ctx = SelectionContext(
         requests=requests,
@@ -60,6 +63,8 @@ def run_tower(tower, images: torch.Tensor, requests: Sequence[CropRequest], meth
     sync(features)
     vision_seconds = time.perf_counter() - start
     start = time.perf_counter()
+    if narrow is not None:
+        ctx.requests = narrow(features)
     selections = method.select(ctx)
     sync(features)
     select_seconds = capture.seconds + time.perf_counter() - start

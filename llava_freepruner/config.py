@@ -21,6 +21,8 @@ LLM_METHODS = ("fitprune", "fastv", "dart")
 RATIO_LLM_METHODS = ("fastv", "dart")   # keep FREEPRUNER_RATIO of the visual tokens at one LLM layer
 DIRECTIONS = ("from_pivots", "to_pivots", "both")
 DEVICES = ("cuda", "cpu")
+VIDEO_MODES = ("frame", "temporal")
+DEFAULT_VIDEO_TAU = 0.9
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -49,6 +51,8 @@ class Config:
     stats: Optional[str] = None
     device: str = "cuda"
     enabled: bool = True
+    video: Optional[str] = None          # FREEPRUNER_VIDEO; None: not set (videos are pruned per frame)
+    video_tau: Optional[float] = None    # FREEPRUNER_VIDEO_TAU; None: not set (DEFAULT_VIDEO_TAU)
 
     def __post_init__(self):
         _validate(self)
@@ -79,6 +83,20 @@ class Config:
         if self.tokens is not None:
             return max(1, min(valid_tokens, math.floor(self.tokens * valid_tokens / crop_tokens + 0.5)))
         return self.budget(valid_tokens)
+
+    @property
+    def video_mode(self) -> str:
+        return self.video or "frame"
+
+    @property
+    def tau(self) -> float:
+        return DEFAULT_VIDEO_TAU if self.video_tau is None else self.video_tau
+
+    @property
+    def video_variables(self) -> Tuple[str, ...]:
+        """The video variables that were set (refused by image-only models)."""
+        return tuple(name for name, value in (("FREEPRUNER_VIDEO", self.video), ("FREEPRUNER_VIDEO_TAU", self.video_tau))
+                     if value is not None)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -116,6 +134,13 @@ def _validate(c: Config) -> None:
         _fail("FREEPRUNER_FASTV_LAYER", c.fastv_layer, "an LLM layer index >= 0")
     if c.device not in DEVICES:
         _fail("FREEPRUNER_DEVICE", c.device, "one of " + ", ".join(DEVICES))
+    if c.video is not None and c.video not in VIDEO_MODES:
+        _fail("FREEPRUNER_VIDEO", c.video, "one of " + ", ".join(VIDEO_MODES))
+    if c.video_tau is not None and not (0.0 < c.video_tau <= 1.0):
+        _fail("FREEPRUNER_VIDEO_TAU", c.video_tau, "a cosine similarity threshold, 0 < tau <= 1")
+    if c.video_tau is not None and c.video != "temporal":
+        raise ConfigError("FREEPRUNER_VIDEO_TAU is set but FREEPRUNER_VIDEO is not 'temporal': the threshold "
+                          "applies to temporal mode only (set FREEPRUNER_VIDEO=temporal or unset the threshold).")
     if c.llm_method in RATIO_LLM_METHODS and c.ratio is None:
         layer = "FREEPRUNER_FASTV_LAYER" if c.llm_method == "fastv" else "2"
         raise ConfigError(
@@ -216,6 +241,8 @@ _VARIABLES: dict = {
     "FREEPRUNER_DISABLE": ("enabled", lambda v, r: not parse_bool(v, r)),
     "FITPRUNE_RECIPE": ("fitprune_recipe", lambda v, r: r.strip()),
     "FREEPRUNER_CLIP_TEXT": ("clip_text", lambda v, r: r.strip()),
+    "FREEPRUNER_VIDEO": ("video", lambda v, r: r.strip().lower()),
+    "FREEPRUNER_VIDEO_TAU": ("video_tau", lambda v, r: _parse_float(v, r, "a threshold 0 < tau <= 1")),
 }
 KNOWN_VARIABLES = tuple(sorted(("FREEPRUNER_METHOD",) + tuple(_VARIABLES)))
 

@@ -9,6 +9,8 @@ expands ``<image>`` exactly as for the published checkpoints. Answers mean nothi
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 from dataclasses import dataclass
 
@@ -36,7 +38,8 @@ ONEVISION_PINPOINTS = [[384 * h, 384 * w] for h in range(1, 7) for w in range(1,
 
 @dataclass(frozen=True)
 class TinyHF:
-    kind: str = "llava"             # "llava" (1.5), "llava_next" (1.6, anyres) or "llava_onevision"
+    kind: str = "llava"             # "llava" (1.5), "llava_next" (1.6, anyres), "llava_onevision",
+                                    # "video_llava" or "llava_next_video"
     llm: str = "llama"              # "llama", "mistral" or "qwen2"
     vision_layers: int = 4
     llm_layers: int = 3
@@ -121,8 +124,11 @@ def build(spec: TinyHF = TinyHF()):
         # processor and the tokenizer are returned instead (see onevision_inputs).
         processor = ImageAndText(LlavaOnevisionImageProcessor(size={"height": 384, "width": 384},
                                                               image_grid_pinpoints=ONEVISION_PINPOINTS), tokenizer)
+    elif spec.kind in VIDEO_KINDS:
+        config, model_cls, processor = _video_model(spec, vision, text, tokenizer)
     else:
-        raise ValueError(f"TinyHF.kind={spec.kind!r}: expected 'llava', 'llava_next' or 'llava_onevision'")
+        raise ValueError(f"TinyHF.kind={spec.kind!r}: expected 'llava', 'llava_next', 'llava_onevision', "
+                         "'video_llava' or 'llava_next_video'")
     config._attn_implementation = spec.attn
     model = model_cls(config).eval()
     _spread_weights(model)
@@ -133,6 +139,75 @@ def build(spec: TinyHF = TinyHF()):
 class ImageAndText:
     image_processor: object
     tokenizer: object
+    frame_processor: object = None      # video frames, one image each (see video_inputs)
+
+
+VIDEO_KINDS = ("video_llava", "llava_next_video")
+
+
+def _video_model(spec: TinyHF, vision, text, tokenizer):
+    """(config, class, processors) of a tiny Video-LLaVA (224 px frames, [CLS] kept) or
+    LLaVA-NeXT-Video (336 px, 2 x 2 average pooling). transformers 5.x video processors
+    need torchvision: frames go through an image processor instead (see video_inputs)."""
+    from transformers import CLIPImageProcessor
+
+    ids = dict(image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+               video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+               vision_feature_layer=-2, vision_feature_select_strategy="default")
+    if spec.kind == "video_llava":
+        from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+
+        vision.image_size = 224
+        frames = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+        images = VideoLlavaImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+        return (VideoLlavaConfig(vision_config=vision, text_config=text, **ids), VideoLlavaForConditionalGeneration,
+                ImageAndText(images, tokenizer, frames))
+    from transformers import LlavaNextImageProcessor, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    frames = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    images = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                     image_grid_pinpoints=GRID_PINPOINTS)
+    config = LlavaNextVideoConfig(vision_config=vision, text_config=text, image_grid_pinpoints=GRID_PINPOINTS,
+                                  spatial_pool_mode="average", spatial_pool_stride=2, **ids)
+    return config, LlavaNextVideoForConditionalGeneration, ImageAndText(images, tokenizer, frames)
+
+
+def onevision_frame_processor():
+    """OneVision's video frames: 384 x 384 without cropping, SigLIP's normalisation."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"height": 384, "width": 384}, do_center_crop=False,
+                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
+def video_tokens(model, frames: int) -> int:
+    """Placeholders the processor writes for a video of ``frames`` frames."""
+    vision = model.config.vision_config
+    side = vision.image_size // vision.patch_size
+    kind = model.config.model_type
+    if kind == "video_llava":
+        return frames * (side * side + 1)
+    if kind == "llava_next_video":
+        return frames * (side // model.config.spatial_pool_stride) ** 2
+    return frames * math.ceil(side / 2) ** 2 + 1            # OneVision: one newline per video
+
+
+def video_inputs(model, processor: ImageAndText, clips, questions, image=None):
+    """Processor-like inputs for videos: ``clips`` is a list of videos (each a list of
+    frames, PIL images), one per prompt; ``image`` (optional, Video-LLaVA) goes
+    before the first prompt's video."""
+    frames = processor.frame_processor or onevision_frame_processor()
+    pixels = torch.stack([frames(images=clip, return_tensors="pt")["pixel_values"] for clip in clips])
+    texts = [f"USER: {VIDEO_TOKEN * video_tokens(model, len(clip))}\n{q} ASSISTANT:" for clip, q in zip(clips, questions)]
+    extra = {}
+    if image is not None:
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        texts[0] = IMAGE_TOKEN * side * side + texts[0]
+        # Video-LLaVA's forward names its images pixel_values_images before transformers 5
+        key = "pixel_values" if "pixel_values" in inspect.signature(model.forward).parameters else "pixel_values_images"
+        extra[key] = frames(images=[image], return_tensors="pt")["pixel_values"]
+    inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
+    return {**inputs, "pixel_values_videos": pixels, **extra}
 
 
 def onevision_inputs(model, processor: ImageAndText, images, questions):

@@ -47,6 +47,7 @@ class Session:
         self.stats = open_writer(config.stats) if config.enabled else None
         self.precomputed: Optional[List[torch.Tensor]] = None   # image features for the splice in flight
         self.pending_images = None         # per image (tokens made, kept positions) until the merge
+        self.pending_videos = None         # per video, the same
         self.instructions: Optional[List[str]] = None   # per image of the splice in flight (text-conditioned methods)
         self.tokenizers = weakref.WeakKeyDictionary()    # model -> its checkpoint's tokenizer
         self.pending: List[dict] = []      # records waiting for their LLM prefill time

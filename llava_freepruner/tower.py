@@ -47,9 +47,12 @@ def grid_shape(tower) -> tuple:
 def run_tower(
     tower, images: torch.Tensor, requests: Sequence[CropRequest], method: VisionMethod,
     projector: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    narrow: Optional[Callable[[torch.Tensor], Sequence[CropRequest]]] = None,
 ) -> TowerRun:
     """Forward ``images`` through the tower, selecting tokens for each crop.
-    ``projector`` is the model's (for methods that select on projected tokens)."""
+    ``projector`` is the model's (for methods that select on projected tokens);
+    ``narrow(features)``, when given, replaces the requests after the tower ran and
+    before the selection (temporal video mode: candidates lose redundant patches)."""
     config = tower.config
     ctx = SelectionContext(
         requests=requests,
@@ -68,6 +71,8 @@ def run_tower(
     vision_seconds = time.perf_counter() - start
     ctx.output_dtype = features.dtype
     start = time.perf_counter()
+    if narrow is not None:
+        ctx.requests = narrow(features)
     selections = method.select(ctx)
     sync(features)
     select_seconds = capture.seconds + time.perf_counter() - start

@@ -1,6 +1,8 @@
-"""Backend for transformers' own LLaVA classes (``LlavaModel``, ``LlavaNextModel``).
+"""Backend for transformers' own LLaVA classes (``LlavaModel``, ``LlavaNextModel``,
+``LlavaOnevisionModel``, ``LlavaNextVideoModel``, ``VideoLlavaModel``).
 
-Three patches per host class, each calling the original for all its work:
+Three patches per host class (a fourth, ``get_video_features``, for the models
+with videos: :mod:`.transformers_video`), each calling the original for all its work:
 
 - ``get_image_features``: the host's own tower + projector (+ LLaVA-NeXT packing)
   run with the capture attached; the method selects per crop. Each image keeps
@@ -43,9 +45,6 @@ HOST_CLASSES = {
     "transformers.models.llava.modeling_llava": "LlavaModel",
     "transformers.models.llava_next.modeling_llava_next": "LlavaNextModel",
     "transformers.models.llava_onevision.modeling_llava_onevision": "LlavaOnevisionModel",
-}
-# LLaVA-family classes not supported yet: refused when a model is built while the plugin prunes.
-UNSUPPORTED_CLASSES = {
     "transformers.models.llava_next_video.modeling_llava_next_video": "LlavaNextVideoModel",
     "transformers.models.video_llava.modeling_video_llava": "VideoLlavaModel",
 }
@@ -77,40 +76,18 @@ def install(session: Session, host) -> None:
     check_version(transformers.__version__)
     global _session
     _session = session
-    if host.__name__ in UNSUPPORTED_CLASSES:
-        cls = getattr(host, UNSUPPORTED_CLASSES[host.__name__])
-        _patch(cls, "__init__", _refuse_init(cls.__init__, cls.__name__))
-        return
     cls = getattr(host, HOST_CLASSES[host.__name__])
     _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
     _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
     if "get_video_features" in cls.__dict__:
-        _patch(cls, "get_video_features", _refuse_videos(cls.get_video_features, cls.__name__))
+        from . import transformers_video
+
+        _patch(cls, "get_video_features", transformers_video.wrap_video_features(cls.get_video_features))
 
 
-def _refuse_videos(original, name: str):
-    @functools.wraps(original)
-    def get_video_features(self, *args, **kwargs):
-        if _session is not None and _session.config.prunes:
-            raise ConfigError(f"llava_freepruner prunes the images of {name}, not its videos yet: "
-                              "unset the FREEPRUNER_* / FITPRUNE_* variables for video prompts.")
-        return original(self, *args, **kwargs)
+def current_session() -> Optional[Session]:
+    return _session
 
-    return get_video_features
-
-
-def _refuse_init(original, name: str):
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
-        if _session is not None and _session.active and _session.config.prunes:
-            raise ConfigError(
-                f"llava_freepruner does not prune transformers' {name} yet; supported: "
-                f"{', '.join(HOST_CLASSES.values())} (and upstream llava). Unset the FREEPRUNER_* / "
-                "FITPRUNE_* variables to run it unpruned."
-            )
-        original(self, *args, **kwargs)
-
-    return __init__
 
 def uninstall() -> None:
     global _session
@@ -212,7 +189,8 @@ def _wrap_image_features(original):
         if session is None or not session.active:
             return original(self, *args, **kwargs)
         call = inspect.signature(original).bind(self, *args, **kwargs).arguments
-        pixel_values = call["pixel_values"]
+        # Video-LLaVA on 4.57 names them pixel_values_images
+        pixel_values = call["pixel_values"] if "pixel_values" in call else call["pixel_values_images"]
         layer = call.get("vision_feature_layer")
         layer = self.config.vision_feature_layer if layer is None else layer
         if not isinstance(layer, int):
@@ -222,6 +200,9 @@ def _wrap_image_features(original):
             raise ConfigError(f"FREEPRUNER_METHOD={session.vision.name} reads the prompt's instruction, which "
                               "transformers' LLaVA classes do not hand to image encoding: run it through "
                               "upstream llava, or choose a method that needs no text.")
+        if session.config.video_variables and not hasattr(self, "get_video_features"):
+            raise ConfigError(f"{' and '.join(session.config.video_variables)} set, but {type(self).__name__} is an "
+                              "image-only model: unset the video variables (or use a video model).")
         requests, images, grid = _plan(self, pixel_values, call, session.config)
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),
@@ -234,7 +215,7 @@ def _wrap_image_features(original):
             output, selections, select_seconds = original(self, *args, **kwargs), None, 0.0
         else:
             session.announce(grid[0] * grid[1], anyres=hasattr(self, "pack_image_features"))
-            with AttentionCapture(self.vision_tower, session.vision, ctx) as capture:
+            with AttentionCapture(getattr(self, "image_tower", None) or self.vision_tower, session.vision, ctx) as capture:
                 output = original(self, *args, **kwargs)
             features = output.pooler_output if hasattr(output, "pooler_output") else output
             ctx.output_dtype = features[0].dtype
@@ -322,22 +303,29 @@ def _wrap_placeholder_mask(original):
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, **kwargs):
         masks = original(self, input_ids, inputs_embeds, image_features, **kwargs)
         session = _session
-        pending = getattr(session, "pending_images", None) if session is not None else None
-        if not pending or image_features is None:
+        if session is None:
             return masks
-        session.pending_images = None
-        # OneVision returns (image mask, video mask)
-        placeholders = (masks[0] if isinstance(masks, tuple) else masks)[..., 0]
-        keep = torch.zeros_like(placeholders)
-        flat = torch.nonzero(placeholders.flatten()).flatten()
-        offset = 0
-        for n, kept in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
-            keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
-            offset += n
-        _shortening_decoder(self.language_model).arm(placeholders & ~keep, placeholders)
+        # models with videos return (image mask, video mask) and are asked once per modality
+        for index, (attribute, features) in enumerate((("pending_images", image_features),
+                                                        ("pending_videos", kwargs.get("video_features")))):
+            pending = getattr(session, attribute, None)
+            if pending and features is not None:
+                setattr(session, attribute, None)
+                _arm_kept(self, (masks[index] if isinstance(masks, tuple) else masks)[..., 0], pending)
         return masks
 
     return get_placeholder_mask
+
+
+def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
+    """Arm the decoder to drop the placeholders of ``pending``'s tokens that were not kept."""
+    keep = torch.zeros_like(placeholders)
+    flat = torch.nonzero(placeholders.flatten()).flatten()
+    offset = 0
+    for n, kept in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
+        keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
+        offset += n
+    _shortening_decoder(model.language_model).arm(placeholders & ~keep, placeholders)
 
 
 def _per_placeholder_run(pending, per_row: List[int]) -> list:
@@ -387,7 +375,10 @@ class _ShorteningDecoder:
         self.armed = None        # (drop, visual) for the next prefill: (batch, length) bool each
 
     def arm(self, drop: torch.Tensor, visual: torch.Tensor) -> None:
-        """The next prefill drops ``drop`` and holds visual tokens at ``visual``."""
+        """The next prefill drops ``drop`` and holds visual tokens at ``visual``; images
+        and videos of the same prompts arm in turn and add up."""
+        if self.armed is not None and self.armed[0].shape == drop.shape:
+            drop, visual = drop | self.armed[0], visual | self.armed[1]
         self.armed = (drop, visual)
 
     def __call__(self, *args, **kwargs):

@@ -157,12 +157,14 @@ class FreePruner(VisionMethod):
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []
         for sample, memo in enumerate(ctx.memo):
-            pivots = memo["pivots"]
-            if pivots.numel() == 0:     # nothing to keep from this crop
-                selections.append(make_selection(pivots))
-                continue
-            candidates = ctx.candidates(sample, pivots.device)
+            candidates = ctx.candidates(sample, memo["pivots"].device)
+            # candidates may have narrowed since the tower ran (temporal video mode):
+            # pivots left outside them go, their relation still ranks the rest
+            pivots = memo["pivots"][candidates[memo["pivots"]]]
             budget = min(ctx.requests[sample].budget, int(candidates.sum()))
+            if budget == 0:             # nothing to keep from this crop
+                selections.append(make_selection(pivots[:0]))
+                continue
             candidates[pivots] = False
             complement = complementary_tokens(
                 memo["relation"], budget - pivots.numel(), candidates, ctx.grid[1], self.radius

@@ -1,0 +1,78 @@
+"""Selection on pooled cells, for models that pool patches before the LLM.
+
+LLaVA-NeXT-Video averages 2x2 patches and LLaVA-OneVision resamples its video
+frames bilinearly, so the LLM sees cells, not patches. A method asked to keep
+round(r x cells) then picks cells; it reads their attention through
+:class:`PooledView`, which pools the tower's patch attention with the model's
+own pooling weights ``P`` (cells x patches, rows summing to 1):
+
+- as a query, a cell attends like the weighted mean of its patches (rows of ``P``);
+- as a key, a cell receives what its patches receive, each patch's share split
+  over the cells that use it in proportion to the weights (columns of ``P``,
+  normalised), so every query row still sums to one.
+
+Prefix tokens ([CLS]) pass through unchanged. Any method works unchanged on the
+cell grid through :class:`PooledMethod`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from .base import AttentionView, Selection, SelectionContext, VisionMethod
+
+
+def _with_prefix(weights: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    cells, patches = weights.shape
+    out = weights.new_zeros(num_prefix + cells, num_prefix + patches)
+    out[:num_prefix, :num_prefix] = torch.eye(num_prefix)
+    out[num_prefix:, num_prefix:] = weights
+    return out
+
+
+class PooledView(AttentionView):
+    """Head-mean attention between prefix tokens and pooled cells; one map per crop, made when first asked."""
+
+    def __init__(self, base: AttentionView, pool: torch.Tensor, num_prefix: int):
+        self.base = base
+        self.device, self.batch_size = base.device, base.batch_size
+        pool = pool.to(base.device)
+        self.query = _with_prefix(pool, num_prefix)
+        self.key = _with_prefix(pool / pool.sum(dim=0, keepdim=True).clamp_min(1e-12), num_prefix)
+        self._maps: Dict[int, torch.Tensor] = {}
+
+    def _map(self, sample: int) -> torch.Tensor:
+        if sample not in self._maps:
+            self._maps[sample] = self.query @ self.base.rows(sample) @ self.key.T
+        return self._maps[sample]
+
+    def rows(self, sample, rows=None):
+        return self._map(sample) if rows is None else self._map(sample)[rows]
+
+    def received(self, sample):
+        a = self._map(sample)
+        return a.sum(dim=0) - torch.diagonal(a)
+
+    def paid_to(self, sample, columns):
+        return self._map(sample)[:, columns].sum(dim=1)
+
+
+class PooledMethod(VisionMethod):
+    """``method`` selecting cells: it observes :class:`PooledView` s of the tower's
+    attention and a context whose grid is the cell grid."""
+
+    def __init__(self, method: VisionMethod, pool: torch.Tensor):
+        self.method = method
+        self.pool = pool
+        self.name = method.name
+
+    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
+        return self.method.attention_layers(num_layers, feature_layer)
+
+    def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
+        self.method.observe(layer, PooledView(view, self.pool, ctx.num_prefix), ctx)
+
+    def select(self, ctx: SelectionContext) -> List[Selection]:
+        return self.method.select(ctx)

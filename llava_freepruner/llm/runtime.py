@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaAttention, apply_rotary_pos_emb, repeat_kv
 
-from ..fitprune.flops import reduction_from_counts
+from ..budget import reduction_from_counts
 from .attention import attention_to_columns
 from .policies import LAST_QUERY, SELF_CROSS
 

@@ -19,6 +19,12 @@ torch.set_num_threads(1)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
+def skip_without_upstream_llava():
+    """Called at the top of a test module that builds upstream llava models: the
+    transformers 4.57 / 5.x environments have no llava and skip the module."""
+    pytest.importorskip("llava", reason="needs upstream llava (the eval_scripts/install.sh environment)")
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """Build tiny checkpoints lazily, once per session: ``checkpoints(TinySpec(...))``."""
@@ -61,7 +67,8 @@ def load_llava(path):
     """(tokenizer, model in eval mode, image processor) through upstream's loader, on CPU."""
     from llava.model.builder import load_pretrained_model
 
-    tokenizer, model, processor, _ = load_pretrained_model(path, None, "tiny-llava", device="cpu")
+    # upstream picks the class by name ("mistral" in it: LlavaMistralForCausalLM), as its eval scripts do
+    tokenizer, model, processor, _ = load_pretrained_model(path, None, os.path.basename(path), device="cpu")
     return tokenizer, model.eval(), processor
 
 

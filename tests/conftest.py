@@ -19,12 +19,6 @@ torch.set_num_threads(1)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-def skip_without_upstream_llava():
-    """Called at the top of a test module that builds upstream llava models: the
-    transformers 4.57 / 5.x environments have no llava and skip the module."""
-    pytest.importorskip("llava", reason="needs upstream llava (the eval_scripts/install.sh environment)")
-
-
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """Build tiny checkpoints lazily, once per session: ``checkpoints(TinySpec(...))``."""

@@ -6,10 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import skip_without_upstream_llava
-
-skip_without_upstream_llava()
-
 import sentencepiece as spm
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaTokenizer

@@ -3,10 +3,6 @@
 import math
 
 import pytest
-from conftest import skip_without_upstream_llava
-
-skip_without_upstream_llava()
-
 import torch
 from transformers import GenerationMixin
 from transformers.models.llama import modeling_llama

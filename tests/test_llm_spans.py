@@ -1,10 +1,6 @@
 """visual_spans against upstream's own splice, and the wiring the llava patch uses."""
 
 import pytest
-from conftest import skip_without_upstream_llava
-
-skip_without_upstream_llava()
-
 import torch
 from transformers import GenerationMixin
 

@@ -1,10 +1,5 @@
 """Tiny offline LLaVA-LLaMA models for the decoder-side pruning tests (and their sanity tests)."""
 
-import pytest
-from conftest import skip_without_upstream_llava
-
-skip_without_upstream_llava()
-
 import torch
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 

@@ -119,9 +119,11 @@ class _Runtime:
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
         original = module.forward
-        module.forward = functools.partial(wrapper, original)
+        installed = module.forward = functools.partial(wrapper, original)
 
         def restore():
+            if module.__dict__.get("forward") is not installed:
+                return  # wrapped again on top (a backend): that wrapper calls ours, which now passes through
             if had_own:
                 module.forward = previous
             else:
@@ -133,6 +135,7 @@ class _Runtime:
             restore()
         self._restore = []
         self.state = None
+        self.pending = None
 
     # -- decoder forward: decides prefill / decode / untouched --------------------------
 

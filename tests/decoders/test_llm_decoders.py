@@ -228,6 +228,21 @@ def test_text_only_and_detach_leave_model_untouched(family):
     assert torch.equal(model(inputs_embeds=embeds).logits, before)
 
 
+@torch.no_grad()
+def test_detach_under_a_later_wrapper_keeps_that_wrapper():
+    model = tiny_decoder("llama")
+    embeds, span = prompt(model)
+    before = model(inputs_embeds=embeds).logits
+    attach(model, FitPrunePolicy(RECIPE))
+    inner = model.model.forward
+    model.model.forward = outer = lambda *args, **kwargs: inner(*args, **kwargs)
+    begin_prefill(model, [[span]])
+    assert not torch.equal(model(inputs_embeds=embeds).logits, before)
+    detach(model)
+    assert model.model.forward is outer
+    assert torch.equal(model(inputs_embeds=embeds).logits, before)
+
+
 @pytest.mark.parametrize("attn,expected_calls", [("sdpa", LAYERS), ("eager", 3)])
 @torch.no_grad()
 def test_layers_that_do_not_prune_keep_their_attention_implementation(attn, expected_calls, monkeypatch):

@@ -23,8 +23,8 @@ CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 FAMILIES = {"llama": "LlamaAttention", "mistral": "MistralAttention", "qwen2": "Qwen2Attention"}
 # Where the decoder sits: a bare decoder, a *ForCausalLM or upstream llava (``model``),
-# transformers' LLaVA classes from 4.52 (``model.language_model``) and before.
-_DECODER_PATHS = ("", "model", "model.language_model", "language_model.model", "language_model")
+# transformers' LLaVA classes (``model.language_model``).
+_DECODER_PATHS = ("", "model", "model.language_model")
 
 
 def _version():

@@ -94,6 +94,15 @@ def cache_argument(arguments):
     return None
 
 
+def check_cache(cache):
+    """Per-layer cache lengths differ after deletions: only a DynamicCache (or none) holds that."""
+    from transformers.cache_utils import DynamicCache
+
+    if cache is not None and not isinstance(cache, (DynamicCache, tuple, list)):
+        raise TypeError(f"decoder-side pruning needs a DynamicCache (its layers hold different lengths after "
+                        f"deletions) or no cache; got {type(cache).__name__}")
+
+
 def cache_length(cache):
     """Tokens layer 0 holds (what generate reads): a Cache or a legacy tuple."""
     if cache is None:

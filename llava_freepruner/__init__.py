@@ -1,46 +1,55 @@
 """Training-free visual-token pruning for LLaVA-family models.
 
-Importing this package is cheap (standard library only): torch and llava are
-imported when the plugin is applied, never at interpreter start-up.
+Importing this package is cheap (standard library only): torch and the host
+libraries (upstream ``llava``, ``transformers``) are imported when the plugin is
+applied, never at interpreter start-up.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["apply", "remove", "is_applied", "activate_from_env", "__version__"]
+__all__ = ["apply", "remove", "is_applied", "activate_from_env", "host_imported", "__version__"]
 
 
 def apply(config=None, **overrides):
-    """Patch the imported ``llava`` package so it prunes visual tokens.
+    """Patch the LLaVA classes of every supported host so they prune visual tokens.
 
+    Hosts already imported are patched now, the others right after their import.
     ``config`` is a :class:`llava_freepruner.config.Config`; without it the
     configuration is read from the ``FREEPRUNER_*`` environment variables.
     Keyword overrides replace single fields (``apply(ratio=0.5)``).
     Applying twice replaces the configuration; the patches are installed once.
     """
-    from .llava_patch import apply as _apply
+    from .backends import apply as _apply
 
     return _apply(config, **overrides)
 
 
 def remove():
     """Undo :func:`apply`: every patched attribute gets its original back."""
-    from .llava_patch import remove as _remove
+    from .backends import remove as _remove
 
     _remove()
 
 
 def is_applied():
-    from .llava_patch import is_applied as _is_applied
+    from .backends import is_applied as _is_applied
 
     return _is_applied()
 
 
 def activate_from_env():
-    """Entry point of the import hook: apply the configuration in the environment.
+    """Apply the configuration in the environment.
 
     A bad variable stops the process with a message naming it, before any model
     is loaded.
     """
-    from .llava_patch import activate_from_env as _activate
+    from .backends import activate_from_env as _activate
 
     _activate()
+
+
+def host_imported(module_name):
+    """Entry point of the import hook: ``module_name`` (a host module) was just imported."""
+    from .backends import host_imported as _host_imported
+
+    _host_imported(module_name)

@@ -14,6 +14,7 @@ Pure tensor code; upstream's ``unpad_image`` is passed in, not imported.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -31,19 +32,49 @@ class TileLayout:
     side: int                      # patches per crop side (24 for CLIP-L/336)
     rows: Tuple[int, int]          # kept patch-map rows [start, stop)
     cols: Tuple[int, int]          # kept patch-map columns [start, stop)
+    # LLaVA-OneVision shrinks a large unpadded map by bilinear interpolation to
+    # (rows, cols) cells; each cell is represented by the patch nearest its centre.
+    resampled: Optional[Tuple[int, int]] = None
 
     @property
     def num_tiles(self) -> int:
         return self.tiles_high * self.tiles_wide
 
+    def row_sources(self) -> torch.Tensor:
+        """Patch-map row behind each row of the map the LLM sees."""
+        return _sources(self.rows, None if self.resampled is None else self.resampled[0])
+
+    def col_sources(self) -> torch.Tensor:
+        return _sources(self.cols, None if self.resampled is None else self.resampled[1])
+
     def tile_valid(self, tile: int) -> torch.Tensor:
-        """(side*side,) bool: the tile's patches inside the kept region."""
+        """(side*side,) bool: the tile's patches behind a token the LLM sees."""
         r0, c0 = divmod(tile, self.tiles_wide)
         rows = torch.arange(r0 * self.side, (r0 + 1) * self.side)
         cols = torch.arange(c0 * self.side, (c0 + 1) * self.side)
-        inside_r = (rows >= self.rows[0]) & (rows < self.rows[1])
-        inside_c = (cols >= self.cols[0]) & (cols < self.cols[1])
+        inside_r = torch.isin(rows, self.row_sources())
+        inside_c = torch.isin(cols, self.col_sources())
         return (inside_r[:, None] & inside_c[None, :]).flatten()
+
+
+def _sources(span: Tuple[int, int], cells: Optional[int]) -> torch.Tensor:
+    start, stop = span
+    if cells is None:
+        return torch.arange(start, stop)
+    # bilinear interpolation without corner alignment puts cell i's centre at
+    # (i + 0.5) * scale - 0.5 in source coordinates
+    scale = (stop - start) / cells
+    centre = (torch.arange(cells, dtype=torch.float64) + 0.5) * scale - 0.5
+    return start + torch.floor(centre + 0.5).long().clamp(0, stop - start - 1)
+
+
+def resampled_shape(layout: TileLayout, max_crops: int) -> Optional[Tuple[int, int]]:
+    """The map OneVision's ``anyres_max_N`` makes of a layout (None: not resampled)."""
+    height, width = layout.rows[1] - layout.rows[0], layout.cols[1] - layout.cols[0]
+    ratio = math.sqrt(height * width / (max_crops * layout.side ** 2))
+    if ratio <= 1.1:
+        return None
+    return int(height // ratio), int(width // ratio)
 
 
 def tile_layout(
@@ -113,3 +144,27 @@ def unpruned_length(layout: Optional[TileLayout], merge_type: str, num_crops: in
         return crop_tokens * num_crops
     rows = layout.rows[1] - layout.rows[0]
     return crop_tokens + rows * (layout.cols[1] - layout.cols[0] + 1)
+
+
+def packed_positions(layout: TileLayout, base: torch.Tensor, kept_tiles: Sequence[torch.Tensor],
+                     newline: bool) -> torch.Tensor:
+    """Positions of the kept tokens in the full ``spatial_unpad`` sequence of one image
+    (base crop first, then the map the LLM sees row by row, a newline closing each row
+    when ``newline``). A row's newline is kept when the row keeps a token; in raster order.
+    """
+    side, crop_tokens = layout.side, layout.side * layout.side
+    row_of = {int(r): i for i, r in enumerate(layout.row_sources())}
+    col_of = {int(c): j for j, c in enumerate(layout.col_sources())}
+    stride = len(col_of) + int(newline)
+    positions, kept_rows = base.long().tolist(), set()
+    for tile, kept in enumerate(kept_tiles):
+        tile_row, tile_col = divmod(tile, layout.tiles_wide)
+        for patch in kept.tolist():
+            y, x = divmod(patch, side)
+            i, j = row_of.get(tile_row * side + y), col_of.get(tile_col * side + x)
+            if i is not None and j is not None:
+                positions.append(crop_tokens + i * stride + j)
+                kept_rows.add(i)
+    if newline:
+        positions += [crop_tokens + i * stride + stride - 1 for i in kept_rows]
+    return torch.sort(torch.tensor(positions, dtype=torch.long)).values

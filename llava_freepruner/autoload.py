@@ -1,46 +1,42 @@
-"""Activate the plugin right after ``llava`` is imported, with no change to upstream.
+"""Activate the plugin right after a host module is imported, with no change to it.
 
 ``llava_freepruner_autoload.pth`` (installed into site-packages) imports this
 module at interpreter start-up, only when a variable starting with one of
-:data:`ENV_PREFIXES` is set, and calls :func:`install`. Standard library only:
-it runs in every such process before anything else.
+:data:`~llava_freepruner.hosts.ENV_PREFIXES` is set, and calls :func:`install`.
+Standard library only: it runs in every such process before anything else.
 
-The hook keys on the module name ``llava``, so it works for an installed
-``llava`` and for a source checkout run from its root alike.
+The hook keys on the module names in :data:`~llava_freepruner.hosts.HOST_MODULES`
+(upstream ``llava``, installed or run from a source checkout, and transformers'
+LLaVA modeling modules); each one is handed to the plugin once its body has run.
 """
 
 import sys
 
-ENV_PREFIXES = ("FREEPRUNER_", "FITPRUNE_")
-TARGET_MODULE = "llava"
-
-_activated = False
+from .hosts import HOST_MODULES
 
 
 def install():
-    """Activate now if ``llava`` is already imported, else once its package body has run."""
-    if TARGET_MODULE in sys.modules:
-        _activate()
-    elif not any(isinstance(finder, LlavaImportWatcher) for finder in sys.meta_path):
-        sys.meta_path.insert(0, LlavaImportWatcher())
+    """Hand every host already imported to the plugin, and watch for the others."""
+    for name in HOST_MODULES:
+        if name in sys.modules:
+            _host_imported(name)
+    if not all(name in sys.modules for name in HOST_MODULES) and not any(
+            isinstance(finder, HostImportWatcher) for finder in sys.meta_path):
+        sys.meta_path.insert(0, HostImportWatcher())
 
 
-def _activate():
-    global _activated
-    if _activated:
-        return
-    _activated = True
+def _host_imported(name):
     # Looked up at call time (not bound at import) so the entry point stays replaceable.
     import llava_freepruner
 
-    llava_freepruner.activate_from_env()
+    llava_freepruner.host_imported(name)
 
 
-class LlavaImportWatcher:
-    """Meta-path finder that lets the other finders locate ``llava`` and wraps its loader."""
+class HostImportWatcher:
+    """Meta-path finder that lets the other finders locate a host module and wraps its loader."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET_MODULE:
+        if fullname not in HOST_MODULES:
             return None
         for finder in sys.meta_path:
             find_spec = getattr(finder, "find_spec", None)
@@ -57,7 +53,7 @@ class LlavaImportWatcher:
 
 
 class _ActivateAfterExec:
-    """Loader proxy: runs the real loader, then activates the plugin (errors propagate)."""
+    """Loader proxy: runs the real loader, then hands the module to the plugin (errors propagate)."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -71,8 +67,14 @@ class _ActivateAfterExec:
         module.__loader__ = self.loader
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, LlavaImportWatcher)]
-        _activate()
+        if all(name in sys.modules for name in HOST_MODULES):
+            sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, HostImportWatcher)]
+        _host_imported(module.__name__)
 
     def __getattr__(self, name):
         return getattr(self.loader, name)
+
+
+def uninstall():
+    """Stop watching for host imports (``llava_freepruner.remove()``)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, HostImportWatcher)]

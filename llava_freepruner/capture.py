@@ -28,6 +28,7 @@ class AttentionSite:
     query: nn.Module
     key: nn.Module
     num_heads: int
+    block: nn.Module       # the whole encoder layer: its output is the next hidden state
 
 
 def attention_sites(vision_model: nn.Module) -> List[AttentionSite]:
@@ -36,13 +37,13 @@ def attention_sites(vision_model: nn.Module) -> List[AttentionSite]:
         vision_model = vision_model.vision_model
     encoder = getattr(vision_model, "encoder", None)
     if encoder is not None and hasattr(encoder, "layers"):      # CLIP
-        return [AttentionSite(l.self_attn, l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.num_heads)
+        return [AttentionSite(l.self_attn, l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.num_heads, l)
                 for l in encoder.layers]
     if encoder is not None and hasattr(encoder, "layer"):       # DINOv2 / ViT
         sites = []
         for layer in encoder.layer:
             attn = layer.attention.attention
-            sites.append(AttentionSite(attn, attn.query, attn.key, attn.num_attention_heads))
+            sites.append(AttentionSite(attn, attn.query, attn.key, attn.num_attention_heads, layer))
         return sites
     raise TypeError(
         f"llava_freepruner cannot read attention from {type(vision_model).__name__}: "
@@ -79,7 +80,12 @@ class AttentionCapture:
         layers = self.method.attention_layers(len(self.sites), self.ctx.feature_layer)
         for layer in layers:
             self._hook(layer, self.sites[layer])
+        if self.method.needs_hidden:
+            self._handles.append(self.sites[self.ctx.feature_layer].block.register_forward_hook(self._keep_hidden))
         return self
+
+    def _keep_hidden(self, module, args, output) -> None:
+        self.ctx.hidden = output[0] if isinstance(output, tuple) else output
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
@@ -104,12 +110,13 @@ class AttentionCapture:
         def observe(module, args, output):
             start = time.perf_counter()
             q, k = captured.pop("q"), captured.pop("k")
+            k = _split_heads(k, site.num_heads).float()
             maps = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if torch.is_tensor(maps) and maps.dtype == torch.float32 and maps.dim() == 4:
-                view = MapView(maps.mean(dim=1))
+                view = MapView(maps.mean(dim=1), k)
             else:
                 q = _split_heads(q, site.num_heads).float()
-                view = QueryKeyView(q * q.shape[-1] ** -0.5, _split_heads(k, site.num_heads).float())
+                view = QueryKeyView(q * q.shape[-1] ** -0.5, k)
             self.method.observe(layer, view, self.ctx)
             self.seconds += time.perf_counter() - start
 

@@ -14,10 +14,11 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
-from .autoload import ENV_PREFIXES as PREFIXES
+from .hosts import ENV_PREFIXES as PREFIXES
 
-VISION_METHODS = ("freepruner", "random", "grid", "cls_topk")
-LLM_METHODS = ("fitprune", "fastv")
+VISION_METHODS = ("freepruner", "random", "grid", "cls_topk", "visionzip", "divprune", "vispruner", "cdpruner")
+LLM_METHODS = ("fitprune", "fastv", "dart")
+RATIO_LLM_METHODS = ("fastv", "dart")   # keep FREEPRUNER_RATIO of the visual tokens at one LLM layer
 DIRECTIONS = ("from_pivots", "to_pivots", "both")
 DEVICES = ("cuda", "cpu")
 _TRUE = ("1", "true", "yes", "on")
@@ -44,6 +45,7 @@ class Config:
     seed: int = 0
     fastv_layer: int = 2
     fitprune_recipe: Optional[str] = None
+    clip_text: Optional[str] = None
     stats: Optional[str] = None
     device: str = "cuda"
     enabled: bool = True
@@ -114,11 +116,14 @@ def _validate(c: Config) -> None:
         _fail("FREEPRUNER_FASTV_LAYER", c.fastv_layer, "an LLM layer index >= 0")
     if c.device not in DEVICES:
         _fail("FREEPRUNER_DEVICE", c.device, "one of " + ", ".join(DEVICES))
-    if c.llm_method == "fastv" and c.ratio is None:
+    if c.llm_method in RATIO_LLM_METHODS and c.ratio is None:
+        layer = "FREEPRUNER_FASTV_LAYER" if c.llm_method == "fastv" else "2"
         raise ConfigError(
-            "FREEPRUNER_METHOD includes fastv but FREEPRUNER_RATIO is not set: FastV keeps that "
-            "fraction of the visual tokens at LLM layer FREEPRUNER_FASTV_LAYER (0 < r <= 1)."
+            f"FREEPRUNER_METHOD includes {c.llm_method} but FREEPRUNER_RATIO is not set: {c.llm_method} keeps that "
+            f"fraction of the visual tokens at LLM layer {layer} (0 < r <= 1)."
         )
+    if c.clip_text is not None and not os.path.isdir(c.clip_text):
+        _fail("FREEPRUNER_CLIP_TEXT", c.clip_text, "a local folder holding a CLIP checkpoint (text tower, tokenizer)")
     if c.llm_method == "fitprune" and not c.fitprune_recipe:
         raise ConfigError(
             "FREEPRUNER_METHOD includes fitprune but FITPRUNE_RECIPE is not set: give a "
@@ -210,6 +215,7 @@ _VARIABLES: dict = {
     "FREEPRUNER_DEVICE": ("device", lambda v, r: r.strip().lower()),
     "FREEPRUNER_DISABLE": ("enabled", lambda v, r: not parse_bool(v, r)),
     "FITPRUNE_RECIPE": ("fitprune_recipe", lambda v, r: r.strip()),
+    "FREEPRUNER_CLIP_TEXT": ("clip_text", lambda v, r: r.strip()),
 }
 KNOWN_VARIABLES = tuple(sorted(("FREEPRUNER_METHOD",) + tuple(_VARIABLES)))
 
@@ -260,6 +266,8 @@ def describe(config: Config, num_tokens: Optional[int] = None, anyres: bool = Fa
         parts.append(f"FitPrune recipe {config.fitprune_recipe} inside the LLM")
     elif config.llm_method == "fastv":
         parts.append(f"FastV at LLM layer {config.fastv_layer}")
+    elif config.llm_method == "dart":
+        parts.append("DART at LLM layer 2")
     if not parts:
         return "freePruner: method 'none', visual tokens are not pruned."
     return "freePruner: " + "; ".join(parts) + "."

@@ -2,7 +2,7 @@
 waiting for their prefill, and the hooks that time each prefill.
 
 One :class:`Session` lives from ``apply()`` to ``remove()``; the patched llava
-methods (``llava_patch``) read it.
+methods of every backend (``backends``) read it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from . import llm as llm_runtime
 from . import methods
 from .config import Config, ConfigError
 from .fitprune import RecipeError, load_recipe
-from .llm import FastVPolicy, FitPrunePolicy
+from .llm import DartPolicy, FastVPolicy, FitPrunePolicy
 from .stats import open_writer
 from .tower import sync
 
@@ -46,6 +46,9 @@ class Session:
         self.llm_models = weakref.WeakSet()    # models the decoder-side pruning is attached to
         self.stats = open_writer(config.stats) if config.enabled else None
         self.precomputed: Optional[List[torch.Tensor]] = None   # image features for the splice in flight
+        self.pending_images = None         # per image (tokens made, kept positions) until the merge
+        self.instructions: Optional[List[str]] = None   # per image of the splice in flight (text-conditioned methods)
+        self.tokenizers = weakref.WeakKeyDictionary()    # model -> its checkpoint's tokenizer
         self.pending: List[dict] = []      # records waiting for their LLM prefill time
         self.images_seen = 0
         self.announced = set()
@@ -62,6 +65,29 @@ class Session:
         if message not in self.announced:
             self.announced.add(message)
             log.info(message)
+
+    def take_instructions(self, num_images: int) -> List[Optional[str]]:
+        """The instruction of each of the next ``num_images`` images (None: not known)."""
+        texts, self.instructions = self.instructions, None
+        if texts is None:
+            return [None] * num_images
+        if len(texts) != num_images:
+            raise RuntimeError(f"{len(texts)} instructions for {num_images} images: the prompts' image "
+                               "placeholders do not match the images passed")
+        return texts
+
+    def prompt_tokenizer(self, model):
+        """The tokenizer saved with ``model``'s checkpoint, to read prompts back as text."""
+        if model not in self.tokenizers:
+            from transformers import AutoTokenizer
+
+            path = model.config._name_or_path
+            try:
+                self.tokenizers[model] = AutoTokenizer.from_pretrained(path, use_fast=False)
+            except OSError as err:
+                raise RuntimeError(f"FREEPRUNER_METHOD={self.config.vision_method}: the prompt's text is needed, but "
+                                   f"the tokenizer of the checkpoint {path!r} cannot be loaded: {err}") from None
+        return self.tokenizers[model]
 
     def tag_samples(self, image_samples: List[int]) -> None:
         """Note which batch sample each of the latest image records belongs to."""
@@ -113,6 +139,8 @@ def llm_policy(config: Config):
             raise ConfigError(f"FITPRUNE_RECIPE={config.fitprune_recipe!r} cannot be used: {err}") from None
     if config.llm_method == "fastv":
         return FastVPolicy(config.ratio, config.fastv_layer)
+    if config.llm_method == "dart":
+        return DartPolicy(config.ratio)
     return None
 
 

@@ -43,6 +43,7 @@ class TinySpec:
     select_feature: str = "patch"      # patch or cls_patch
     anyres: bool = False
     merge_type: str = "spatial_unpad"  # LLaVA-NeXT only: spatial_unpad, spatial or flat
+    clip_text: bool = False            # the tower's checkpoint is a whole CLIP (text tower + tokenizer too)
     seed: int = 0
     extra: dict = field(default_factory=dict)   # more config fields, verbatim
 
@@ -50,10 +51,10 @@ class TinySpec:
     def dirname(self) -> str:
         # load_pretrained_model dispatches on the name: it must contain "llava".
         kind = "v1.6" if self.anyres else "v1.5"
-        return f"tiny-llava-{kind}-{self.llm}-{self.select_feature}"
+        return f"tiny-llava-{kind}-{self.llm}-{self.select_feature}" + ("-cliptext" if self.clip_text else "")
 
 
-def _train_tokenizer(out_dir: str) -> None:
+def train_tokenizer(out_dir: str) -> None:
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
@@ -80,11 +81,44 @@ def _build_vision(spec: TinySpec, out_dir: str) -> None:
         image_size=336, patch_size=14, projection_dim=spec.vision_hidden,
     )
     torch.manual_seed(spec.seed)
-    CLIPVisionModel(config).save_pretrained(out_dir)
+    if spec.clip_text:
+        build_clip(out_dir, config)
+    else:
+        CLIPVisionModel(config).save_pretrained(out_dir)
     CLIPImageProcessor(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
     ).save_pretrained(out_dir)
+
+
+def _clip_tokenizer(out_dir: str) -> None:
+    """A byte-level CLIP tokenizer without merges: every character is a token."""
+    from transformers import CLIPTokenizerFast
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars]
+                                                + ["<|startoftext|>", "<|endoftext|>"])}
+    with open(os.path.join(out_dir, "vocab.json"), "w") as handle:
+        json.dump(vocab, handle)
+    with open(os.path.join(out_dir, "merges.txt"), "w") as handle:
+        handle.write("#version: 0.2\n")
+    CLIPTokenizerFast.from_pretrained(out_dir).save_pretrained(out_dir)
+
+
+def build_clip(out_dir: str, vision_config) -> None:
+    """A whole tiny CLIP checkpoint (text and vision towers with projections,
+    tokenizer) whose vision half has ``vision_config``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    os.makedirs(out_dir, exist_ok=True)
+    _clip_tokenizer(out_dir)
+    text = dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
+                projection_dim=vision_config.projection_dim)
+    config = CLIPConfig(text_config=text, vision_config=vision_config.to_dict(),
+                        projection_dim=vision_config.projection_dim)
+    CLIPModel(config).save_pretrained(out_dir)
 
 
 def _llava_fields(spec: TinySpec, vision_dir: str) -> dict:
@@ -153,7 +187,7 @@ def build(root: str, spec: Optional[TinySpec] = None) -> str:
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".building-", dir=root)
     try:
-        _train_tokenizer(staging)
+        train_tokenizer(staging)
         _build_vision(spec, os.path.join(staging, "vision"))
         from transformers import LlamaTokenizer
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ class TowerRun:
     selections: List[Selection]   # one per crop
     vision_seconds: float         # the tower forward, hooks included
     select_seconds: float         # time in the hooks and in method.select
+    projected: Optional[torch.Tensor] = None   # (crops, patches, dim_llm) when the method projected every patch
 
 
 def feature_layer(num_layers: int, select_layer: int) -> int:
@@ -43,8 +44,12 @@ def grid_shape(tower) -> tuple:
     return side, side
 
 
-def run_tower(tower, images: torch.Tensor, requests: Sequence[CropRequest], method: VisionMethod) -> TowerRun:
-    """Forward ``images`` through the tower, selecting tokens for each crop."""
+def run_tower(
+    tower, images: torch.Tensor, requests: Sequence[CropRequest], method: VisionMethod,
+    projector: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> TowerRun:
+    """Forward ``images`` through the tower, selecting tokens for each crop.
+    ``projector`` is the model's (for methods that select on projected tokens)."""
     config = tower.config
     ctx = SelectionContext(
         requests=requests,
@@ -52,6 +57,8 @@ def run_tower(tower, images: torch.Tensor, requests: Sequence[CropRequest], meth
         num_prefix=1,
         num_layers=config.num_hidden_layers,
         feature_layer=feature_layer(config.num_hidden_layers, tower.select_layer),
+        projector=projector,
+        tower_name=getattr(tower, "vision_tower_name", None),
     )
     sync(images)
     start = time.perf_counter()
@@ -59,17 +66,36 @@ def run_tower(tower, images: torch.Tensor, requests: Sequence[CropRequest], meth
         features = tower(images)
     sync(features)
     vision_seconds = time.perf_counter() - start
+    ctx.output_dtype = features.dtype
     start = time.perf_counter()
     selections = method.select(ctx)
     sync(features)
     select_seconds = capture.seconds + time.perf_counter() - start
-    return TowerRun(features, selections, vision_seconds, select_seconds)
+    return TowerRun(features, selections, vision_seconds, select_seconds, ctx.projected_patches)
 
 
 def gather_kept(features: torch.Tensor, selection: Selection, with_cls: bool) -> torch.Tensor:
     """Kept rows of one crop's features, in raster order; [CLS] stays in front
-    when the model feeds it (``mm_vision_select_feature == 'cls_patch'``)."""
+    when the model feeds it (``mm_vision_select_feature == 'cls_patch'``).
+
+    A merging method's rows come along: its ``prefix`` in front (VisionZip's
+    [CLS], which then stands for the model's own), its ``merged`` rows last."""
     index = selection.indices.to(features.device)
+    patches = features[1:] if with_cls else features
+    front = selection.prefix if selection.prefix is not None else features[:1] if with_cls else None
+    pieces = [rows.to(features) for rows in (front,) if rows is not None] + [patches[index]]
+    if selection.merged is not None:
+        pieces.append(selection.merged.to(features))
+    return torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]
+
+
+def gather_projected(run: TowerRun, crop: int, with_cls: bool, projector) -> torch.Tensor:
+    """Like :func:`gather_kept` after the projector, for a method that projected
+    every patch of the crop already (only [CLS], if fed, is projected here)."""
+    selection = run.selections[crop]
+    kept = run.projected[crop][selection.indices.to(run.projected.device)]
+    if selection.prefix is not None or selection.merged is not None:
+        raise ValueError("a method that projects every patch returns no merged rows")
     if with_cls:
-        return torch.cat([features[:1], features[1:][index]], dim=0)
-    return features[index]
+        return torch.cat([projector(run.features[crop][:1]), kept], dim=0)
+    return kept

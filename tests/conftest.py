@@ -1,7 +1,12 @@
-"""Shared fixtures: tiny offline LLaVA checkpoints, real photos, question files."""
+"""Shared fixtures: tiny offline LLaVA checkpoints, real photos, question files.
+
+The tests in this folder run in the upstream-llava environment; the
+transformers backend has its own folder (``tests/transformers``).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +20,9 @@ from llava_freepruner import tiny
 # Tiny models gain nothing from a thread pool; on a small shared machine its
 # spinning makes them several times slower.
 torch.set_num_threads(1)
+
+if importlib.util.find_spec("llava") is None:
+    collect_ignore_glob = ["test_*.py"]     # not the upstream environment
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

@@ -1,4 +1,4 @@
-"""The import hook: the .pth line and the finder that activates the plugin after ``llava``."""
+"""The import hook: the .pth line and the finder that hands host modules (``llava``) to the plugin."""
 
 import os
 import shutil
@@ -11,6 +11,7 @@ import pytest
 
 import llava_freepruner
 from llava_freepruner import autoload
+from llava_freepruner.hosts import ENV_PREFIXES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTH_FILE = REPO_ROOT / "llava_freepruner_autoload.pth"
@@ -43,15 +44,14 @@ def hook(monkeypatch, tmp_path):
     Yields the list of calls; each records whether llava's body had finished.
     Any real ``llava`` modules are hidden for the test and put back after it.
     """
-    monkeypatch.setattr(autoload, "_activated", False)
-    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, autoload.HostImportWatcher)])
     monkeypatch.syspath_prepend(str(write_fake_llava(tmp_path)))
     calls = []
 
-    def record_activation():
-        calls.append(getattr(sys.modules.get("llava"), "BODY_DONE", False))
+    def record_activation(name):
+        calls.append((name, getattr(sys.modules.get(name), "BODY_DONE", False)))
 
-    monkeypatch.setattr(llava_freepruner, "activate_from_env", record_activation)
+    monkeypatch.setattr(llava_freepruner, "host_imported", record_activation)
     real_llava = pop_llava_modules()
     yield calls
     pop_llava_modules()
@@ -59,10 +59,10 @@ def hook(monkeypatch, tmp_path):
 
 
 def watchers():
-    return [f for f in sys.meta_path if isinstance(f, autoload.LlavaImportWatcher)]
+    return [f for f in sys.meta_path if isinstance(f, autoload.HostImportWatcher)]
 
 
-def test_activation_waits_for_llava_body_and_runs_once(hook):
+def test_activation_waits_for_llava_body_and_runs_once_per_import(hook):
     autoload.install()
     autoload.install()
     assert len(watchers()) == 1
@@ -70,16 +70,16 @@ def test_activation_waits_for_llava_body_and_runs_once(hook):
 
     import llava
 
-    assert hook == [True]
+    assert hook == [("llava", True)]
     assert llava.BODY_DONE
     assert type(llava.__loader__).__name__ == "SourceFileLoader"
     assert llava.__spec__.loader is llava.__loader__
-    assert watchers() == []
+    # still watching: transformers' LLaVA modules are hosts too
+    assert len(watchers()) == 1
 
-    autoload.install()
     import llava  # noqa: F811
 
-    assert hook == [True]
+    assert hook == [("llava", True)]
 
 
 def test_llava_already_imported_activates_immediately(hook):
@@ -87,15 +87,14 @@ def test_llava_already_imported_activates_immediately(hook):
 
     assert hook == []
     autoload.install()
-    assert hook == [True]
-    assert watchers() == []
+    assert hook == [("llava", True)]
 
 
 def test_activation_errors_propagate_through_the_import(hook, monkeypatch):
-    def refuse():
+    def refuse(name):
         raise SystemExit("FREEPRUNER_RATIO: bad value")
 
-    monkeypatch.setattr(llava_freepruner, "activate_from_env", refuse)
+    monkeypatch.setattr(llava_freepruner, "host_imported", refuse)
     autoload.install()
     with pytest.raises(SystemExit, match="FREEPRUNER_RATIO"):
         import llava  # noqa: F401
@@ -114,7 +113,7 @@ def test_failed_llava_body_does_not_activate(hook, tmp_path):
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(autoload.ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
@@ -142,7 +141,7 @@ def run_with_pth(tmp_path, code, pythonpath, **env_vars):
 
 REPORT_HOOK_STATE = """
 print("imported:", "llava_freepruner" in sys.modules)
-print("watching:", any(type(f).__name__ == "LlavaImportWatcher" for f in sys.meta_path))
+print("watching:", any(type(f).__name__ == "HostImportWatcher" for f in sys.meta_path))
 """
 
 
@@ -150,7 +149,7 @@ def test_pth_file_is_one_import_line_checking_the_same_prefixes():
     lines = PTH_FILE.read_text().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("import ")
-    assert repr(autoload.ENV_PREFIXES) in lines[0]
+    assert repr(ENV_PREFIXES) in lines[0]
 
 
 def test_pth_without_variables_imports_nothing(tmp_path):
@@ -162,14 +161,14 @@ def test_pth_without_variables_imports_nothing(tmp_path):
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("prefix", autoload.ENV_PREFIXES)
+@pytest.mark.parametrize("prefix", ENV_PREFIXES)
 def test_pth_with_variable_activates_once_after_llava(tmp_path, prefix):
     fake_root = write_fake_llava(tmp_path / "fake")
     code = REPORT_HOOK_STATE + textwrap.dedent(
         """
         import llava_freepruner
-        llava_freepruner.activate_from_env = lambda: print(
-            "activated, body done:", getattr(sys.modules["llava"], "BODY_DONE", False)
+        llava_freepruner.host_imported = lambda name: print(
+            "activated, body done:", name, getattr(sys.modules[name], "BODY_DONE", False)
         )
         import llava
         import llava
@@ -180,7 +179,7 @@ def test_pth_with_variable_activates_once_after_llava(tmp_path, prefix):
     assert result.stdout.splitlines() == [
         "imported: True",
         "watching: True",
-        "activated, body done: True",
+        "activated, body done: llava True",
     ]
 
 

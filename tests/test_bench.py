@@ -10,7 +10,7 @@ from llava_freepruner.bench.runner import Settings, plugin_config
 from llava_freepruner.cli import main
 
 RATIOS = (1.0, 0.5)
-METHODS = ("cls_topk", "freepruner", "grid", "random")
+METHODS = ("cls_topk", "freepruner", "grid", "random", "visionzip", "divprune")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
-    code = main(["bench", "--model", checkpoint, "--ratios", ",".join(map(str, RATIOS)), "--repeats", "2",
+    code = main(["bench", "--model", checkpoint, "--methods", ",".join(METHODS),
+                 "--ratios", ",".join(map(str, RATIOS)), "--repeats", "2",
                  "--warmup", "0", "--new-tokens", "2", "--device", "cpu", "--out", str(out)])
     assert code == 0
     with open(out / "results.json") as handle:
@@ -81,7 +82,7 @@ def test_fewer_visual_tokens_mean_fewer_prefill_flops(results):
 
 def test_oracle_feeds_exactly_k_visual_tokens_to_the_llm(checkpoint):
     import llava_freepruner
-    from llava_freepruner import llava_patch
+    from llava_freepruner import backends
     from llava_freepruner.bench import model as bench_model, oracle
 
     bench = bench_model.load_checkpoint(checkpoint, "cpu", torch.float32)
@@ -93,7 +94,7 @@ def test_oracle_feeds_exactly_k_visual_tokens_to_the_llm(checkpoint):
     try:
         for budget in (100, 7):
             llava_freepruner.apply(plugin_config("oracle", 1.0, "cpu", None, 0).replace(ratio=None, tokens=budget))
-            llava_patch.set_vision_method(oracle.FirstK())
+            backends.set_vision_method(oracle.FirstK())
             assert not oracle.FirstK().attention_layers(4, 2)
             with torch.inference_mode():
                 bench.model.generate(inputs.input_ids, images=inputs.images, image_sizes=inputs.image_sizes,

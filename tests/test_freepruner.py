@@ -119,6 +119,19 @@ def test_pivots_are_iqr_outliers_capped_at_half_budget():
     assert pivotal_tokens(torch.ones(20), budget=4, candidates=everyone).tolist() == [0]  # none: argmax, lowest index
 
 
+def test_pivots_do_not_depend_on_the_default_dtype():
+    # transformers 4.37.2 leaves the default at float16 when a model's __init__ raises
+    # inside from_pretrained; lmms-eval's `--model llava` does that on its first try.
+    r = torch.rand(50, generator=torch.Generator().manual_seed(0))
+    everyone = torch.ones(50, dtype=torch.bool)
+    expected = pivotal_tokens(r, budget=20, candidates=everyone)
+    torch.set_default_dtype(torch.float16)
+    try:
+        assert torch.equal(pivotal_tokens(r, budget=20, candidates=everyone), expected)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_complement_ties_take_lower_index_and_spreading():
     scores = torch.tensor([1.0, 3.0, 3.0, 0.5, 3.0, 0.0])
     everyone = torch.ones(6, dtype=torch.bool)

@@ -103,7 +103,7 @@ def test_spans_bad_inputs():
 
 
 def announce_spans_after_splice(model):
-    """The wiring of llava_patch in miniature: count features, call upstream, announce the spans."""
+    """The wiring of the upstream backend in miniature: count features, call upstream, announce the spans."""
     original_encode = model.encode_images
     original_prepare = model.prepare_inputs_labels_for_multimodal
     counts = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import llava_freepruner
-from llava_freepruner.autoload import ENV_PREFIXES
+from llava_freepruner.hosts import ENV_PREFIXES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTH_NAME = "llava_freepruner_autoload.pth"
@@ -22,7 +22,7 @@ HOOK_STATE = (
     "import sys, llava_freepruner;"
     "print(llava_freepruner.__file__);"
     "print('llava_freepruner.autoload' in sys.modules);"
-    "print(any(type(f).__name__ == 'LlavaImportWatcher' for f in sys.meta_path))"
+    "print(any(type(f).__name__ == 'HostImportWatcher' for f in sys.meta_path))"
 )
 METADATA = (
     "from importlib.metadata import metadata, requires;"
@@ -100,7 +100,8 @@ def test_install_ships_the_hook_and_uninstall_removes_it(venv_python, project, t
     ).splitlines()
     assert version == llava_freepruner.__version__
     assert python_requires == ">=3.10"
-    assert "transformers<=4.37.2,>=4.36.2" in requirements
+    assert "transformers" in requirements          # the core pins no transformers
+    assert 'transformers==4.37.2; extra == "upstream"' in requirements
     assert not any(r.startswith("llava") for r in requirements)
 
     run(venv_python, "-m", "pip", "uninstall", "-q", "-y", "llava-freepruner", cwd=tmp_path)

@@ -43,11 +43,22 @@ _LLAVA_1_6 = dict(
     unfreeze_mm_vision_tower=True, tokenizer_model_max_length=4096,
 )
 
+# Test shapes, not checkpoints: the real layouts (576 patches per crop, 32 decoder
+# layers, so FitPrune's official recipes apply) at widths a CPU runs in milliseconds.
+_TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=32,
+                   num_attention_heads=4, num_key_value_heads=4)
+_TINY_CLIP = dict(CLIP_VIT_L_14_336, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
+
 ARCHITECTURES = {
     "llava-v1.5-7b": dict(_VICUNA, **_LLAMA_7B, **_LLAVA_1_5),
     "llava-v1.5-13b": dict(_VICUNA, **_LLAMA_13B, **_LLAVA_1_5),
     "llava-v1.6-7b": dict(_VICUNA, **_LLAMA_7B, **_LLAVA_1_6),   # llava-v1.6-vicuna-7b
+    "tiny-llava-v1.5": dict(_VICUNA, **_TINY_LLAMA, **dict(_LLAVA_1_5, mm_hidden_size=64)),
+    "tiny-llava-v1.6": dict(_VICUNA, **_TINY_LLAMA, **dict(_LLAVA_1_6, mm_hidden_size=64)),
 }
+
+# Vision tower of each architecture (CLIP ViT-L/14-336 unless named here).
+_TOWERS = {"tiny-llava-v1.5": _TINY_CLIP, "tiny-llava-v1.6": _TINY_CLIP}
 
 
 def architecture(name: str, llm_layers=None, vision_layers=None):
@@ -55,7 +66,7 @@ def architecture(name: str, llm_layers=None, vision_layers=None):
     optionally with fewer decoder / encoder layers."""
     if name not in ARCHITECTURES:
         raise ValueError(f"--random-weights {name!r} is not a known architecture: expected one of {', '.join(ARCHITECTURES)}")
-    llm, vision = copy.deepcopy(ARCHITECTURES[name]), dict(CLIP_VIT_L_14_336)
+    llm, vision = copy.deepcopy(ARCHITECTURES[name]), dict(_TOWERS.get(name, CLIP_VIT_L_14_336))
     for flag, value, fields, full in (("--llm-layers", llm_layers, llm, llm["num_hidden_layers"]),
                                       ("--vision-layers", vision_layers, vision, vision["num_hidden_layers"])):
         if value is None:

@@ -6,6 +6,7 @@ real ``model.generate`` path through the plugin's patches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -36,8 +37,10 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:
-    """N(0, 0.02) weights, unit norms, zero biases: activations stay in range."""
-    generator = torch.Generator().manual_seed(seed)
+    """N(0, 0.02) weights, unit norms, zero biases: activations stay in range.
+
+    Drawn where the weights live, so a 7B model on a GPU takes seconds, not minutes."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -45,7 +48,19 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             elif name.endswith("bias"):
                 param.zero_()
             else:
-                param.copy_(torch.empty(param.shape).normal_(0.0, 0.02, generator=generator))
+                param.normal_(0.0, 0.02, generator=generator)
+
+
+@contextlib.contextmanager
+def _created_on(device: str, dtype: torch.dtype):
+    """New modules get their parameters on ``device`` in ``dtype`` (no fp32 CPU copy first)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def build_random(name: str, llm_layers: Optional[int], vision_layers: Optional[int],
@@ -58,17 +73,18 @@ def build_random(name: str, llm_layers: Optional[int], vision_layers: Optional[i
     vision_config = CLIPVisionConfig(**vision_fields)
     tower_name = llm_fields["mm_vision_tower"]
     unfreeze = llm_fields.pop("unfreeze_mm_vision_tower", False)
-    with tempfile.TemporaryDirectory(prefix="bench-clip-config-") as config_dir:
+    with tempfile.TemporaryDirectory(prefix="bench-clip-config-") as config_dir, _created_on(device, dtype):
         # Upstream reads the tower's config from mm_vision_tower while building
         # the model: point it at a local copy of the config (no weights, no hub).
         vision_config.save_pretrained(config_dir)
         config = LlavaConfig(**dict(llm_fields, mm_vision_tower=config_dir))
         model = LlavaLlamaForCausalLM(config)
+        vision_model = CLIPVisionModel(vision_config).requires_grad_(False)
     config.mm_vision_tower = tower_name
     if unfreeze:
         config.unfreeze_mm_vision_tower = True
     tower = model.get_vision_tower()
-    tower.vision_tower = CLIPVisionModel(vision_config).requires_grad_(False)
+    tower.vision_tower = vision_model
     tower.vision_tower_name = tower_name
     tower.image_processor = CLIPImageProcessor(**CLIP_IMAGE_PROCESSOR)
     tower.is_loaded = True

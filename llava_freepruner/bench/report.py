@@ -32,6 +32,12 @@ def _cell(key: str, fmt: str, value) -> str:
     return fmt.format(value)
 
 
+def table(records: List[dict]) -> List[str]:
+    """The rows as a markdown table, one line each (failed rows: n/a cells)."""
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return lines + ["| " + " | ".join(_cell(k, f, r.get(k)) for k, _, f in COLUMNS) + " |" for r in records]
+
+
 def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> str:
     lines = [
         f"Model: {meta['model']} ({meta['weights']}), LLM layers {meta['llm_layers']}, vision layers "
@@ -41,14 +47,16 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
         "",
         f"Command: `{meta['command']}`",
         "",
-        "| " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *table(records),
     ]
-    for r in records:
-        lines.append("| " + " | ".join(_cell(k, f, r.get(k)) for k, _, f in COLUMNS) + " |")
+    failed = [r for r in records if "error" in r]
+    if failed:
+        lines += ["", "Failed rows (every cell n/a): " + "; ".join(f"{r['method']} at ratio {r['ratio']}: {r['error']}"
+                                                               for r in failed) + "."]
+    done = [r for r in records if "error" not in r]
     lines += [
         "",
-        f"Peak memory: {records[0]['peak_mem_kind'] if records else ''}. select ms: time in the method's "
+        f"Peak memory: {done[0]['peak_mem_kind'] if done else ''}. select ms: time in the method's "
         "observe (attention reduction in the capture hooks) and select. select % vision: of the oracle's tower time "
         "(no hooks). TTFT: from the generate call to the first token on the host.",
     ]
@@ -72,6 +80,7 @@ def plot(records: List[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [r for r in records if "error" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, title in ((axes[0], "ttft_ms", "time to first token"), (axes[1], "llm_prefill_ms", "LLM prefill")):
         for method in dict.fromkeys(r["method"] for r in records):

@@ -20,17 +20,35 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .. import config as config_module
+from ..fitprune import builtin_names
 from ..methods import REGISTRY
 from . import flops, oracle, swap
 from .memory import PeakMemory
 from .model import BenchModel, Inputs
 from .probe import CLOCKS, Call, Probe, sync
 
-LLM_METHODS = ("fastv",)
+LLM_METHODS = config_module.LLM_METHODS
+UNPATCHED = "none"      # upstream as shipped: the plugin is not applied
 
 
 def known_methods() -> List[str]:
-    return sorted(REGISTRY) + list(LLM_METHODS)
+    """Every method a row can run: the registry's vision methods, the LLM-side ones and ``none``."""
+    return [UNPATCHED] + sorted(REGISTRY) + list(LLM_METHODS)
+
+
+def runs_at(method: str, ratio: float) -> bool:
+    """``none`` prunes nothing (one row, at ratio 1.0); no FitPrune recipe removes nothing."""
+    if method == UNPATCHED:
+        return ratio == 1.0
+    return not (method == "fitprune" and ratio == 1.0)
+
+
+def fitprune_recipe(ratio: float) -> str:
+    """The official LLaVA-1.5-7B recipe whose FLOPs-reduction label is nearest ``1 - ratio``
+    (ties: the smaller reduction); the runtime scales it to other visual-token counts."""
+    labels = [int(name.rpartition("@")[2]) for name in builtin_names() if name.startswith("llava-v1.5-7b@")]
+    target = 100 * (1.0 - ratio)
+    return f"llava-v1.5-7b@{min(labels, key=lambda pct: (abs(pct - target), pct))}"
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,7 @@ class Settings:
     new_tokens: int = 8
     seed: int = 0
     clock: str = "wall"
+    keep_going: bool = False    # a failing row is recorded with its error and the others still run
 
     def __post_init__(self):
         if self.clock not in CLOCKS:
@@ -63,6 +82,8 @@ class Settings:
 def plugin_config(method: str, ratio: float, device: str, stats: str, seed: int) -> config_module.Config:
     """The plugin configuration of one row; the oracle borrows a vision slot and is installed over it."""
     common = dict(ratio=ratio, stats=stats, device=device, seed=seed)
+    if method == "fitprune":
+        return config_module.Config(vision_method=None, llm_method=method, fitprune_recipe=fitprune_recipe(ratio), **common)
     if method in LLM_METHODS:
         return config_module.Config(vision_method=None, llm_method=method, **common)
     return config_module.Config(vision_method="grid" if method == oracle.NAME else method, **common)
@@ -142,15 +163,18 @@ class Bench:
 
     def run_config(self, method: str, ratio: float, position: str) -> dict:
         import llava_freepruner
-        from .. import llava_patch
+        from .. import backends
 
-        config = plugin_config(method, ratio, self.bench.device.type, self.stats_path, self.settings.seed)
-        llava_freepruner.apply(config)
+        unpatched = method == UNPATCHED
+        config = None if unpatched else plugin_config(method, ratio, self.bench.device.type, self.stats_path,
+                                                      self.settings.seed)
+        if config is not None:
+            llava_freepruner.apply(config)
         timer = None
-        if config.vision_method is not None:
-            chosen = oracle.FirstK() if method == oracle.NAME else llava_patch.vision_method()
+        if config is not None and config.vision_method is not None:
+            chosen = oracle.FirstK() if method == oracle.NAME else backends.vision_method()
             timer = swap.TimedMethod(chosen, self.clock, lambda: sync(self.bench.device))
-            llava_patch.set_vision_method(timer)
+            backends.set_vision_method(timer)
         probe = Probe(self.bench.model, self.bench.device, self.clock)
         stats = StatsTail(self.stats_path)
         try:
@@ -168,8 +192,13 @@ class Bench:
             peak = self.memory.peak_mb()
         finally:
             probe.remove()
-            llava_freepruner.remove()
-        return self.record(method, ratio, config.budget(self.num_patches), calls, peak, in_use)
+            if config is not None:
+                llava_freepruner.remove()
+        budget = self.num_patches if unpatched else config.budget(self.num_patches)
+        record = self.record(method, ratio, budget, calls, peak, in_use)
+        if config is not None and config.fitprune_recipe:
+            record["recipe"] = config.fitprune_recipe
+        return record
 
     def record(self, method: str, ratio: float, budget: int, calls: List[dict], peak: float, in_use: float) -> dict:
         layer_tokens = calls[-1]["layer_tokens"]
@@ -212,14 +241,15 @@ class Bench:
     def check(self) -> None:
         """Refuse, before any timing, a row that cannot run on this model."""
         layers = self.bench.model.config.num_hidden_layers
-        fastv_layer = config_module.Config().fastv_layer
-        if "fastv" in self.settings.methods and layers <= fastv_layer:
-            raise ValueError(f"fastv prunes at LLM layer {fastv_layer}, but the model has {layers} decoder layers: "
-                             f"build at least {fastv_layer + 1} (--llm-layers)")
+        prune_layer = config_module.Config().fastv_layer     # DART's layer is 2 as well
+        for name in (m for m in self.settings.methods if m in LLM_METHODS):
+            if layers <= prune_layer:
+                raise ValueError(f"{name} prunes at LLM layer {prune_layer}, but the model has {layers} decoder "
+                                 f"layers: build at least {prune_layer + 1} (--llm-layers)")
 
     def run(self) -> List[dict]:
-        rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods]]
-        from .. import llava_patch  # noqa: F401  (its import sets the logger up; quiet it after)
+        rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods] if runs_at(m, r)]
+        from .. import session  # noqa: F401  (its import sets the logger up; quiet it after)
 
         plugin_log = logging.getLogger("llava_freepruner")
         level = plugin_log.level
@@ -228,7 +258,14 @@ class Bench:
         try:
             for i, (method, ratio) in enumerate(rows, 1):
                 started = time.perf_counter()
-                self.records.append(self.run_config(method, ratio, f"[{i}/{len(rows)}]"))
+                try:
+                    self.records.append(self.run_config(method, ratio, f"[{i}/{len(rows)}]"))
+                except Exception as err:
+                    if not self.settings.keep_going:
+                        raise
+                    self.records.append({"method": method, "ratio": ratio, "error": f"{type(err).__name__}: {err}"})
+                    self.log(f"  [{i}/{len(rows)}] {method} ratio {ratio} FAILED: {self.records[-1]['error']}")
+                    continue
                 self.log(f"  [{i}/{len(rows)}] {method} ratio {ratio} done in {time.perf_counter() - started:.1f} s")
         finally:
             plugin_log.setLevel(level)
@@ -236,10 +273,11 @@ class Bench:
 
 
 def compare(records: List[dict]) -> List[dict]:
-    """Add each row's distance to the oracle and its speed-up over its own ratio 1.0."""
-    oracle_rows = {r["ratio"]: r for r in records if r["method"] == oracle.NAME}
-    full = {r["method"]: r for r in records if r["ratio"] == 1.0}
-    for r in records:
+    """Add each row's distance to the oracle and its speed-up over its own ratio 1.0 (failed rows: nothing)."""
+    done = [r for r in records if "error" not in r]
+    oracle_rows = {r["ratio"]: r for r in done if r["method"] == oracle.NAME}
+    full = {r["method"]: r for r in done if r["ratio"] == 1.0}
+    for r in done:
         ref = oracle_rows.get(r["ratio"])
         r["efficiency"] = _ratio(ref and ref["ttft_ms"], r["ttft_ms"])
         r["prefill_efficiency"] = _ratio(ref and ref["llm_prefill_ms"], r["llm_prefill_ms"])

@@ -1,6 +1,6 @@
 """A timing wrapper around the vision method of the applied plugin.
 
-The bench puts it (or the unregistered oracle) in with ``llava_patch.set_vision_method``.
+The bench puts it (or the unregistered oracle) in with ``backends.set_vision_method``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ class TimedMethod(VisionMethod):
     def __init__(self, inner: VisionMethod, clock: Callable[[], float], sync: Callable[[], None]):
         self.inner = inner
         self.name = inner.name
+        self.needs_hidden = inner.needs_hidden
+        self.needs_instruction = inner.needs_instruction
         self.clock = clock
         self.sync = sync
         self.seconds = 0.0

@@ -26,7 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--llm-layers", type=int, help="decoder layers to build (random weights only; default: all)")
     parser.add_argument("--vision-layers", type=int, help="vision encoder layers to build (random weights only; default: all)")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated methods to compare with the oracle (default: every registered vision method)")
+                        help="comma-separated methods to compare with the oracle, or 'all' (every registered "
+                             "method, the LLM-side ones and 'none', the unpatched model); default: every registered "
+                             "vision method that needs no instruction text")
     parser.add_argument("--ratios", default="1.0,0.5,0.25", help="fractions of visual tokens kept (default: 1.0,0.5,0.25)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; medians are reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
@@ -41,6 +43,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--capture-memory", action="store_true",
                         help="also measure the attention capture's peak memory at 576 and 2304 patches")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="record a failing row with its error and go on with the others")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_results", help="output directory (default: bench_results)")
 
@@ -62,6 +66,7 @@ def run(args) -> int:
 
     from ..bench import capture_memory, model as bench_model, report
     from ..bench.runner import Bench, Settings, known_methods
+    from ..methods import REGISTRY
 
     def fail(message: str) -> int:
         print(f"llava_freepruner bench: {message}", file=sys.stderr)
@@ -78,11 +83,18 @@ def run(args) -> int:
         if args.threads < 1:
             return fail(f"--threads {args.threads} is not valid: expected >= 1")
         torch.set_num_threads(args.threads)
-    vision_methods = [m for m in known_methods() if m not in ("fastv",)]
-    methods = vision_methods if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    # Text-conditioned methods need a prompt's instruction and a CLIP text tower: only on request.
+    vision_methods = [m for m in sorted(REGISTRY) if not REGISTRY[m].needs_instruction]
+    if args.methods is None:
+        methods = vision_methods
+    elif args.methods.strip() == "all":
+        methods = [m for m in known_methods() if m not in REGISTRY or not REGISTRY[m].needs_instruction]
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         dtype = bench_model.parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))
-        settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed, args.clock)
+        settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed,
+                            args.clock, args.keep_going)
         log = lambda text: print(text, file=sys.stderr, flush=True)
         log(f"bench: building {args.model or args.random_weights} on {device} ({dtype})")
         if args.model:
@@ -127,6 +139,7 @@ def run(args) -> int:
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "dtype": str(dtype).replace("torch.", ""),
+        "llm_attention": bench.model.config._attn_implementation,
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "text_tokens": inputs.text_tokens, "new_tokens": args.new_tokens,
         "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__,

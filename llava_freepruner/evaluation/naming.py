@@ -11,7 +11,7 @@ import hashlib
 import re
 from typing import Mapping
 
-from ..autoload import ENV_PREFIXES
+from ..hosts import ENV_PREFIXES
 from ..config import Config, parse_bool
 
 # Variables that change where output goes or which device runs, not the answers.

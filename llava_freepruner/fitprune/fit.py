@@ -147,26 +147,35 @@ def _average_recipe(per_sample, counts, num_visual_tokens, name):
     return [sum(column) // len(column) for column in zip(*scaled)]
 
 
+def _conv_mode(model_name, conv_mode):
+    from llava.conversation import conv_templates
+
+    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode:
+        conv_mode = conv_mode + "_mmtag"
+    if conv_mode not in conv_templates:
+        raise ValueError(f"conv_mode={conv_mode!r} is unknown; accepted: {', '.join(sorted(conv_templates))}")
+    return conv_mode
+
+
+def _check_reduction(reduction):
+    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not 0 < reduction < 1:
+        raise ValueError(f"reduction={reduction!r} must lie strictly between 0 and 1 (e.g. 0.6)")
+
+
 def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=None, conv_mode="llava_v1",
                device="cpu", progress=True, model_base=None, tolerance=0.01):
     """Fit the recipe of the smallest tolerance alpha that removes ``reduction`` of the
     visual-token FLOPs, write it to ``out`` (JSON) and return it."""
-    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not 0 < reduction < 1:
-        raise ValueError(f"reduction={reduction!r} must lie strictly between 0 and 1 (e.g. 0.6)")
+    _check_reduction(reduction)
     started = time.time()
     questions = read_questions(question_file, image_folder, samples)
 
-    from tqdm import tqdm
-    from llava.conversation import conv_templates
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
 
     model_path = os.path.expanduser(model_path)
     model_name = get_model_name_from_path(model_path)
-    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode:
-        conv_mode = conv_mode + "_mmtag"
-    if conv_mode not in conv_templates:
-        raise ValueError(f"conv_mode={conv_mode!r} is unknown; accepted: {', '.join(sorted(conv_templates))}")
+    conv_mode = _conv_mode(model_name, conv_mode)
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, model_name,
                                                                  device_map=device, device=device)
     if model.get_vision_tower() is None:
@@ -174,7 +183,19 @@ def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=
     if torch.device(device).type == "cpu":
         model = model.float()  # fp16 matmuls on CPU are slow and the statistics want fp32
     model.eval()
+    return fit_loaded(model, tokenizer, image_processor, model_name, questions, question_file, image_folder,
+                      reduction, out, conv_mode, progress, tolerance, started, {"model_path": model_path})
 
+
+def fit_loaded(model, tokenizer, image_processor, model_name, questions, question_file, image_folder, reduction,
+               out, conv_mode="llava_v1", progress=True, tolerance=0.01, started=None, metadata=None):
+    """:func:`fit_recipe` on a model already in memory (``questions`` from :func:`read_questions`);
+    ``wall_time_s`` counts from ``started`` (default: now)."""
+    from tqdm import tqdm
+
+    _check_reduction(reduction)
+    started = time.time() if started is None else started
+    conv_mode = _conv_mode(model_name, conv_mode)
     config = model.config
     sizes = (config.hidden_size, config.intermediate_size)
     rounds = rounds_for(tolerance)
@@ -216,11 +237,12 @@ def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=
         detach(model)
         bar.close()
 
-    metadata = {"model_path": model_path, "target_reduction": reduction, "achieved_reduction": round(achieved, 6),
-                "alpha": alpha, "samples": len(questions), "calibration_file": os.path.abspath(question_file),
-                "calibration_sha256": _sha256(question_file), "conv_mode": conv_mode,
-                "hidden_size": sizes[0], "intermediate_size": sizes[1],
-                "wall_time_s": round(time.time() - started, 2)}
+    metadata = dict(metadata or {}, target_reduction=reduction, achieved_reduction=round(achieved, 6))
+    metadata.update({
+        "alpha": alpha, "samples": len(questions), "calibration_file": os.path.abspath(question_file),
+        "calibration_sha256": _sha256(question_file), "conv_mode": conv_mode,
+        "hidden_size": sizes[0], "intermediate_size": sizes[1],
+        "wall_time_s": round(time.time() - started, 2)})
     recipe = Recipe(model_name, num_visual, deletions, metadata)
     recipe.save(out)
     return recipe

@@ -43,11 +43,10 @@ def attention_to_columns(query, key, rows, allowed, columns, reduce_heads):
     return result
 
 
-def rotate(query, key, cos, sin):
-    """Rotary position embedding of ``query`` and ``key`` (batch, heads, seq, head_dim)
+def rotate(x, cos, sin):
+    """Rotary position embedding of queries or keys ``x`` (batch, heads, seq, head_dim)
     with ``cos``/``sin`` tables (batch or 1, seq, head_dim) for their positions."""
-    cos, sin = cos[:, None], sin[:, None]
-    return query * cos + _rotate_half(query) * sin, key * cos + _rotate_half(key) * sin
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
 
 
 def _rotate_half(x):

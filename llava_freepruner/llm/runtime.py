@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..budget import reduction_from_counts
-from . import decoders
+from . import dart, decoders
 from .attention import attention_to_columns, rotate
 from .policies import LAST_QUERY, SELF_CROSS
 
@@ -200,6 +200,7 @@ class _Runtime:
         if state.finished:
             return original(hidden_states, **state.decode_kwargs(layer_idx, kwargs, hidden_states.dtype))
         kwargs = state.prefill_kwargs(layer_idx, kwargs, hidden_states.dtype)
+        state.previous_input, state.layer_input = state.layer_input, hidden_states
         statistic = self.policy.statistic(layer_idx)
         if statistic is None:
             outputs = original(hidden_states, **kwargs)
@@ -264,6 +265,7 @@ class _Prefill:
         self.layer_slots = [None] * self.num_layers
         self.drop_layer = torch.full((batch, length), -1, dtype=torch.int16, device=device)
         self.parked = None
+        self.layer_input = self.previous_input = None   # inputs of the current and the previous layer
         self.pruned = False
         self.finished = False
         self.rope_len = length
@@ -355,6 +357,7 @@ class _Prefill:
     def finish(self):
         self.finished = True
         self.parked = None
+        self.layer_input = self.previous_input = None
         self._prefill_mask = None
         self._positions = None
         config = self.runtime.decoder.config
@@ -427,7 +430,29 @@ def _layer_statistics(state, statistic, query, key, slots):
             probs = attention_to_columns(query[b], key[b], rows, allowed, visual, "mean")
             stats.append({"last": probs[0]})
         else:
-            raise ValueError(f"unknown statistic {statistic!r}; accepted: {SELF_CROSS}, {LAST_QUERY}")
+            raise ValueError(f"unknown statistic {statistic!r}; accepted: {SELF_CROSS}, {LAST_QUERY}, "
+                             f"{dart.DART_INPUTS}")
+    return stats, visual_positions
+
+
+def _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots):
+    """Per sample, what DART reads from the previous layer, and the visual positions."""
+    if state.previous_input is None or state.previous_input.shape != hidden_states.shape:
+        raise RuntimeError(f"DART at layer {layer_idx} needs the unpruned input of layer {layer_idx - 1}")
+    key_l1, normed = dart.layer_inputs(state.runtime.decoder, layer_idx, state.previous_input, hidden_states,
+                                       cos, sin)
+    kinds = state.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
+    stats, visual_positions = [], []
+    for b in range(state.batch):
+        visual = (kinds[b] == VISUAL).nonzero().squeeze(1)
+        text = (kinds[b] == TEXT_QUERY).nonzero().squeeze(1)
+        first = int(state.key_ok[b].nonzero()[0])       # positions count from the first real token
+        stats.append({
+            "key_l1_visual": key_l1[b, visual], "key_l1_text": key_l1[b, text],
+            "normed_visual": normed[b, visual], "normed_text": normed[b, text],
+            "visual_pos": (slots[b, visual] - first).tolist(), "text_pos": (slots[b, text] - first).tolist(),
+        })
+        visual_positions.append(visual)
     return stats, visual_positions
 
 
@@ -443,7 +468,7 @@ def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statisti
     key = attn.k_proj(x).view(shape).transpose(1, 2)
     value = attn.v_proj(x).view(shape).transpose(1, 2)
     cos, sin = convention.cos_sin(attn, kwargs, value, max(seq, state.rope_len))
-    query, key = rotate(query, key, cos, sin)
+    query, key = rotate(query, cos, sin), rotate(key, cos, sin)
     if cache is not None:
         key, value = cache.update(key, value, attn.layer_idx)
     groups = query.shape[1] // key.shape[1]
@@ -451,7 +476,10 @@ def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statisti
     value = value.repeat_interleave(groups, dim=1)
 
     slots = state.current_slots()
-    stats, visual_positions = _layer_statistics(state, statistic, query, key, slots)
+    if statistic == dart.DART_INPUTS:
+        stats, visual_positions = _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots)
+    else:
+        stats, visual_positions = _layer_statistics(state, statistic, query, key, slots)
     alive = [p.shape[0] for p in visual_positions]
     choices = policy.choose(layer_idx, stats, alive)
     drop = torch.zeros(batch, seq, dtype=torch.bool, device=hidden_states.device)

@@ -9,13 +9,21 @@ from typing import Dict, Type
 
 from .base import CropRequest, Selection, SelectionContext, VisionMethod
 from .baselines import ClsTopK, GridTokens, RandomTokens
+from .cdpruner import CDPruner
+from .divprune import DivPrune
 from .freepruner import FreePruner
+from .vispruner import VisPruner
+from .visionzip import VisionZip
 
 REGISTRY: Dict[str, Type[VisionMethod]] = {
     FreePruner.name: FreePruner,
     RandomTokens.name: RandomTokens,
     GridTokens.name: GridTokens,
     ClsTopK.name: ClsTopK,
+    VisionZip.name: VisionZip,
+    DivPrune.name: DivPrune,
+    VisPruner.name: VisPruner,
+    CDPruner.name: CDPruner,
 }
 
 

@@ -8,7 +8,7 @@ A method sees the vision tower only through :class:`AttentionView` objects
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,14 +25,28 @@ class CropRequest:
 
     budget: int
     valid: Optional[torch.Tensor] = None
+    instruction: Optional[str] = None    # the prompt's text, for text-conditioned methods
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Kept patch indices (ascending: raster order) and which of them are pivots."""
+    """Kept patch indices (ascending: raster order) and which of them are pivots.
+
+    A merging method adds rows that are no single patch: ``prefix`` goes before
+    the kept patches, ``merged`` after them. Both hold feature-layer (pre-projector)
+    rows, so the projector treats them like any token; None for selecting methods.
+    """
 
     indices: torch.Tensor
     pivotal: torch.Tensor
+    prefix: Optional[torch.Tensor] = None
+    merged: Optional[torch.Tensor] = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens this crop feeds the LLM (prefix, kept patches, merged rows)."""
+        extra = sum(int(rows.shape[0]) for rows in (self.prefix, self.merged) if rows is not None)
+        return int(self.indices.numel()) + extra
 
     @property
     def num_pivotal(self) -> int:
@@ -53,6 +67,15 @@ class SelectionContext:
     num_layers: int
     feature_layer: int               # encoder layer whose output is the feature map
     memo: List[Dict[str, torch.Tensor]] = field(default_factory=list)
+    # Output of the feature layer, prefix tokens included: (crops, tokens, dim);
+    # filled by the capture for methods with ``needs_hidden``.
+    hidden: Optional[torch.Tensor] = None
+    # The model's projector (None where there is none, e.g. a bare ViT), and its
+    # output on every patch once a method asked for it (see :meth:`projected`).
+    projector: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    projected_patches: Optional[torch.Tensor] = None
+    tower_name: Optional[str] = None   # the vision tower's checkpoint (where its CLIP text half lives)
+    output_dtype: Optional[torch.dtype] = None   # dtype of the tower's output (what the projector receives)
 
     def __post_init__(self):
         if not self.memo:
@@ -68,6 +91,21 @@ class SelectionContext:
         if valid is None:
             return torch.ones(self.num_patches, dtype=torch.bool, device=device)
         return valid.to(device=device, dtype=torch.bool).clone()
+
+    def patches(self) -> torch.Tensor:
+        """Feature-layer patch rows of every crop, prefix dropped: (crops, patches, dim)."""
+        if self.hidden is None:
+            raise RuntimeError("this method reads the feature layer's output: give it needs_hidden = True")
+        return self.hidden[:, self.num_prefix:]
+
+    def projected(self) -> torch.Tensor:
+        """Every patch after the model's projector, computed once per forward:
+        (crops, patches, dim_llm). Without a projector: the feature-layer patches."""
+        if self.projector is None:
+            return self.patches()
+        if self.projected_patches is None:
+            self.projected_patches = self.projector(self.patches().to(self.output_dtype))
+        return self.projected_patches
 
 
 class AttentionView:
@@ -92,6 +130,10 @@ class AttentionView:
         """Attention each token pays to the given tokens: (tokens,)."""
         raise NotImplementedError
 
+    def mean_keys(self, sample: int) -> torch.Tensor:
+        """The layer's keys averaged over heads: (tokens, head_dim) fp32."""
+        return self.k[sample].float().mean(dim=0)
+
 
 class QueryKeyView(AttentionView):
     """From queries and keys, (batch, heads, tokens, head_dim), q already scaled."""
@@ -111,10 +153,11 @@ class QueryKeyView(AttentionView):
 
 
 class MapView(AttentionView):
-    """From head-mean attention maps the layer computed anyway: (batch, tokens, tokens) fp32."""
+    """From head-mean attention maps the layer computed anyway: (batch, tokens, tokens) fp32,
+    and the layer's keys (batch, heads, tokens, head_dim)."""
 
-    def __init__(self, maps: torch.Tensor):
-        self.maps = maps
+    def __init__(self, maps: torch.Tensor, k: torch.Tensor):
+        self.maps, self.k = maps, k
         self.device, self.batch_size = maps.device, maps.shape[0]
 
     def rows(self, sample, rows=None):
@@ -132,6 +175,13 @@ class VisionMethod:
     """Base of the vision-side methods: no attention needed, nothing observed."""
 
     name = ""
+    needs_hidden = False        # reads the feature layer's output (ctx.hidden) in select
+    needs_instruction = False   # reads CropRequest.instruction (text-conditioned)
+
+    @classmethod
+    def from_config(cls, config) -> "VisionMethod":
+        """A method without knobs; methods with knobs read theirs from ``config``."""
+        return cls()
 
     def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
         """Encoder layers whose attention :meth:`observe` must see, ascending."""
@@ -144,6 +194,18 @@ class VisionMethod:
         raise NotImplementedError
 
 
+class ClsAttentionMethod(VisionMethod):
+    """A method that reads the [CLS] query's attention at the feature layer,
+    into ``memo["cls_attention"]`` (see :func:`cls_scores`)."""
+
+    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
+        return (feature_layer,)
+
+    def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
+        for sample, memo in enumerate(ctx.memo):
+            memo["cls_attention"] = cls_scores(view, sample, ctx.num_prefix)
+
+
 def ranked(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """Candidate indices by descending score; ties keep the lower index first."""
     idx = torch.nonzero(candidates, as_tuple=False).flatten()
@@ -151,8 +213,24 @@ def ranked(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     return idx[order]
 
 
-def make_selection(indices: torch.Tensor, pivotal: Optional[torch.Tensor] = None) -> Selection:
+def make_selection(indices: torch.Tensor, pivotal: Optional[torch.Tensor] = None, **extra_rows) -> Selection:
     indices = torch.sort(indices.long()).values
     if pivotal is None:
         pivotal = indices.new_empty(0)
-    return Selection(indices=indices, pivotal=torch.sort(pivotal.long()).values)
+    return Selection(indices=indices, pivotal=torch.sort(pivotal.long()).values, **extra_rows)
+
+
+def cls_scores(view: AttentionView, sample: int, num_prefix: int) -> torch.Tensor:
+    """Head-mean attention of the [CLS] query to every patch: (num_patches,).
+
+    A tower without [CLS] (``num_prefix == 0``, SigLIP) has no such row; the
+    attention each patch receives from all queries stands in for it."""
+    if num_prefix == 0:
+        return view.received(sample)
+    first = torch.zeros(1, dtype=torch.long, device=view.device)
+    return view.rows(sample, first)[0, num_prefix:]
+
+
+def budget_of(ctx: SelectionContext, sample: int, candidates: torch.Tensor) -> int:
+    """The crop's budget, at most its number of candidates."""
+    return min(ctx.requests[sample].budget, int(candidates.sum()))

@@ -14,11 +14,9 @@ from typing import List, Tuple
 
 import torch
 
-from .base import AttentionView, SelectionContext, Selection, VisionMethod, make_selection, ranked
-
-
-def _budget(ctx: SelectionContext, sample: int, candidates: torch.Tensor) -> int:
-    return min(ctx.requests[sample].budget, int(candidates.sum()))
+from .base import (
+    ClsAttentionMethod, SelectionContext, Selection, VisionMethod, budget_of, make_selection, ranked,
+)
 
 
 # --- random -------------------------------------------------------------------
@@ -56,7 +54,7 @@ class RandomTokens(VisionMethod):
         selections = []
         for sample in range(len(ctx.requests)):
             candidates = ctx.candidates(sample, "cpu")
-            budget = _budget(ctx, sample, candidates)
+            budget = budget_of(ctx, sample, candidates)
             selections.append(make_selection(random_tokens(candidates, budget, self.seed)))
         return selections
 
@@ -111,15 +109,11 @@ class GridTokens(VisionMethod):
 
     name = "grid"
 
-    @classmethod
-    def from_config(cls, config) -> "GridTokens":
-        return cls()
-
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []
         for sample in range(len(ctx.requests)):
             candidates = ctx.candidates(sample, "cpu")
-            budget = _budget(ctx, sample, candidates)
+            budget = budget_of(ctx, sample, candidates)
             selections.append(make_selection(grid_tokens(candidates, budget, ctx.grid[1])))
         return selections
 
@@ -127,7 +121,7 @@ class GridTokens(VisionMethod):
 # --- [CLS] attention top-k ---------------------------------------------------------
 
 
-class ClsTopK(VisionMethod):
+class ClsTopK(ClsAttentionMethod):
     """The patches the [CLS] query attends to most at the feature layer.
 
     Only the [CLS] query row of that layer's attention is computed.
@@ -135,23 +129,11 @@ class ClsTopK(VisionMethod):
 
     name = "cls_topk"
 
-    @classmethod
-    def from_config(cls, config) -> "ClsTopK":
-        return cls()
-
-    def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
-        return (feature_layer,)
-
-    def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        cls_row = torch.zeros(1, dtype=torch.long, device=view.device)
-        for sample, memo in enumerate(ctx.memo):
-            memo["cls_attention"] = view.rows(sample, cls_row)[0, ctx.num_prefix:]
-
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []
         for sample, memo in enumerate(ctx.memo):
             scores = memo["cls_attention"]
             candidates = ctx.candidates(sample, scores.device)
-            budget = _budget(ctx, sample, candidates)
+            budget = budget_of(ctx, sample, candidates)
             selections.append(make_selection(ranked(scores, candidates)[:budget]))
         return selections

@@ -41,7 +41,8 @@ def pivotal_tokens(
     """
     order = ranked(contribution, candidates)
     values = contribution[order].float()
-    q1, q3 = torch.quantile(values, torch.tensor([0.25, 0.75], device=values.device))
+    # dtype given: a host may leave torch's default dtype at float16 (see the test)
+    q1, q3 = torch.quantile(values, torch.tensor([0.25, 0.75], dtype=values.dtype, device=values.device))
     outliers = order[values > q3 + iqr_multiplier * (q3 - q1)]
     cap = max(1, math.floor(cap_fraction * budget))
     pivots = outliers[:cap] if outliers.numel() else order[:1]

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..config import Config
+from ..tower import gather_kept
 from . import images as photos
 from . import proxies
 from .towers import Vision, run_method
@@ -35,10 +36,14 @@ def evaluate_photo(vision: Vision, pixels: torch.Tensor, method_names: Sequence[
     records = []
     for name in method_names:
         for ratio in ratios:
-            kept = run_method(tower, pixels, name, ratio, base).selections[0].indices
-            kept_cls = tower.cls_output(torch.cat([features[:1], patches[kept]])[None])[0]
+            selection = run_method(tower, pixels, name, ratio, base).selections[0]
+            kept = selection.indices
+            # Merging methods: [CLS] re-run with every token they feed (their own [CLS] in front,
+            # merged rows last); coverage and reconstruction see the kept patches only.
+            fed = gather_kept(features, selection, with_cls=True)
+            kept_cls = tower.cls_output(fed[None])[0]
             records.append({
-                "method": name, "ratio": ratio, "kept": int(kept.numel()),
+                "method": name, "ratio": ratio, "kept": selection.num_tokens,
                 "saliency": None if saliency is None else proxies.saliency_kept(saliency, kept),
                 "coverage": proxies.coverage(patches, kept),
                 "recon_error": proxies.reconstruction_error(patches, kept),

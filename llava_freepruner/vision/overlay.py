@@ -33,9 +33,15 @@ def cell_colors(selection: Selection, num_patches: int) -> np.ndarray:
     return kind
 
 
+def _merged_note(selection: Selection) -> str:
+    """' + 11 merged' for a merging method (its [CLS] and merged rows are no single patch)."""
+    extra = selection.num_tokens - int(selection.indices.numel())
+    return f" + {extra} merged" if extra else ""
+
+
 def describe(selection: Selection, num_patches: int) -> str:
     """'kept 144/576 (57 pivotal, 87 complementary)', or without pivots 'kept 144/576'."""
-    text = f"kept {selection.indices.numel()}/{num_patches}"
+    text = f"kept {selection.indices.numel()}/{num_patches}" + _merged_note(selection)
     if selection.num_pivotal:
         text += f" ({selection.num_pivotal} pivotal, {selection.num_complementary} complementary)"
     return text
@@ -62,7 +68,7 @@ def draw_selection(view: Image.Image, grid: Tuple[int, int], selection: Selectio
 
     panel = Image.new("RGB", (marked.width, marked.height + CAPTION_HEIGHT), "white")
     panel.paste(marked, (0, 0))
-    caption = f"{title}: kept {selection.indices.numel()}/{rows * cols}\n" + (
+    caption = f"{title}: kept {selection.indices.numel()}/{rows * cols}{_merged_note(selection)}\n" + (
         f"{selection.num_pivotal} pivotal (orange), {selection.num_complementary} complementary (blue)"
         if selection.num_pivotal else "no pivot stage: all kept in blue")
     ImageDraw.Draw(panel).multiline_text((6, marked.height + 3), caption, fill="black", font=_font(14), spacing=3)

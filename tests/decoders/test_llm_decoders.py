@@ -14,7 +14,7 @@ import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PhiConfig, Qwen2Config
 
 from llava_freepruner.fitprune import Recipe
-from llava_freepruner.llm import FastVPolicy, FitPrunePolicy, attach, begin_prefill, detach, last_record
+from llava_freepruner.llm import DartPolicy, FastVPolicy, FitPrunePolicy, attach, begin_prefill, detach, last_record
 
 VOCAB, LAYERS, VISUAL = 96, 4, 24
 SYSTEM, TEXT = 8, 6
@@ -133,6 +133,24 @@ def test_pruned_prefill_matches_masked_reference_and_cache_holds_survivors(famil
         expected = model(inputs_embeds=embeds).logits
     stays = [p for p in range(length) if p not in drops]
     torch.testing.assert_close(outputs.logits[0, stays], expected[0, stays], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_dart_prefill_matches_masked_reference(family):
+    model = tiny_decoder(family)
+    embeds, span = prompt(model)
+    attach(model, DartPolicy(0.5))
+    begin_prefill(model, [[span]])
+    logits = model(inputs_embeds=embeds).logits
+    record = last_record(model)
+    detach(model)
+    assert record.visual_out[0] == [VISUAL, VISUAL, 12, 12]
+    drops = drop_map(record, 0, span)
+    with masked_reference(model, drops):
+        expected = model(inputs_embeds=embeds).logits
+    stays = [p for p in range(embeds.shape[1]) if p not in drops]
+    torch.testing.assert_close(logits[0, stays], expected[0, stays], atol=1e-4, rtol=1e-4)
 
 
 def unpruned_attention(family, embeds, layer):

@@ -1,4 +1,4 @@
-"""Patches on upstream ``llava`` that route images through the selection.
+"""Backend for upstream ``llava``: patches that route images through the selection.
 
 Only ``LlavaMetaForCausalLM`` is patched (the llama, mistral and mpt classes all
 inherit from it). Each wrapper calls the original for everything it does not
@@ -7,7 +7,6 @@ change; :func:`remove` puts every original back.
 
 from __future__ import annotations
 
-import atexit
 from typing import List, Optional
 
 import torch
@@ -15,21 +14,20 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model.llava_arch import LlavaMetaForCausalLM, unpad_image
 
-from . import config as config_module
-from . import anyres, cpu
-from . import llm as llm_runtime
-from .anyres import TileLayout
-from .config import Config, ConfigError
-from .methods.base import CropRequest
-from .session import Session, log
-from .tower import gather_kept, run_tower
+from .. import anyres, cpu
+from .. import llm as llm_runtime
+from ..anyres import TileLayout
+from ..instruction import image_instructions
+from ..methods.base import CropRequest
+from ..session import Session
+from ..tower import gather_kept, gather_projected, run_tower
 
 _ORIGINALS = {}
 _session: Optional[Session] = None
 
 
 def _crop_record(selection, valid_tokens: int) -> dict:
-    return {"tokens_in": valid_tokens, "tokens_out": int(selection.indices.numel()),
+    return {"tokens_in": valid_tokens, "tokens_out": selection.num_tokens,
             "pivotal": selection.num_pivotal, "complementary": selection.num_complementary}
 
 
@@ -55,12 +53,21 @@ def encode_images(self, images):
     budget = session.config.budget(num_patches)
     session.announce(num_patches)
 
-    run = run_tower(tower, images, [CropRequest(budget)] * images.shape[0], session.vision)
+    requests = [CropRequest(budget, instruction=text) for text in session.take_instructions(images.shape[0])]
+    projector = self.get_model().mm_projector
+    run = run_tower(tower, images, requests, session.vision, projector)
     with_cls = tower.select_feature == "cls_patch"
-    kept = torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)])
     for selection in run.selections:
         session.record({**_crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
-    return self.get_model().mm_projector(kept)
+    if run.projected is not None:   # the method projected every patch: gather from those
+        return torch.stack([gather_projected(run, crop, with_cls, projector) for crop in range(len(run.selections))])
+    return projector(torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)]))
+
+
+def _merged_rows(selection, key: str, projector) -> List[torch.Tensor]:
+    """The selection's ``prefix`` or ``merged`` rows after the projector ([] if none)."""
+    rows = getattr(selection, key)
+    return [] if rows is None else [projector(rows)]
 
 
 def _image_layouts(model, crops_per_image: List[int], image_sizes) -> List[Optional[TileLayout]]:
@@ -101,21 +108,24 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
 
     session.announce(crop_tokens, anyres=True)
     requests = []
-    for layout, crops_i in zip(layouts, crops_per_image):
-        requests.append(CropRequest(session.config.budget(crop_tokens)))
+    for layout, crops_i, text in zip(layouts, crops_per_image, session.take_instructions(len(crops_per_image))):
+        requests.append(CropRequest(session.config.budget(crop_tokens), instruction=text))
         for tile in range(crops_i - 1):
             valid = layout.tile_valid(tile) if layout else None
             valid_tokens = crop_tokens if valid is None else int(valid.sum())
-            requests.append(CropRequest(session.config.crop_budget(valid_tokens, crop_tokens), valid))
-    run = run_tower(tower, crops, requests, session.vision)
+            requests.append(CropRequest(session.config.crop_budget(valid_tokens, crop_tokens), valid, text))
+    projector = model.get_model().mm_projector
+    run = run_tower(tower, crops, requests, session.vision, projector)
     # Project every token as upstream does, then gather: with all tokens kept
     # the result is bit-identical to upstream's.
-    projected = model.get_model().mm_projector(run.features)
+    projected = projector(run.features) if run.projected is None else run.projected
 
     features, first = [], 0
     for layout, crops_i in zip(layouts, crops_per_image):
         selections = run.selections[first:first + crops_i]
         base = projected[first][selections[0].indices.to(projected.device)]
+        base = torch.cat(_merged_rows(selections[0], "prefix", projector) + [base]
+                         + _merged_rows(selections[0], "merged", projector))
         tiles = projected[first + 1:first + crops_i]
         kept_tiles = [s.indices.to(projected.device) for s in selections[1:]]
         if crops_i == 1:
@@ -124,6 +134,11 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
             image = anyres.assemble(base, tiles, kept_tiles, None, "flat")
         else:
             image = anyres.assemble(base, tiles, kept_tiles, layout, merge_type, newline)
+        # A merging method's tile rows follow the map: every tile's prefix, then
+        # every tile's merged rows (VisionZip's official order).
+        extra = [row for key in ("prefix", "merged") for s in selections[1:] for row in _merged_rows(s, key, projector)]
+        if extra:
+            image = torch.cat([image] + [row.to(image) for row in extra])
         features.append(image)
         session.record({
             "tokens_in": anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens),
@@ -149,9 +164,14 @@ def prepare_inputs_labels_for_multimodal(
             or self.get_vision_tower() is None):
         return original(self, *args, images, image_sizes)
     multi_crop = type(images) is list or images.ndim == 5
-    if not multi_crop and session.llm is None:
+    needs_text = session.vision is not None and session.vision.needs_instruction
+    if not multi_crop and session.llm is None and not needs_text:
         return original(self, *args, images, image_sizes)      # encode_images does the work
     session.begin_images(self)
+    if needs_text:
+        tokenizer = session.prompt_tokenizer(self)
+        session.instructions = image_instructions(
+            input_ids, attention_mask, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     if multi_crop:
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
         features, counts = _anyres_features(self, torch.cat(images), [x.shape[0] for x in images], image_sizes, session)
@@ -188,73 +208,20 @@ def _patch(owner, name: str, replacement) -> None:
         setattr(owner, name, replacement)
 
 
-def apply(config: Optional[Config] = None, **overrides) -> Config:
-    """Install the patches (once) with ``config`` (default: from the environment)."""
+def install(session: Session, host=None) -> None:
+    """Route upstream's image encoding through ``session`` (patches installed once)."""
     global _session
-    config = config_module.from_env() if config is None else config
-    if overrides:
-        config = config.replace(**overrides)
-    if _session is not None:
-        _session.close()
-    _session = Session(config)
-    if config.device == "cpu":
+    _session = session
+    if session.config.device == "cpu":
         cpu.apply()
     _patch(LlavaMetaForCausalLM, "encode_images", encode_images)
     _patch(LlavaMetaForCausalLM, "prepare_inputs_labels_for_multimodal", prepare_inputs_labels_for_multimodal)
-    if not config.enabled:
-        log.info(config_module.describe(config))
-    elif _session.vision is None and config.llm_method is None:
-        log.info("freePruner: no FREEPRUNER_RATIO or FREEPRUNER_TOKENS set; visual tokens are not pruned.")
-    else:
-        _session.announce(576, anyres=False)
-    return config
 
 
-def _close_at_exit() -> None:
-    # Records still waiting for a prefill time are written without one.
-    if _session is not None:
-        _session.close()
-
-
-atexit.register(_close_at_exit)
-
-
-def remove() -> None:
+def uninstall() -> None:
     global _session
     for name, original in _ORIGINALS.items():
         setattr(LlavaMetaForCausalLM, name, original)
     _ORIGINALS.clear()
     cpu.remove()
-    if _session is not None:
-        _session.close()
-        _session = None
-
-
-def _applied() -> Session:
-    if _session is None:
-        raise RuntimeError("the plugin is not applied: call llava_freepruner.apply(config) first")
-    return _session
-
-
-def set_vision_method(method) -> None:
-    """Select with ``method`` (a :class:`~llava_freepruner.methods.base.VisionMethod`
-    instance, registered or not) in the applied plugin; for benchmarks and experiments."""
-    _applied().vision = method
-
-
-def vision_method():
-    """The vision method the applied plugin selects with (None: it does not select)."""
-    return _applied().vision
-
-
-def is_applied() -> bool:
-    return bool(_ORIGINALS)
-
-
-def activate_from_env() -> None:
-    """Apply the environment's configuration; a bad value ends the process
-    with a message naming the variable, before any model is loaded."""
-    try:
-        apply(config_module.from_env())
-    except (ConfigError, OSError) as err:
-        raise SystemExit(f"llava_freepruner: {err}") from None
+    _session = None

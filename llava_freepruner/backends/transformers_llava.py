@@ -1,0 +1,483 @@
+"""Backend for transformers' own LLaVA classes (``LlavaModel``, ``LlavaNextModel``).
+
+Three patches per host class, each calling the original for all its work:
+
+- ``get_image_features``: the host's own tower + projector (+ LLaVA-NeXT packing)
+  run with the capture attached; the method selects per crop. Each image keeps
+  its full number of feature rows (``generate()`` of transformers 5.x calls this
+  before the prefill and splits and repeats its output by placeholder counts):
+  the K tokens the LLM will see come first, in order (kept rows, and a merging
+  method's projected rows), and the count K is noted.
+- ``get_placeholder_mask``: the host's own mask and check; every placeholder
+  after an image's first K is handed to the decoder of that model as dropped.
+- the decoder (``language_model``) forward of that model instance: the noted
+  positions leave the sequence there (:mod:`llava_freepruner.sequence`), and
+  every later decode step on the same cache is translated. ``generate()`` keeps
+  the caller's ``input_ids`` as the prefix; the KV cache holds text + kept tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+import weakref
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from .. import anyres
+from .. import llm as llm_runtime
+from ..capture import AttentionCapture
+from ..config import ConfigError
+from ..methods.base import CropRequest, SelectionContext
+from ..sequence import Compression
+from ..session import Session
+from ..tower import feature_layer, sync
+
+SUPPORTED_VERSIONS = "4.57.x, or 5.17 and newer 5.x"
+# host module -> the model class that merges image features
+HOST_CLASSES = {
+    "transformers.models.llava.modeling_llava": "LlavaModel",
+    "transformers.models.llava_next.modeling_llava_next": "LlavaNextModel",
+    "transformers.models.llava_onevision.modeling_llava_onevision": "LlavaOnevisionModel",
+}
+# LLaVA-family classes not supported yet: refused when a model is built while the plugin prunes.
+UNSUPPORTED_CLASSES = {
+    "transformers.models.llava_next_video.modeling_llava_next_video": "LlavaNextVideoModel",
+    "transformers.models.video_llava.modeling_video_llava": "VideoLlavaModel",
+}
+_ATTR = "_freepruner_compression"
+
+_session: Optional[Session] = None
+_ORIGINALS = {}                         # (class, attribute) -> original
+_decoders = weakref.WeakSet()           # language models whose forward is wrapped
+
+
+def check_version(version: str) -> None:
+    """Refuse a transformers release outside the supported range, naming both."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    major, minor = (parts + [0, 0])[:2]
+    if not ((major, minor) == (4, 57) or (major == 5 and minor >= 17)):
+        raise ConfigError(
+            f"transformers {version} is installed; llava_freepruner prunes transformers' LLaVA classes "
+            f"on transformers {SUPPORTED_VERSIONS}. Install one of those "
+            "(upstream llava keeps its own pin, transformers 4.37.2)."
+        )
+
+
+def install(session: Session, host) -> None:
+    import transformers
+
+    check_version(transformers.__version__)
+    global _session
+    _session = session
+    if host.__name__ in UNSUPPORTED_CLASSES:
+        cls = getattr(host, UNSUPPORTED_CLASSES[host.__name__])
+        _patch(cls, "__init__", _refuse_init(cls.__init__, cls.__name__))
+        return
+    cls = getattr(host, HOST_CLASSES[host.__name__])
+    _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
+    _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
+    if "get_video_features" in cls.__dict__:
+        _patch(cls, "get_video_features", _refuse_videos(cls.get_video_features, cls.__name__))
+
+
+def _refuse_videos(original, name: str):
+    @functools.wraps(original)
+    def get_video_features(self, *args, **kwargs):
+        if _session is not None and _session.config.prunes:
+            raise ConfigError(f"llava_freepruner prunes the images of {name}, not its videos yet: "
+                              "unset the FREEPRUNER_* / FITPRUNE_* variables for video prompts.")
+        return original(self, *args, **kwargs)
+
+    return get_video_features
+
+
+def _refuse_init(original, name: str):
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        if _session is not None and _session.active and _session.config.prunes:
+            raise ConfigError(
+                f"llava_freepruner does not prune transformers' {name} yet; supported: "
+                f"{', '.join(HOST_CLASSES.values())} (and upstream llava). Unset the FREEPRUNER_* / "
+                "FITPRUNE_* variables to run it unpruned."
+            )
+        original(self, *args, **kwargs)
+
+    return __init__
+
+def uninstall() -> None:
+    global _session
+    for (cls, name), original in _ORIGINALS.items():
+        setattr(cls, name, original)
+    _ORIGINALS.clear()
+    for decoder in list(_decoders):
+        decoder.__dict__.pop("forward", None)
+    _decoders.clear()
+    _session = None
+
+
+def _patch(cls, name: str, replacement) -> None:
+    if (cls, name) not in _ORIGINALS:
+        _ORIGINALS[(cls, name)] = cls.__dict__[name]
+        setattr(cls, name, replacement)
+
+
+# -- vision side ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Image:
+    """One image's crops and, for LLaVA-NeXT, its tile layout in the packed sequence."""
+
+    first_crop: int
+    num_crops: int
+    layout: Optional[anyres.TileLayout] = None
+    newline: bool = False
+
+
+def _num_prefix(vision_config) -> int:
+    """Tokens the tower puts before its patches: [CLS] (none in SigLIP) and registers."""
+    cls_token = 0 if "siglip" in vision_config.model_type else 1
+    return cls_token + getattr(vision_config, "num_register_tokens", 0)
+
+
+def _plan(model, pixel_values, call, config) -> tuple:
+    """(crop requests in the order the tower sees the crops, images, patches per crop side)."""
+    vision = model.config.vision_config
+    patch = vision.patch_size
+    if not hasattr(model, "pack_image_features"):           # LlavaModel: one crop per image
+        rows, cols = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+        _check_budget(config, rows * cols)
+        request = CropRequest(config.budget(rows * cols))
+        images = [_Image(i, 1) for i in range(pixel_values.shape[0])]
+        return [request] * len(images), images, (rows, cols)
+
+    from transformers.models.llava_next.modeling_llava_next import (
+        get_anyres_image_grid_shape, image_size_to_num_patches, unpad_image)
+
+    side = vision.image_size // patch
+    _check_budget(config, side * side)
+    image_sizes = call["image_sizes"]
+    # OneVision: several images in one sample go in as one crop each; large maps are resampled
+    per_sample = call.get("batch_num_images")
+    anyres_crops = [True] * len(image_sizes) if per_sample is None else [n == 1 for n in per_sample for _ in range(n)]
+    max_crops = _max_crops(model, call)
+    requests, images = [], []
+    for size, tiled in zip(image_sizes, anyres_crops):
+        crops = image_size_to_num_patches(size, model.config.image_grid_pinpoints, vision.image_size) if tiled else 1
+        image = _Image(len(requests), crops, newline=model.image_newline is not None)
+        requests.append(CropRequest(config.budget(side * side)))
+        if crops > 1:
+            high, wide = get_anyres_image_grid_shape(size, model.config.image_grid_pinpoints, vision.image_size)
+            image.layout = anyres.tile_layout(wide, high, side, size, unpad_image)
+            if max_crops is not None:
+                image.layout = dataclasses.replace(
+                    image.layout, resampled=anyres.resampled_shape(image.layout, max_crops))
+            for tile in range(crops - 1):
+                valid = image.layout.tile_valid(tile)
+                requests.append(CropRequest(config.crop_budget(int(valid.sum()), side * side), valid))
+        images.append(image)
+    return requests, images, (side, side)
+
+
+def _max_crops(model, call) -> Optional[int]:
+    """OneVision's ``anyres_max_N`` limit (None for models that never resample)."""
+    if model.config.model_type != "llava_onevision":
+        return None
+    aspect = call.get("vision_aspect_ratio") or model.config.vision_aspect_ratio
+    if not aspect.startswith("anyres_max_"):
+        raise ConfigError(f"vision_aspect_ratio={aspect!r}: llava_freepruner follows OneVision's 'anyres_max_N' only")
+    return int(aspect[len("anyres_max_"):])
+
+
+def _check_budget(config, crop_tokens: int) -> None:
+    if config.tokens is not None and config.tokens > crop_tokens:
+        raise ConfigError(
+            f"FREEPRUNER_TOKENS={config.tokens} exceeds the {crop_tokens} visual tokens of one image crop "
+            f"of this model: expected 1..{crop_tokens} (or FREEPRUNER_RATIO)."
+        )
+
+
+def _wrap_image_features(original):
+    @functools.wraps(original)
+    def get_image_features(self, *args, **kwargs):
+        session = _session
+        if session is None or not session.active:
+            return original(self, *args, **kwargs)
+        call = inspect.signature(original).bind(self, *args, **kwargs).arguments
+        pixel_values = call["pixel_values"]
+        layer = call.get("vision_feature_layer")
+        layer = self.config.vision_feature_layer if layer is None else layer
+        if not isinstance(layer, int):
+            raise ConfigError(f"vision_feature_layer={layer!r}: llava_freepruner selects on one tower layer; "
+                              "models that concatenate several layers' features are not supported.")
+        if session.vision is not None and session.vision.needs_instruction:
+            raise ConfigError(f"FREEPRUNER_METHOD={session.vision.name} reads the prompt's instruction, which "
+                              "transformers' LLaVA classes do not hand to image encoding: run it through "
+                              "upstream llava, or choose a method that needs no text.")
+        requests, images, grid = _plan(self, pixel_values, call, session.config)
+        vision = self.config.vision_config
+        ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),
+                               num_layers=vision.num_hidden_layers,
+                               feature_layer=feature_layer(vision.num_hidden_layers, layer),
+                               projector=self.multi_modal_projector)
+        sync(pixel_values)
+        start = time.perf_counter()
+        if session.vision is None:
+            output, selections, select_seconds = original(self, *args, **kwargs), None, 0.0
+        else:
+            session.announce(grid[0] * grid[1], anyres=hasattr(self, "pack_image_features"))
+            with AttentionCapture(self.vision_tower, session.vision, ctx) as capture:
+                output = original(self, *args, **kwargs)
+            features = output.pooler_output if hasattr(output, "pooler_output") else output
+            ctx.output_dtype = features[0].dtype
+            selections = session.vision.select(ctx)
+            select_seconds = capture.seconds
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        sync(features[0])
+        seconds = time.perf_counter() - start
+        pending, packed = [], []
+        for image, feats in zip(images, features):
+            n = feats.shape[0]
+            sequence = feats if selections is None else _llm_sequence(
+                image, selections, feats, grid, self.multi_modal_projector)
+            kept = sequence.shape[0]
+            if kept > n:
+                raise RuntimeError(f"{session.config.method} made {kept} tokens for an image of {n}")
+            # The LLM sees an image's tokens in order, whichever placeholders carry them:
+            # they go to the first ones, the rest leave the sequence in the decoder.
+            packed.append(sequence if kept == n else torch.cat([sequence, feats[kept:]]))
+            pending.append((n, torch.arange(kept)))
+            session.record(_image_record(image, selections, requests, n, kept, grid,
+                                         seconds * image.num_crops / len(requests),
+                                         select_seconds * image.num_crops / len(requests)))
+        session.pending_images = pending
+        if selections is None:
+            return output
+        packed = packed if isinstance(features, (list, tuple)) else torch.stack(packed)
+        if hasattr(output, "pooler_output"):
+            output.pooler_output = packed
+            return output
+        return packed
+
+    return get_image_features
+
+
+def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector) -> torch.Tensor:
+    """The tokens the LLM sees for one image, in order: the base crop's (tokens the
+    tower puts first under strategy "full", a merging method's prefix rows, the kept
+    patches, its merged rows), then the map's kept tokens with their newlines, then
+    the tiles' prefix and merged rows (VisionZip's official order)."""
+    crops = selections[image.first_crop:image.first_crop + image.num_crops]
+    base = crops[0].indices.cpu()
+    if image.layout is not None:
+        positions = anyres.packed_positions(image.layout, base, [s.indices.cpu() for s in crops[1:]], image.newline)
+        base_part, rest = positions[:base.numel()], positions[base.numel():]
+    else:
+        lead = feats.shape[0] - grid[0] * grid[1] - int(image.newline)
+        base_part = torch.cat([torch.arange(lead), lead + base])
+        rest = torch.tensor([feats.shape[0] - 1]) if image.newline else torch.zeros(0, dtype=torch.long)
+
+    def rows(selection, key):
+        extra = getattr(selection, key)
+        return [] if extra is None else [projector(extra.to(feats.dtype)[None])[0].to(feats)]
+
+    device = feats.device
+    pieces = (rows(crops[0], "prefix") + [feats[base_part.to(device)]] + rows(crops[0], "merged")
+              + [feats[rest.to(device)]]
+              + [r for key in ("prefix", "merged") for crop in crops[1:] for r in rows(crop, key)])
+    return torch.cat(pieces)
+
+
+def _image_record(image, selections, requests, tokens_in, tokens_out, grid, seconds, select_seconds) -> dict:
+    record = {"tokens_in": tokens_in, "tokens_out": tokens_out,
+              "vision_ms": round(1000 * seconds, 3), "select_ms": round(1000 * select_seconds, 3)}
+    if selections is None:
+        return record
+    crops = []
+    for c in range(image.first_crop, image.first_crop + image.num_crops):
+        valid = requests[c].valid
+        crops.append({"tokens_in": grid[0] * grid[1] if valid is None else int(valid.sum()),
+                      "tokens_out": selections[c].num_tokens,
+                      "pivotal": selections[c].num_pivotal, "complementary": selections[c].num_complementary})
+    if len(crops) == 1:
+        record.update(pivotal=crops[0]["pivotal"], complementary=crops[0]["complementary"])
+    else:
+        record["crops"] = crops
+    return record
+
+
+# -- the merge ------------------------------------------------------------------------------
+
+
+def _wrap_placeholder_mask(original):
+    @functools.wraps(original)
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, **kwargs):
+        masks = original(self, input_ids, inputs_embeds, image_features, **kwargs)
+        session = _session
+        pending = getattr(session, "pending_images", None) if session is not None else None
+        if not pending or image_features is None:
+            return masks
+        session.pending_images = None
+        # OneVision returns (image mask, video mask)
+        placeholders = (masks[0] if isinstance(masks, tuple) else masks)[..., 0]
+        keep = torch.zeros_like(placeholders)
+        flat = torch.nonzero(placeholders.flatten()).flatten()
+        offset = 0
+        for n, kept in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
+            keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
+            offset += n
+        _shortening_decoder(self.language_model).arm(placeholders & ~keep, placeholders)
+        return masks
+
+    return get_placeholder_mask
+
+
+def _per_placeholder_run(pending, per_row: List[int]) -> list:
+    """The selected images in the order their placeholders appear. ``generate()``
+    repeats each sample's rows (and images) for beam search or several return
+    sequences after the features were made: the selections are repeated with them."""
+    total = sum(n for n, _ in pending)
+    if sum(per_row) == total:
+        return pending
+    repeat = sum(per_row) // total if total else 0
+    if repeat < 2 or sum(per_row) != repeat * total or len(per_row) % repeat:
+        raise RuntimeError(f"the prompts hold {sum(per_row)} image placeholders, the images made {total} tokens")
+    runs, images = [], iter(pending)
+    for first in range(0, len(per_row), repeat):
+        sample, count = [], 0
+        while count < per_row[first]:
+            image = next(images)
+            sample.append(image)
+            count += image[0]
+        runs += sample * repeat
+    return runs
+
+
+# -- the decoder ----------------------------------------------------------------------------
+
+
+def _shortening_decoder(decoder) -> "_ShorteningDecoder":
+    wrapper = decoder.__dict__.get("forward")
+    if not isinstance(wrapper, _ShorteningDecoder):
+        wrapper = _ShorteningDecoder(decoder)
+        decoder.forward = wrapper
+        _decoders.add(decoder)
+    return wrapper
+
+
+class _ShorteningDecoder:
+    """The forward of one language model: drops the armed positions at prefill,
+    translates decode steps on a cache that holds a shortened prompt, times prefills."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+        self.original = decoder.forward
+        self.signature = inspect.signature(self.original)
+        self.var_keyword = next((p.name for p in self.signature.parameters.values()
+                                 if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+        self.cache_key = "cache" if "cache" in self.signature.parameters else "past_key_values"
+        self.armed = None        # (drop, visual) for the next prefill: (batch, length) bool each
+
+    def arm(self, drop: torch.Tensor, visual: torch.Tensor) -> None:
+        """The next prefill drops ``drop`` and holds visual tokens at ``visual``."""
+        self.armed = (drop, visual)
+
+    def __call__(self, *args, **kwargs):
+        call = dict(self.signature.bind(*args, **kwargs).arguments)
+        call.update(call.pop(self.var_keyword, {}) if self.var_keyword else {})
+        armed, self.armed = self.armed, None
+        cache = call.get(self.cache_key)
+        if armed is not None:
+            return self._prefill(call, *armed)
+        compression = getattr(cache, _ATTR, None)
+        if compression is not None and cache.get_seq_length() > 0:
+            self._translate_decode(call, compression, cache)
+        return self._timed(call, prefill=compression is None)
+
+    def _timed(self, call, prefill: bool):
+        session = _session
+        embeds = call.get("inputs_embeds")
+        if session is None or not prefill or embeds is None or embeds.shape[1] == 1 or not session.pending:
+            return self.original(**call)
+        sync(embeds)
+        start = time.perf_counter()
+        out = self.original(**call)
+        sync(out[0])
+        record = llm_runtime.last_record(self.decoder) if session.llm is not None else None
+        for note in record.notes if record is not None else ():
+            session.say_once(f"freePruner: {note}")
+        session.flush(1000 * (time.perf_counter() - start), record)
+        return out
+
+    def _prefill(self, call, drop, visual):
+        if not bool(drop.any()):
+            self._begin_llm_pruning(visual)
+            return self._timed(call, prefill=True)
+        embeds = call["inputs_embeds"]
+        if embeds.shape[1] != drop.shape[1]:
+            raise RuntimeError(f"the decoder got {embeds.shape[1]} positions, the merge marked {drop.shape[1]}")
+        cache = call.get(self.cache_key)
+        if cache is not None and cache.get_seq_length() > 0:
+            raise RuntimeError("llava_freepruner prunes an image prompt only at its prefill (empty KV cache); "
+                               f"the cache already holds {cache.get_seq_length()} positions")
+        mask = call.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise RuntimeError("llava_freepruner needs the 2-D attention mask (batch, length) at prefill, "
+                               f"got a {mask.dim()}-D mask")
+        compression = Compression.from_drop(drop, mask)
+        call["inputs_embeds"] = compression.gather(embeds)
+        call["attention_mask"] = compression.compress_prompt_mask(mask).to(
+            mask.dtype if mask is not None else torch.long)
+        call["position_ids"] = compression.prefill_positions(call.get("position_ids"))
+        if call.get("cache_position") is not None:
+            call["cache_position"] = call["cache_position"][:compression.width]
+        self._begin_llm_pruning(compression.gather(visual))
+        out = self._timed(call, prefill=True)
+        out.last_hidden_state = compression.expand(out.last_hidden_state)
+        returned = getattr(out, self.cache_key, None)
+        if returned is None:
+            returned = getattr(out, "past_key_values", None)
+        for holder in (cache, returned):
+            if holder is not None:
+                setattr(holder, _ATTR, compression)
+        return out
+
+    def _begin_llm_pruning(self, visual: torch.Tensor) -> None:
+        """Hand the decoder-side policy (FitPrune, FastV) the visual spans the decoder will see."""
+        session = _session
+        if session is None or session.llm is None:
+            return
+        if not llm_runtime.is_attached(self.decoder):
+            llm_runtime.attach(self.decoder, session.llm)
+            session.llm_models.add(self.decoder)
+        llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.cpu()])
+
+    @staticmethod
+    def _translate_decode(call, compression: Compression, cache) -> None:
+        steps = call["inputs_embeds"].shape[1] if call.get("inputs_embeds") is not None else call["input_ids"].shape[1]
+        past_full = cache.get_seq_length() - compression.width + compression.length
+        call["attention_mask"] = compression.decode_mask(call.get("attention_mask"), past_full + steps)
+        call["position_ids"] = compression.decode_positions(call.get("position_ids"), past_full, steps)
+        if call.get("cache_position") is not None:
+            call["cache_position"] = call["cache_position"] - (compression.length - compression.width)
+
+
+def _runs(visual_row: torch.Tensor) -> List[tuple]:
+    """[start, end) runs of True in one row."""
+    flags = visual_row.tolist()
+    runs, start = [], None
+    for i, flag in enumerate(flags + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs

@@ -1,0 +1,214 @@
+"""Run the GPU check's sections, each in its own process, under one time budget.
+
+A section that fails, crashes or runs out of time is recorded with its error and
+the next one starts; no section starts once the budget is spent. ``results.json``
+and ``gpu.md`` are rewritten after every section, so an interrupted run still
+leaves what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional
+
+from . import plan, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULT_FILES = {plan.BENCH: ("results.json", "results.partial.json"), plan.CHECKS: ("checks.json",),
+                plan.FIT: ("fit.json",)}
+GRACE_S = 15     # after the interrupt at a deadline, before the kill
+
+PROBE = """
+import importlib.metadata as md, json, platform
+info = {"python": platform.python_version()}
+for dist in ("torch", "transformers", "tokenizers", "accelerate", "llava-torch"):
+    try:
+        info[dist] = md.version(dist)
+    except md.PackageNotFoundError:
+        info[dist] = None
+import torch
+info["cuda"] = torch.version.cuda
+info["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+print(json.dumps(info))
+"""
+
+
+def environment(extra_path: List[str]) -> Dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(extra_path + [REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return env
+
+
+def run_logged(argv: List[str], env: Dict[str, str], log_path: str, timeout: float, prefix: str):
+    """Run ``argv``, echo its output with ``prefix`` and keep it in ``log_path``.
+    At the timeout it is interrupted (Python code can still save what finished), then killed.
+    Returns (exit code, timed out, last lines of output)."""
+    tail = collections.deque(maxlen=25)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", start_new_session=True)
+
+        def pump():
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line.rstrip())
+                print(f"[{prefix}] {line}", end="", flush=True)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        reader.join(timeout=5)
+    return proc.returncode, timed_out, "\n".join(tail)
+
+
+def read_result(kind: str, folder: str) -> Optional[dict]:
+    for name in RESULT_FILES[kind]:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path) as handle:
+                data = json.load(handle)
+            return {"records": data} if isinstance(data, list) else data
+    return None
+
+
+def probe(python: str, env: Dict[str, str]) -> dict:
+    done = subprocess.run([python, "-c", PROBE], env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"gpu-check: {python} cannot import torch: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def nvidia_smi() -> Optional[str]:
+    if not shutil.which("nvidia-smi"):
+        return None
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+class Check:
+    def __init__(self, profile: plan.Profile, out_dir: str, python: str, site: Optional[str], started: float,
+                 command: str):
+        self.profile, self.out_dir, self.python, self.started = profile, out_dir, python, started
+        self.envs = {plan.UPSTREAM: environment([site] if site else []), plan.HOST: environment([])}
+        upstream = probe(python, self.envs[plan.UPSTREAM])
+        if profile.mode == "gpu" and not upstream["device_name"]:
+            raise SystemExit("gpu-check: torch sees no CUDA device; without a GPU run with --cpu-smoke")
+        host = probe(python, self.envs[plan.HOST]) if site else upstream
+        self.results = {
+            "mode": profile.mode, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "budget_s": profile.budget_s, "elapsed_s": 0.0,
+            "machine": {"device_name": upstream["device_name"] or f"CPU ({os.cpu_count()} cores)",
+                        "nvidia_smi": nvidia_smi(), "cpus": os.cpu_count()},
+            "versions": {"python": upstream["python"], "torch": upstream["torch"], "CUDA": upstream["cuda"],
+                         "transformers (upstream llava)": upstream["transformers"], "tokenizers": upstream["tokenizers"],
+                         "accelerate": upstream["accelerate"], "llava-torch": upstream["llava-torch"],
+                         "transformers (machine's own)": host["transformers"], "llava_freepruner": _plugin_version()},
+            "sections": [],
+        }
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def bench_help(self) -> str:
+        done = subprocess.run([self.python, "-m", "llava_freepruner", "bench", "--help"], env=self.envs[plan.UPSTREAM],
+                              cwd=REPO, capture_output=True, text=True)
+        return done.stdout
+
+    def run_section(self, section: plan.Section) -> dict:
+        entry = {"name": section.name, "title": section.title, "kind": section.kind, "elapsed_s": 0.0}
+        left = self.profile.budget_s - self.elapsed()
+        if section.args is None:
+            return dict(entry, status="skipped", reason=section.skipped)
+        if left < self.profile.min_start_s:
+            return dict(entry, status="not started", reason=f"time budget: {left:.0f} s left of {self.profile.budget_s:.0f} s")
+        argv = [self.python, *section.args]
+        entry["command"] = " ".join(shlex.quote(a) for a in ["python", *section.args])
+        print(f"gpu-check: [{self.elapsed():5.0f} s] {section.name}: {section.title}", flush=True)
+        started = time.time()
+        code, timed_out, tail = run_logged(argv, self.envs[section.env], os.path.join(self.out_dir, "logs", f"{section.name}.log"),
+                                           left, section.name)
+        entry["elapsed_s"] = round(time.time() - started, 1)
+        entry["result"] = read_result(section.kind, os.path.join(self.out_dir, section.name))
+        if timed_out:
+            entry.update(status="timed out", reason=f"stopped at the budget after {entry['elapsed_s']:.0f} s", error=tail)
+        elif code != 0:
+            entry.update(status="failed", reason=f"exit code {code}", error=tail)
+        else:
+            failed_rows = [r for r in (entry["result"] or {}).get("records", []) if "error" in r]
+            entry["status"] = "partial" if failed_rows else "ok"
+            if failed_rows:
+                entry["reason"] = f"{len(failed_rows)} rows failed"
+        print(f"gpu-check: [{self.elapsed():5.0f} s] {section.name}: {entry['status']} in {entry['elapsed_s']:.0f} s", flush=True)
+        return entry
+
+    def write(self) -> None:
+        self.results["elapsed_s"] = round(self.elapsed(), 1)
+        with open(os.path.join(self.out_dir, "results.json"), "w") as handle:
+            json.dump(self.results, handle, indent=2)
+        with open(os.path.join(self.out_dir, "gpu.md"), "w") as handle:
+            handle.write(report.markdown(self.results))
+
+    def run(self) -> int:
+        for section in plan.sections(self.profile, self.out_dir, self.bench_help()):
+            self.results["sections"].append(self.run_section(section))
+            self.write()
+        bad = [s["name"] for s in self.results["sections"] if s["status"] not in ("ok", "skipped")]
+        print(f"gpu-check: done in {self.elapsed():.0f} s; wrote {self.out_dir}/results.json and gpu.md"
+              + (f"; not ok: {', '.join(bad)}" if bad else "; every section that ran is ok"), flush=True)
+        return 1 if bad else 0
+
+
+def _plugin_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llava_freepruner.gpucheck",
+                                     description="Verify and time llava_freepruner on a CUDA device (or, "
+                                                 "with --cpu-smoke, the same sections on tiny shapes on a CPU).")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="where results.json, gpu.md, logs/ and one folder per section go")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU, with this interpreter")
+    parser.add_argument("--site", help="folder with upstream llava and its pinned transformers, put first on "
+                                       "PYTHONPATH for the upstream sections (gpu_check.sh installs it)")
+    parser.add_argument("--started", type=float, default=None,
+                        help="epoch seconds the budget counts from (default: now; gpu_check.sh passes its start)")
+    parser.add_argument("--budget-s", type=float, default=None, help="override the mode's time budget")
+    args = parser.parse_args(argv)
+    profile = plan.CPU_SMOKE if args.cpu_smoke else plan.GPU
+    if args.budget_s is not None:
+        if args.budget_s <= 0:
+            parser.error(f"--budget-s {args.budget_s} is not valid: expected seconds > 0")
+        profile = plan.Profile(**dict(profile.__dict__, budget_s=args.budget_s))
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        parser.error(f"OUT_DIR {args.out_dir!r} exists and is not a directory")
+    if args.site and not os.path.isdir(args.site):
+        parser.error(f"--site {args.site!r} is not a directory")
+    command = "bash eval_scripts/gpu_check.sh " + ("--cpu-smoke " if args.cpu_smoke else "") + args.out_dir
+    check = Check(profile, os.path.abspath(args.out_dir), sys.executable, args.site,
+                  args.started or time.time(), command)
+    os.makedirs(os.path.join(check.out_dir, "logs"), exist_ok=True)
+    return check.run()

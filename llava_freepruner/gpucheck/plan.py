@@ -1,0 +1,90 @@
+"""What the GPU check runs: the sizes of each mode and the list of sections.
+
+A section is one command in its own process. Sections that need a feature the
+bench may not have yet (another backend, video, 4-bit) look for its option in
+``bench --help`` and are skipped, with the reason recorded, when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+
+@dataclass(frozen=True)
+class Profile:
+    mode: str
+    device: str
+    dtype: str
+    v15: str               # --random-weights of the LLaVA-1.5 sections
+    v16: str               # and of the LLaVA-1.6 (anyres) section
+    ratios: str
+    repeats: int
+    warmup: int
+    new_tokens: int
+    batch: int
+    fit_samples: int
+    budget_s: float        # no section starts after this many seconds
+    min_start_s: float     # nor with less than this left
+
+
+GPU = Profile("gpu", "cuda", "float16", "llava-v1.5-7b", "llava-v1.6-7b", "1.0,0.5,0.25,0.11",
+              repeats=3, warmup=1, new_tokens=8, batch=8, fit_samples=32, budget_s=480, min_start_s=30)
+CPU_SMOKE = Profile("cpu-smoke", "cpu", "float32", "tiny-llava-v1.5", "tiny-llava-v1.6", "1.0,0.5,0.25,0.11",
+                    repeats=1, warmup=0, new_tokens=2, batch=2, fit_samples=3, budget_s=170, min_start_s=5)
+
+UPSTREAM, HOST = "upstream", "host"     # environments: llava's pinned stack, or the machine's own transformers
+BENCH, CHECKS, FIT = "bench", "checks", "fit"   # what a section leaves in its folder
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str                       # also its folder under OUT_DIR and its log's name
+    title: str
+    kind: str                       # BENCH, CHECKS or FIT
+    env: str                        # UPSTREAM or HOST
+    args: Optional[List[str]]       # python arguments; None when skipped
+    skipped: Optional[str] = None   # why it does not run
+
+
+def _bench(p: Profile, folder: str, arch: str, ratios: str, *extra: str) -> List[str]:
+    return ["-m", "llava_freepruner", "bench", "--random-weights", arch, "--methods", "all", "--ratios", ratios,
+            "--repeats", str(p.repeats), "--warmup", str(p.warmup), "--new-tokens", str(p.new_tokens),
+            "--device", p.device, "--dtype", p.dtype, "--keep-going", *extra, "--out", folder]
+
+
+def _needs(option: str, bench_help: str) -> Optional[str]:
+    return None if option in bench_help else f"not available in this version (bench --help has no {option})"
+
+
+def sections(p: Profile, out_dir: str, bench_help: str) -> List[Section]:
+    """The sections in the order they run: the checks and the main table first."""
+    def folder(name):
+        return os.path.join(out_dir, name)
+
+    def optional(name, title, env, option, args):
+        reason = _needs(option, bench_help)
+        return Section(name, title, BENCH, env, None if reason else args, reason)
+
+    backend = ["--backend", "transformers"]
+    return [
+        Section("selection", f"Selection correctness ({p.dtype}): ratio 1.0 identical, batch equals single", CHECKS,
+                UPSTREAM, ["-m", "llava_freepruner.gpucheck.selection", "--random-weights", p.v15, "--device",
+                           p.device, "--dtype", p.dtype, "--out", folder("selection")]),
+        Section("bench-v1.5", f"Upstream backend, {p.v15} (random weights), every method", BENCH, UPSTREAM,
+                _bench(p, folder("bench-v1.5"), p.v15, p.ratios)),
+        Section("batch", f"Batch {p.batch} throughput, {p.v15}", BENCH, UPSTREAM,
+                _bench(p, folder("batch"), p.v15, "1.0,0.5", "--batch-size", str(p.batch))),
+        Section("fitprune-fit", f"FitPrune: time to fit a recipe on {p.v15} ({p.fit_samples} samples)", FIT, UPSTREAM,
+                ["-m", "llava_freepruner.gpucheck.calibration", "--random-weights", p.v15, "--device", p.device,
+                 "--dtype", p.dtype, "--samples", str(p.fit_samples), "--out", folder("fitprune-fit")]),
+        Section("anyres-v1.6", f"LLaVA-1.6 anyres, {p.v16} (random weights)", BENCH, UPSTREAM,
+                _bench(p, folder("anyres-v1.6"), p.v16, "1.0,0.5")),
+        optional("transformers", f"Transformers backend, {p.v15}", HOST, "--backend",
+                 _bench(p, folder("transformers"), p.v15, "1.0,0.5", *backend)),
+        optional("video", "Transformers backend, video", HOST, "--video",
+                 _bench(p, folder("video"), p.v15, "1.0,0.5", *backend, "--video")),
+        optional("quant-4bit", f"4-bit language model, {p.v15}", UPSTREAM, "--load-4bit",
+                 _bench(p, folder("quant-4bit"), p.v15, "1.0,0.5", "--load-4bit")),
+    ]

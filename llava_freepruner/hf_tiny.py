@@ -1,0 +1,167 @@
+"""Tiny random-weight checkpoints of transformers' LLaVA classes, built offline.
+
+A byte-level BPE tokenizer trained on a few sentences, a CLIP tower of the real
+geometry (336 px, 14 px patches: 576 patches per crop) with few narrow layers, and
+a Llama, Mistral or Qwen2 decoder. The processor is transformers' own
+(``LlavaProcessor`` / ``LlavaNextProcessor``), so ``processor(images=..., text=...)``
+expands ``<image>`` exactly as for the published checkpoints. Answers mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].upper() }}: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %} {% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+_CORPUS = [
+    "USER: What is in the image? ASSISTANT: A cat sitting on a red chair near the window.",
+    "Describe the picture in one sentence. The photo shows a rocket, a coffee cup and a person.",
+    "How many objects are there? Answer the question using a single word or phrase.",
+    "yes no left right up down blue green yellow orange purple circle square triangle 0 1 2 3 4 5 6 7 8 9",
+]
+# Grid pinpoints of llava-v1.6 (336 px crops)
+GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+# llava-onevision: 384 px crops, 1x1 .. 6x6 tiles
+ONEVISION_PINPOINTS = [[384 * h, 384 * w] for h in range(1, 7) for w in range(1, 7)]
+
+
+@dataclass(frozen=True)
+class TinyHF:
+    kind: str = "llava"             # "llava" (1.5), "llava_next" (1.6, anyres) or "llava_onevision"
+    llm: str = "llama"              # "llama", "mistral" or "qwen2"
+    vision_layers: int = 4
+    llm_layers: int = 3
+    seed: int = 0
+    attn: str = "sdpa"
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN, VIDEO_TOKEN]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>", padding_side="left",
+                                   model_input_names=["input_ids", "attention_mask"])
+    fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, VIDEO_TOKEN]})
+    return fast
+
+
+def _text_config(spec: TinyHF, vocab: int, tokenizer):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        spec.llm, vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=spec.llm_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+
+
+def build(spec: TinyHF = TinyHF()):
+    """(model in eval mode, processor) for ``spec``, random weights from ``spec.seed``."""
+    from transformers import CLIPVisionConfig
+
+    tokenizer = build_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=spec.vision_layers,
+                              num_attention_heads=2, image_size=336, patch_size=14, projection_dim=32)
+    text = _text_config(spec, len(tokenizer), tokenizer)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    torch.manual_seed(spec.seed)
+    if spec.kind == "llava":
+        from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+        config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                             vision_feature_layer=-2, vision_feature_select_strategy="default")
+        model_cls = LlavaForConditionalGeneration
+        image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+        processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                                   vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+                                   num_additional_image_tokens=1)
+    elif spec.kind == "llava_next":
+        from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+                                  LlavaNextProcessor)
+
+        config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                                 vision_feature_layer=-2, vision_feature_select_strategy="default",
+                                 image_grid_pinpoints=GRID_PINPOINTS)
+        model_cls = LlavaNextForConditionalGeneration
+        image_processor = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                                  image_grid_pinpoints=GRID_PINPOINTS)
+        processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                                       vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+                                       num_additional_image_tokens=1)
+    elif spec.kind == "llava_onevision":
+        from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                                  LlavaOnevisionImageProcessor, SiglipVisionConfig)
+
+        # SigLIP at 384 px: 27 x 27 = 729 patches, no [CLS]; features from the last layer, all kept
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=spec.vision_layers,
+                                    num_attention_heads=2, image_size=384, patch_size=14)
+        config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                                      video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+                                      vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                      image_grid_pinpoints=ONEVISION_PINPOINTS, vision_aspect_ratio="anyres_max_9")
+        model_cls = LlavaOnevisionForConditionalGeneration
+        # LlavaOnevisionProcessor needs torchvision for its video half: the image
+        # processor and the tokenizer are returned instead (see onevision_inputs).
+        processor = ImageAndText(LlavaOnevisionImageProcessor(size={"height": 384, "width": 384},
+                                                              image_grid_pinpoints=ONEVISION_PINPOINTS), tokenizer)
+    else:
+        raise ValueError(f"TinyHF.kind={spec.kind!r}: expected 'llava', 'llava_next' or 'llava_onevision'")
+    config._attn_implementation = spec.attn
+    model = model_cls(config).eval()
+    _spread_weights(model)
+    return model, processor
+
+
+@dataclass(frozen=True)
+class ImageAndText:
+    image_processor: object
+    tokenizer: object
+
+
+def onevision_inputs(model, processor: ImageAndText, images, questions):
+    """Processor-like inputs for the tiny OneVision model: each prompt holds one
+    ``<image>`` expanded to the number of tokens the unpatched model makes for it."""
+    pixels = processor.image_processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        made = model.model.get_image_features(pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"],
+                                              vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                              vision_aspect_ratio="anyres_max_9")
+    counts = [f.shape[0] for f in getattr(made, "pooler_output", made)]
+    texts = [f"USER: {IMAGE_TOKEN * n}\n{q} ASSISTANT:" for n, q in zip(counts, questions)]
+    inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
+    return {**inputs, "pixel_values": pixels["pixel_values"], "image_sizes": pixels["image_sizes"]}
+
+
+def _spread_weights(model) -> None:
+    # Random init at std 0.02 leaves a tiny model's attention almost uniform and
+    # its logits nearly tied; wider weights give every test distinct rankings.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.normal_(0.0, 0.2)
+
+
+def save(spec: TinyHF, folder: str) -> str:
+    """Write model and processor to ``folder`` (a checkpoint ``from_pretrained`` loads)."""
+    model, processor = build(spec)
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -1,0 +1,121 @@
+"""Make the sequence a language model sees shorter, and keep its decode steps consistent.
+
+A host that checks one placeholder per visual token (transformers' LLaVA classes)
+expands every image to its full count in ``input_ids``. After selection the
+dropped placeholders leave the sequence the decoder runs on, in one place: its
+forward. :class:`Compression` holds, per sample, which prompt positions stay and
+translates what the caller passes (embeddings, 2-D attention mask, position ids,
+cache positions) at prefill and at every decode step, so that the caller's own
+bookkeeping (``generate()``'s ``input_ids``, mask and cache positions) stays at
+full length while the KV cache holds only the kept positions.
+
+Rules:
+- kept positions keep their order; samples that keep fewer positions get masked
+  filler slots, on the side their padding is on (left padding or none: fillers on
+  the left, so every sample's last token stays last);
+- position ids are renumbered as if the dropped tokens had never been in the
+  prompt (what the unpruned model does with a shorter prompt);
+- the decoder's output is scattered back to full length; a dropped position
+  carries the output of the nearest kept position before it, so the last
+  position is the last token the decoder saw.
+
+Pure tensor code; no host import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Compression:
+    drop: torch.Tensor       # (batch, length) bool: prompt positions that leave the sequence
+    index: torch.Tensor      # (batch, width) prompt position of each compressed slot, -1 for fillers
+    prompt_mask: Optional[torch.Tensor] = None   # (batch, width) compressed prompt mask, once known
+
+    @classmethod
+    def from_drop(cls, drop: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> "Compression":
+        """``drop``: (batch, length) bool, True where a position leaves the sequence."""
+        batch, length = drop.shape
+        kept = (~drop).sum(dim=1)
+        width = int(kept.max())
+        right_padded = attention_mask is not None and not bool(attention_mask[:, -1].bool().all())
+        index = torch.full((batch, width), -1, dtype=torch.long, device=drop.device)
+        for b in range(batch):
+            positions = torch.nonzero(~drop[b]).flatten()
+            start = 0 if right_padded else width - positions.numel()
+            index[b, start:start + positions.numel()] = positions
+        return cls(drop, index)
+
+    @property
+    def length(self) -> int:
+        return self.drop.shape[1]
+
+    @property
+    def removed(self) -> torch.Tensor:
+        """(batch,) prompt positions each sample drops."""
+        return self.drop.sum(dim=1)
+
+    @property
+    def width(self) -> int:
+        return self.index.shape[1]
+
+    @property
+    def fillers(self) -> torch.Tensor:
+        return self.index < 0
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, length, ...) -> (batch, width, ...); fillers get zeros."""
+        shape = self.index.shape + x.shape[2:]
+        idx = self.index.clamp(min=0).view(self.index.shape + (1,) * (x.dim() - 2)).expand(shape)
+        out = x.gather(1, idx)
+        filler = self.fillers.view(self.index.shape + (1,) * (x.dim() - 2))
+        return out.masked_fill(filler, 0)
+
+    def compress_prompt_mask(self, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The compressed 2-D prompt mask (fillers masked); kept for the decode steps."""
+        if attention_mask is None:
+            attention_mask = torch.ones(self.index.shape[0], self.length, dtype=torch.long, device=self.index.device)
+        self.prompt_mask = self.gather(attention_mask)
+        return self.prompt_mask
+
+    def dropped_before(self) -> torch.Tensor:
+        """(batch, width): prompt positions dropped before each slot."""
+        return torch.cumsum(self.drop.long(), dim=1).gather(1, self.index.clamp(min=0))
+
+    def prefill_positions(self, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """Position ids of the compressed prompt, renumbered over the kept positions."""
+        if position_ids is None:
+            position_ids = torch.arange(self.length, device=self.index.device)[None]
+        positions = position_ids.expand(self.index.shape[0], -1)
+        out = positions.gather(1, self.index.clamp(min=0)) - self.dropped_before()
+        return out.masked_fill(self.fillers, 0)
+
+    def decode_positions(self, position_ids: Optional[torch.Tensor], past_full: int, steps: int) -> torch.Tensor:
+        """Position ids of a decode step; ``past_full`` counts prompt and earlier steps as the caller does."""
+        if position_ids is None:
+            position_ids = torch.arange(past_full, past_full + steps, device=self.index.device)[None]
+        return position_ids.expand(self.index.shape[0], -1) - self.removed[:, None].to(position_ids.device)
+
+    def decode_mask(self, attention_mask: Optional[torch.Tensor], total_full: int) -> torch.Tensor:
+        """Caller's (batch, total_full) mask of a decode step -> the compressed one."""
+        prompt = self.prompt_mask
+        if attention_mask is None:
+            tail = prompt.new_ones(prompt.shape[0], total_full - self.length)
+        else:
+            tail = attention_mask[:, self.length:].to(prompt.dtype)
+        return torch.cat([prompt, tail], dim=1)
+
+    def expand(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, width, dim) decoder output -> (batch, length, dim), dropped positions
+        carrying the output of the nearest kept position before them (zeros if none)."""
+        slot_at = torch.full((hidden.shape[0], self.length), -1, dtype=torch.long, device=hidden.device)
+        for b, row in enumerate(self.index.to(hidden.device)):
+            real = row >= 0
+            slot_at[b, row[real]] = torch.nonzero(real).flatten()
+        source = torch.cummax(slot_at, dim=1).values
+        out = hidden.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+        return out.masked_fill((source < 0)[..., None], 0)

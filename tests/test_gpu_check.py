@@ -1,0 +1,116 @@
+"""The one-command GPU check, proven end to end in its CPU smoke mode."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llava_freepruner.config import Config
+from llava_freepruner.bench.runner import fitprune_recipe, known_methods, runs_at
+from llava_freepruner.gpucheck import driver, plan
+from llava_freepruner.methods import REGISTRY
+
+from eval_helpers import REPO, subprocess_env
+
+REQUIRED = ("selection", "bench-v1.5", "batch", "fitprune-fit", "anyres-v1.6")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check") / "out"
+    done = subprocess.run(["bash", "eval_scripts/gpu_check.sh", "--cpu-smoke", str(out)], cwd=REPO,
+                          env=subprocess_env(PYTHON=sys.executable), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    return results, {s["name"]: s for s in results["sections"]}, (out / "gpu.md").read_text()
+
+
+def test_smoke_runs_every_section_it_can(smoke):
+    results, sections, _ = smoke
+    assert results["mode"] == "cpu-smoke" and results["elapsed_s"] < results["budget_s"]
+    assert list(sections) == [s.name for s in plan.sections(plan.CPU_SMOKE, "out", "")]
+    for name in REQUIRED:
+        assert sections[name]["status"] == "ok", sections[name]
+    for name in set(sections) - set(REQUIRED):      # features this version's bench may lack
+        assert sections[name]["status"] in ("ok", "skipped"), sections[name]
+
+
+def test_bench_rows_cover_the_registry_and_every_ratio(smoke):
+    _, sections, _ = smoke
+    records = sections["bench-v1.5"]["result"]["records"]
+    ratios = [1.0, 0.5, 0.25, 0.11]
+    assert set(REGISTRY) <= set(known_methods())
+    expected = {(m, r) for r in ratios for m in ["oracle", *known_methods()] if runs_at(m, r)}
+    assert {(r["method"], r["ratio"]) for r in records} == expected
+    assert not [r for r in records if "error" in r]
+    for r in records:
+        if r["method"] in REGISTRY or r["method"] == "oracle":
+            assert r["visual_tokens"] == Config(ratio=r["ratio"]).budget(576)
+        elif r["ratio"] < 1.0:                    # LLM-side: fewer tokens in later layers
+            assert r["mean_layer_visual_tokens"] < r["visual_tokens"] == 576
+    batch = sections["batch"]["result"]
+    assert batch["meta"]["batch_size"] == plan.CPU_SMOKE.batch
+    anyres = {(r["method"], r["ratio"]): r for r in sections["anyres-v1.6"]["result"]["records"]}
+    assert anyres[("oracle", 1.0)]["visual_tokens"] > 2000 > anyres[("freepruner", 0.5)]["visual_tokens"]
+
+
+def test_selection_checks_and_fit_results(smoke):
+    _, sections, _ = smoke
+    checks = sections["selection"]["result"]["checks"]
+    assert {c["method"] for c in checks} == set(REGISTRY) and len(checks) == 2 * len(REGISTRY)
+    assert all(c["passed"] for c in checks)
+    fit = sections["fitprune-fit"]["result"]
+    assert fit["samples"] == plan.CPU_SMOKE.fit_samples and fit["layers"] == 32
+    assert fit["achieved_reduction"] >= fit["target_reduction"] and fit["fit_s"] > 0
+
+
+def test_markdown_names_the_machine_and_holds_the_tables(smoke):
+    results, sections, md = smoke
+    assert md.startswith("# GPU check") and f"Machine: {results['machine']['device_name']}" in md
+    assert "| section | status | seconds |" in md
+    for name in REQUIRED:
+        assert f"| {name} | ok |" in md
+    assert "| freepruner | 0.5 | 288 |" in md and "| freepruner | 0.11 | 63 |" in md
+    assert "| ratio 1.0 identical to unpatched | freepruner | pass |" in md
+    assert "images/s (batch / TTFT)" in md and "FitPrune recipe" in md
+    assert "transformers (upstream llava) 4.37.2" in md
+
+
+def test_fitprune_rows_use_the_nearest_official_recipe():
+    assert [fitprune_recipe(r) for r in (0.5, 0.25, 0.11, 0.4)] == [
+        "llava-v1.5-7b@50", "llava-v1.5-7b@70", "llava-v1.5-7b@90", "llava-v1.5-7b@60"]
+    assert not runs_at("fitprune", 1.0) and runs_at("none", 1.0) and not runs_at("none", 0.5)
+
+
+def _script_section(name, code):
+    return plan.Section(name, name, plan.CHECKS, plan.UPSTREAM, ["-c", code])
+
+
+def test_a_failing_section_is_recorded_and_the_next_runs(tmp_path, monkeypatch):
+    write = ("import json, os, sys; d = os.path.join(sys.argv[1], 'ok'); os.makedirs(d); "
+             "json.dump({'checks': []}, open(os.path.join(d, 'checks.json'), 'w'))")
+    sections = [_script_section("broken", "raise SystemExit('no luck here')"),
+                plan.Section("ok", "ok", plan.CHECKS, plan.UPSTREAM, ["-c", write, str(tmp_path)]),
+                _script_section("slow", "import time; time.sleep(60)"),
+                _script_section("late", "pass")]
+    monkeypatch.setattr(plan, "sections", lambda *args: sections)
+    profile = plan.Profile(**dict(plan.CPU_SMOKE.__dict__, budget_s=12, min_start_s=2))
+    check = driver.Check(profile, str(tmp_path), sys.executable, None, driver.time.time(), "test")
+    (tmp_path / "logs").mkdir()
+    assert check.run() == 1
+    status = {s["name"]: s for s in json.loads((tmp_path / "results.json").read_text())["sections"]}
+    assert status["broken"]["status"] == "failed" and "no luck here" in status["broken"]["error"]
+    assert status["ok"]["status"] == "ok" and status["ok"]["result"] == {"checks": []}
+    assert status["slow"]["status"] == "timed out" and status["slow"]["elapsed_s"] < 30
+    assert status["late"]["status"] == "not started" and "time budget" in status["late"]["reason"]
+    assert "| broken | failed: exit code 1 |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_bad_usage_is_refused_before_anything_is_written(tmp_path):
+    for argv in ([], ["--cpu-smoke"], ["a", "b"], ["--gpu", "x"]):
+        done = subprocess.run(["bash", "eval_scripts/gpu_check.sh", *argv], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 2 and "usage: bash eval_scripts/gpu_check.sh" in done.stderr
+    done = subprocess.run(["bash", "eval_scripts/gpu_check.sh", str(tmp_path / "out")], cwd=REPO,
+                          env=subprocess_env(GPU_CHECK_WHEELS=str(tmp_path / "none")), capture_output=True, text=True)
+    assert done.returncode == 2 and "gpu_wheels.sh" in done.stderr and not (tmp_path / "out").exists()

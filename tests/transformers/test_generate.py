@@ -1,0 +1,283 @@
+"""transformers' LLaVA classes under unchanged caller code: processor + generate() / forward."""
+
+import json
+
+import pytest
+import torch
+
+from llava_freepruner.hf_tiny import TinyHF
+
+LLAVA = TinyHF()
+NEXT = TinyHF(kind="llava_next")
+QUESTIONS = ["What is in the image?", "Describe the picture in one sentence."]
+
+
+def prompt(processor, question, images=1):
+    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def inputs_for(processor, images, questions, padding_side="left", per_prompt=1):
+    processor.tokenizer.padding_side = padding_side
+    texts = [prompt(processor, q, per_prompt) for q in questions]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def generate(model, inputs, **kwargs):
+    kwargs = {"max_new_tokens": 5, "do_sample": False, **kwargs}
+    with torch.no_grad():
+        return model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **kwargs)
+
+
+def layer_lengths(cache):
+    if hasattr(cache, "layers"):
+        return [layer.keys.shape[-2] for layer in cache.layers]
+    return [cache.key_cache[i].shape[-2] for i in range(len(cache.key_cache))]
+
+
+def image_token_count(model, inputs):
+    return int((inputs["input_ids"] == model.config.image_token_id).sum(dim=1).max())
+
+
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_ratio_one_gives_the_unpatched_tokens_and_logits(spec, tiny_models, photos, plugin):
+    model, processor = tiny_models(spec)
+    inputs = inputs_for(processor, [photos["astronaut"], photos["rocket"]], QUESTIONS)
+    reference = generate(model, inputs)
+    with torch.no_grad():
+        reference_logits = model(**inputs).logits
+    plugin(ratio=1.0)
+    pruned = generate(model, inputs)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert torch.equal(pruned.sequences, reference.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(pruned.scores, reference.scores))
+    assert torch.equal(logits, reference_logits)
+
+
+def test_half_ratio_leaves_text_plus_288_in_every_layer_of_the_cache(tiny_models, photos, plugin):
+    model, processor = tiny_models(LLAVA)
+    inputs = inputs_for(processor, [photos["coffee"]], QUESTIONS[:1])
+    length = inputs["input_ids"].shape[1]
+    text = length - image_token_count(model, inputs)
+    assert image_token_count(model, inputs) == 576
+    plugin(ratio=0.5)
+    out = generate(model, inputs, max_new_tokens=4)
+    assert torch.equal(out.sequences[:, :length], inputs["input_ids"])
+    # the last new token is not in the cache yet
+    assert layer_lengths(out.past_key_values) == [text + 288 + 3] * model.config.text_config.num_hidden_layers
+
+
+def test_several_images_in_one_prompt_each_keep_their_budget(tiny_models, photos, plugin):
+    model, processor = tiny_models(LLAVA)
+    inputs = inputs_for(processor, [photos["coffee"], photos["chelsea"]], QUESTIONS[:1], per_prompt=2)
+    text = inputs["input_ids"].shape[1] - image_token_count(model, inputs)
+    plugin(tokens=100)
+    out = generate(model, inputs, max_new_tokens=1)
+    assert set(layer_lengths(out.past_key_values)) == {text + 200}
+
+
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_batch_with_left_padding_equals_single_runs(spec, tiny_models, photos, plugin):
+    model, processor = tiny_models(spec)
+    images = [photos["astronaut"], photos["rocket"] if spec is LLAVA else photos["coffee"]]
+    plugin(ratio=0.3)
+    batch = generate(model, inputs_for(processor, images, QUESTIONS))
+    for i, (image, question) in enumerate(zip(images, QUESTIONS)):
+        single = generate(model, inputs_for(processor, [image], [question]))
+        assert torch.equal(batch.sequences[i, -5:], single.sequences[0, -5:])
+        for step_batch, step_single in zip(batch.scores, single.scores):
+            torch.testing.assert_close(step_batch[i], step_single[0], rtol=1e-4, atol=1e-4)
+
+
+def test_forward_logits_at_text_positions_match_a_prompt_built_short(tiny_models, photos, plugin):
+    """The reference never sees the plugin: the unpatched model on a prompt that
+    holds only the kept placeholders, filled with the kept rows of its own features."""
+    from llava_freepruner import methods
+    from llava_freepruner.config import Config
+    from llava_freepruner.methods.base import CropRequest, SelectionContext
+
+    model, processor = tiny_models(LLAVA)
+    inputs = inputs_for(processor, [photos["chelsea"]], QUESTIONS[:1])
+    config = Config(vision_method="grid", ratio=0.25)
+    ctx = SelectionContext(requests=[CropRequest(config.budget(576))], grid=(24, 24), num_prefix=1,
+                           num_layers=4, feature_layer=2)
+    kept = methods.create(config).select(ctx)[0].indices
+    ids = inputs["input_ids"][0]
+    is_image = ids == model.config.image_token_id
+    keep = ~is_image
+    keep[torch.nonzero(is_image).flatten()[kept]] = True
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=inputs["pixel_values"])
+        features = getattr(features, "pooler_output", features)[0][kept]
+        base = model.get_input_embeddings()(ids[keep][None])
+        embeds = base.masked_scatter((ids[keep] == model.config.image_token_id)[None, :, None], features[None])
+        reference = model(inputs_embeds=embeds).logits
+    plugin(vision_method="grid", ratio=0.25)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape[1] == ids.shape[0]          # every caller position has logits
+    text_after = ids.shape[0] - int(torch.nonzero(is_image).max()) - 1
+    torch.testing.assert_close(logits[0, -text_after:], reference[0, -text_after:], rtol=1e-4, atol=1e-4)
+
+
+def test_right_padded_forward_equals_single_forwards(tiny_models, photos, plugin):
+    model, processor = tiny_models(LLAVA)
+    images = [photos["astronaut"], photos["coffee"]]
+    questions = [QUESTIONS[0], QUESTIONS[1] + " Answer briefly."]
+    plugin(ratio=0.4)
+    batch = inputs_for(processor, images, questions, padding_side="right")
+    with torch.no_grad():
+        batch_logits = model(**batch).logits
+    for i in range(2):
+        single = inputs_for(processor, [images[i]], [questions[i]], padding_side="right")
+        n = single["input_ids"].shape[1]
+        with torch.no_grad():
+            single_logits = model(**single).logits
+        torch.testing.assert_close(batch_logits[i, n - 8:n], single_logits[0, -8:], rtol=1e-4, atol=1e-4)
+
+
+def test_text_only_prompts_are_untouched(tiny_models, plugin):
+    model, processor = tiny_models(LLAVA)
+    processor.tokenizer.padding_side = "left"
+    inputs = processor.tokenizer(["Describe the picture in one sentence."], return_tensors="pt")
+    reference = generate(model, inputs)
+    plugin(ratio=0.5)
+    assert torch.equal(generate(model, inputs).sequences, reference.sequences)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ratio_one_is_identical_in_half_precision(dtype, photos, plugin):
+    from llava_freepruner import hf_tiny
+
+    model, processor = hf_tiny.build(LLAVA)
+    model = model.to(dtype)
+    inputs = inputs_for(processor, [photos["rocket"]], QUESTIONS[:1])
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    reference = generate(model, inputs)
+    plugin(ratio=1.0)
+    out = generate(model, inputs)
+    assert torch.equal(out.sequences, reference.sequences)
+    plugin(ratio=0.5)
+    assert torch.isfinite(generate(model, inputs).scores[0]).all()
+
+
+def test_sampling_and_beam_search_keep_the_prompt_prefix(tiny_models, photos, plugin):
+    model, processor = tiny_models(LLAVA)
+    inputs = inputs_for(processor, [photos["astronaut"]], QUESTIONS[:1])
+    length = inputs["input_ids"].shape[1]
+    text = length - 576
+    plugin(ratio=0.5)
+    torch.manual_seed(0)
+    sampled = generate(model, inputs, do_sample=True, top_k=5)
+    assert torch.equal(sampled.sequences[:, :length], inputs["input_ids"])
+    beams = generate(model, inputs, num_beams=3, max_new_tokens=3)
+    assert torch.equal(beams.sequences[:, :length], inputs["input_ids"])
+    assert max(layer_lengths(beams.past_key_values)) <= text + 288 + 2
+
+
+def test_llava_next_keeps_about_half_of_each_image_and_records_it(tiny_models, photos, plugin, tmp_path):
+    model, processor = tiny_models(NEXT)
+    stats = tmp_path / "stats.jsonl"
+    images = [photos["astronaut"], photos["coffee"], photos["rocket"]]
+    plugin(ratio=0.5, stats=str(stats))
+    inputs = inputs_for(processor, images, [QUESTIONS[0]] * 3)
+    out = generate(model, inputs, max_new_tokens=1)
+    import llava_freepruner
+
+    llava_freepruner.remove()                       # flushes the stats
+    records = [json.loads(line) for line in stats.read_text().splitlines()]
+    assert len(records) == 3
+    full = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    for record, tokens in zip(records, full):
+        assert record["tokens_in"] == tokens
+        assert 0.45 < record["tokens_out"] / record["tokens_in"] < 0.56
+        assert record["crops"][0] == {"tokens_in": 576, "tokens_out": 288, "pivotal": record["crops"][0]["pivotal"],
+                                      "complementary": 288 - record["crops"][0]["pivotal"]}
+        assert record["llm_prefill_ms"] > 0
+    width = inputs["input_ids"].shape[1] - min(r["tokens_in"] - r["tokens_out"] for r in records)
+    assert out.past_key_values.get_seq_length() == width
+
+
+def test_tokens_above_the_crop_are_refused_by_name(tiny_models, photos, plugin):
+    from llava_freepruner.config import ConfigError
+
+    model, processor = tiny_models(LLAVA)
+    plugin(tokens=600)
+    with pytest.raises(ConfigError, match="FREEPRUNER_TOKENS=600 exceeds the 576"):
+        generate(model, inputs_for(processor, [photos["coffee"]], QUESTIONS[:1]))
+
+
+ONEVISION = TinyHF(kind="llava_onevision", llm="qwen2")
+
+
+def test_onevision_keeps_half_of_what_the_llm_sees_resampled_maps_included(tiny_models, photos, plugin, tmp_path):
+    from llava_freepruner.hf_tiny import onevision_inputs
+
+    model, processor = tiny_models(ONEVISION)
+    # the coffee photo at 1600x1000 tiles into a map OneVision resamples (anyres_max_9)
+    images = [photos["astronaut"], photos["coffee"].resize((1600, 1000))]
+    questions = ["What is it?", "Describe it."]
+    inputs = onevision_inputs(model, processor, images, questions)
+    reference = generate(model, inputs)
+    plugin(ratio=1.0)
+    assert torch.equal(generate(model, inputs).sequences, reference.sequences)
+
+    stats = tmp_path / "stats.jsonl"
+    plugin(ratio=0.5, stats=str(stats))
+    batch = generate(model, inputs)
+    for i in range(2):
+        single = generate(model, onevision_inputs(model, processor, images[i:i + 1], questions[i:i + 1]))
+        assert torch.equal(batch.sequences[i, -5:], single.sequences[0, -5:])
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    records = [json.loads(line) for line in stats.read_text().splitlines()][:2]
+    full = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    for record, tokens in zip(records, full):
+        assert record["tokens_in"] == tokens
+        assert 0.48 < record["tokens_out"] / tokens < 0.53
+        assert record["crops"][0]["tokens_in"] == 729
+    # resampled: each tile counts only the patches behind a token the LLM sees
+    assert any(c["tokens_in"] < 729 for c in records[1]["crops"][1:])
+
+
+@pytest.mark.parametrize("method", ["visionzip", "divprune", "vispruner", "random", "grid", "cls_topk"])
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_every_vision_method_keeps_its_budget_with_batch_equal_to_single(method, spec, tiny_models, photos, plugin,
+                                                                           tmp_path):
+    model, processor = tiny_models(spec)
+    images = [photos["astronaut"], photos["coffee"]]
+    stats = tmp_path / "stats.jsonl"
+    plugin(vision_method=method, ratio=1.0)
+    reference_inputs = inputs_for(processor, images[:1], QUESTIONS[:1])
+    assert torch.equal(generate(model, reference_inputs).sequences,
+                       _unpatched(model, reference_inputs).sequences)
+    plugin(vision_method=method, ratio=0.5, stats=str(stats))
+    batch = generate(model, inputs_for(processor, images, QUESTIONS))
+    for i in range(2):
+        single = generate(model, inputs_for(processor, images[i:i + 1], QUESTIONS[i:i + 1]))
+        assert torch.equal(batch.sequences[i, -5:], single.sequences[0, -5:])
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    for record in [json.loads(line) for line in stats.read_text().splitlines()]:
+        crops = record.get("crops") or [record]
+        assert crops[0]["tokens_out"] == 288
+        assert 0.45 < record["tokens_out"] / record["tokens_in"] < 0.56
+
+
+def _unpatched(model, inputs):
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    return generate(model, inputs)
+
+
+def test_a_method_that_reads_the_instruction_is_refused_by_name(tiny_models, photos, plugin):
+    from llava_freepruner.config import ConfigError
+
+    model, processor = tiny_models(LLAVA)
+    plugin(vision_method="cdpruner", ratio=0.5)
+    with pytest.raises(ConfigError, match="FREEPRUNER_METHOD=cdpruner reads the prompt's instruction"):
+        generate(model, inputs_for(processor, [photos["coffee"]], QUESTIONS[:1]))

@@ -69,7 +69,8 @@ def load_llava(path):
     """(tokenizer, model in eval mode, image processor) through upstream's loader, on CPU."""
     from llava.model.builder import load_pretrained_model
 
-    tokenizer, model, processor, _ = load_pretrained_model(path, None, "tiny-llava", device="cpu")
+    # upstream picks the class by name ("mistral" in it: LlavaMistralForCausalLM), as its eval scripts do
+    tokenizer, model, processor, _ = load_pretrained_model(path, None, os.path.basename(path), device="cpu")
     return tokenizer, model.eval(), processor
 
 

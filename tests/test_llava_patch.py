@@ -105,6 +105,7 @@ def test_cls_patch_keeps_cls_in_front(checkpoints, photo_dir):
 
 def test_mistral_class_and_text_only_generation(checkpoints, photo_dir):
     tokenizer, model, processor = load(checkpoints(TinySpec(llm="mistral")))
+    assert type(model).__name__ == "LlavaMistralForCausalLM"
     images = pixels(processor, photo_dir, ("coffee",))
     llava_freepruner.apply(Config(ratio=0.5))
     assert encode(model, images).shape[1] == 288

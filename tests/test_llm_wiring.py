@@ -81,6 +81,19 @@ def test_fastv_keeps_fraction_after_its_layer(deep, photo_dir, tmp_path):
     assert alive[:2] == [576, 576] and alive[2:] == [144] * 30
 
 
+def test_fastv_on_upstream_mistral(checkpoints, photo_dir, tmp_path):
+    path = checkpoints(TinySpec(llm="mistral", llm_layers=4))
+    tokenizer, model, processor = load_llava(path)
+    assert type(model).__name__ == "LlavaMistralForCausalLM"
+    mistral = (path, tokenizer, model.float(), processor)
+    stats = tmp_path / "s.jsonl"
+    llava_freepruner.apply(Config(vision_method=None, llm_method="fastv", ratio=0.25, fastv_layer=1, stats=str(stats)))
+    pruned = generate(mistral, photo_dir)
+    llava_freepruner.remove()
+    assert [r["llm_visual_alive"] for r in read_jsonl(stats)] == [[576, 144, 144, 144]] * 2
+    assert pruned.shape[0] == 2
+
+
 def test_recipe_for_another_depth_or_bad_name_is_refused(deep, photo_dir):
     with pytest.raises(ConfigError, match="FITPRUNE_RECIPE='llava-v1.5-7b@65'.*llava-v1.5-7b@60"):
         llava_freepruner.apply(Config(vision_method=None, llm_method="fitprune", fitprune_recipe="llava-v1.5-7b@65"))

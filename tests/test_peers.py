@@ -291,7 +291,9 @@ def test_dart_reads_layer_one_keys_as_the_cache_holds_them():
     positions = torch.arange(9)[None].expand(2, -1)
     with torch.no_grad():
         out = model(inputs_embeds=embeds, position_ids=positions, use_cache=True, output_hidden_states=True)
-        key_l1, normed = layer_inputs(model, 2, out.hidden_states[1], out.hidden_states[2], positions, 9)
+        cos, sin = model.layers[1].self_attn.rotary_emb(embeds, seq_len=9)     # transformers 4.37's tables
+        key_l1, normed = layer_inputs(model, 2, out.hidden_states[1], out.hidden_states[2],
+                                      cos[positions], sin[positions])
     cached = out.past_key_values[1][0]                          # (batch, kv heads, seq, head_dim), after RoPE
     expected = 2 * cached.abs().sum(dim=-1).sum(dim=1)          # each kv head is repeated for 2 query heads
     torch.testing.assert_close(key_l1, expected)

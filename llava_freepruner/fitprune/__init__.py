@@ -3,8 +3,8 @@
 The fitting command lives in :mod:`llava_freepruner.fitprune.fit` (it loads llava).
 """
 
-from .flops import flops_reduction, layer_flops, reduction_from_counts
-from .recipes import Recipe, RecipeError, builtin_names, load_recipe, scale_deletions
+from ..budget import flops_reduction, layer_flops, reduction_from_counts, scale_deletions
+from .recipes import Recipe, RecipeError, builtin_names, load_recipe
 
 __all__ = ["Recipe", "RecipeError", "builtin_names", "load_recipe", "scale_deletions",
            "flops_reduction", "layer_flops", "reduction_from_counts"]

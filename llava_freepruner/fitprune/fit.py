@@ -14,10 +14,10 @@ import time
 
 import torch
 
+from ..budget import flops_reduction, scale_deletions
 from ..llm.policies import SELF_CROSS, PrunePolicy
 from ..llm.runtime import attach, begin_prefill, detach
-from .flops import flops_reduction
-from .recipes import Recipe, scale_deletions
+from .recipes import Recipe
 from .rules import FlopsBudget, fit_deletions, rounds_for, smallest_passing_alpha
 
 

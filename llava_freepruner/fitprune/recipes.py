@@ -138,24 +138,3 @@ def _read_recipe_file(path):
         return Recipe(str(name), record["num_visual_tokens"], record["deletions"], metadata)
     except RecipeError as err:
         raise RecipeError(f"recipe file {path}: {err}") from None
-
-
-def scale_deletions(recipe, num_visual_tokens):
-    """Deletions for a prompt with another visual-token count, and a note saying so.
-
-    Scales the cumulative schedule (tokens deleted up to each layer) and rounds it, so
-    the fraction of tokens alive after every layer follows the recipe. Returns
-    ``(deletions, note)``; ``note`` is None when no scaling was needed.
-    """
-    if num_visual_tokens == recipe.num_visual_tokens:
-        return list(recipe.deletions), None
-    factor = num_visual_tokens / recipe.num_visual_tokens
-    scaled, done, cumulative = [], 0, 0
-    for k in recipe.deletions:
-        cumulative += k
-        target = min(num_visual_tokens, int(cumulative * factor + 0.5))
-        scaled.append(target - done)
-        done = target
-    note = (f"FitPrune: recipe {recipe.name} was fitted for {recipe.num_visual_tokens} visual tokens; "
-            f"scaled to {num_visual_tokens} (x{factor:.4g})")
-    return scaled, note

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .flops import layer_flops
+from ..budget import layer_flops
 
 
 def self_cross_scores(attention, visual_rows, text_rows):

@@ -1,4 +1,4 @@
-"""Decoder-side visual-token pruning (FitPrune, FastV, DART) for LLaMA-family LLaVA models."""
+"""Decoder-side visual-token pruning (FitPrune, FastV, DART) on Llama, Mistral and Qwen2 decoders."""
 
 from .dart import DartPolicy
 from .policies import FastVPolicy, FitPrunePolicy, PrunePolicy

@@ -1,4 +1,5 @@
-"""Attention probabilities of a few query rows to a few key columns.
+"""Attention probabilities of a few query rows to a few key columns, and the
+rotary position embedding the pruning layers apply to their queries and keys.
 
 Used at pruning layers only, so every other layer keeps its fused attention kernel.
 Softmax runs over all allowed keys (the probabilities are the model's), in fp32,
@@ -40,3 +41,14 @@ def attention_to_columns(query, key, rows, allowed, columns, reduce_heads):
     if reduce_heads == "mean":
         result = result / heads
     return result
+
+
+def rotate(x, cos, sin):
+    """Rotary position embedding of queries or keys ``x`` (batch, heads, seq, head_dim)
+    with ``cos``/``sin`` tables (batch or 1, seq, head_dim) for their positions."""
+    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

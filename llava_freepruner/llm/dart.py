@@ -36,8 +36,8 @@ from typing import List
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
+from .attention import rotate
 from .policies import PrunePolicy
 
 DART_INPUTS = "dart_inputs"
@@ -45,18 +45,17 @@ PIVOTS_PER_KIND = 4
 DART_LAYER = 2
 
 
-def layer_inputs(decoder, layer_idx, previous_input, hidden_states, position_ids, rope_len):
+def layer_inputs(decoder, layer_idx, previous_input, hidden_states, cos, sin):
     """What DART reads before layer ``layer_idx``: the L1 norm of layer
     ``layer_idx - 1``'s rotated keys per token (batch, seq) and the final norm of
-    that layer's output (batch, seq, hidden), recomputed from the layer's input."""
+    that layer's output (batch, seq, hidden), recomputed from the layer's input.
+    ``cos``/``sin``: rotary tables (batch or 1, seq, head_dim) of these positions."""
     layer = decoder.layers[layer_idx - 1]
     attn = layer.self_attn
     batch, seq, _ = previous_input.shape
     x = layer.input_layernorm(previous_input)
-    key = attn.k_proj(x).view(batch, seq, attn.num_key_value_heads, attn.head_dim).transpose(1, 2)
-    cos, sin = attn.rotary_emb(key, seq_len=max(seq, rope_len))
-    _, key = apply_rotary_pos_emb(key, key, cos, sin, position_ids)
-    key = repeat_kv(key, attn.num_key_value_groups)                  # (batch, heads, seq, head_dim)
+    key = rotate(attn.k_proj(x).view(batch, seq, -1, attn.head_dim).transpose(1, 2), cos, sin)
+    key = key.repeat_interleave(attn.num_key_value_groups, dim=1)    # (batch, heads, seq, head_dim)
     key_l1 = key.float().abs().sum(dim=-1).sum(dim=1)                # L1 over heads x head_dim
     return key_l1, decoder.norm(hidden_states)
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ..fitprune.recipes import scale_deletions
+from ..budget import scale_deletions
 
 SELF_CROSS = "self_cross"
 LAST_QUERY = "last_query"

@@ -1,7 +1,9 @@
-"""Decoder-side visual-token pruning for LLaMA-family LLaVA models.
+"""Decoder-side visual-token pruning for Llama, Mistral and Qwen2 decoders.
 
-``attach(model, policy)`` wraps the decoder's forward, each decoder layer's forward
-and each rotary embedding of a model instance; ``detach(model)`` undoes it.
+``attach(model, policy)`` wraps the decoder's forward and each decoder layer's forward
+of a model instance (on transformers 4.37 also each attention's rotary embedding);
+``detach(model)`` undoes it. What differs between transformers versions lives in
+:mod:`.decoders`.
 ``begin_prefill(model, spans)`` arms the next forward with query length > 1:
 
 - layers before the first deletion run untouched (the model's own attention and mask);
@@ -10,7 +12,9 @@ and each rotary embedding of a model instance; ``detach(model)`` undoes it.
   attention (their keys and values stay in this layer's cache) and skip its output
   projection, its MLP and every later layer;
 - later layers run their own attention on the shorter sequence with the survivors'
-  original position ids and a mask built from the survivors' original positions;
+  original position ids (and rotary tables) and a mask built from the survivors'
+  original positions; each layer's KV cache holds the tokens that entered it, so
+  per-layer cache lengths differ (layer 0 holds the whole prompt);
 - after the last layer the sequence is scattered back to its full length (a deleted
   token keeps the hidden state it had when it was dropped), so logits keep the shape
   of an unpruned forward;
@@ -28,11 +32,10 @@ from typing import List
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import LlamaAttention, apply_rotary_pos_emb, repeat_kv
 
-from ..fitprune.flops import reduction_from_counts
-from . import dart
-from .attention import attention_to_columns
+from ..budget import reduction_from_counts
+from . import dart, decoders
+from .attention import attention_to_columns, rotate
 from .policies import LAST_QUERY, SELF_CROSS
 
 _ATTR = "_freepruner_llm_runtime"
@@ -53,7 +56,7 @@ class PrefillRecord:
 
 def attach(model, policy):
     """Install the pruning runtime on ``model`` (replacing any previous policy)."""
-    decoder = _decoder(model)
+    decoder = decoders.find_decoder(model)
     runtime = getattr(model, _ATTR, None)
     policy.check_model(len(decoder.layers))
     if runtime is None:
@@ -93,51 +96,34 @@ def last_record(model):
     return None if runtime is None else runtime.record
 
 
-def _decoder(model):
-    decoder = model.get_model() if hasattr(model, "get_model") else getattr(model, "model", model)
-    layers = getattr(decoder, "layers", None)
-    if layers is None or len(layers) == 0:
-        raise TypeError(f"{type(model).__name__}: no decoder layers found (expected a LLaMA-family LLaVA model)")
-    for layer in layers:
-        attn = getattr(layer, "self_attn", None)
-        if not isinstance(attn, LlamaAttention):
-            raise TypeError(f"decoder-side pruning supports LLaMA-family attention (sdpa or eager), "
-                            f"got {type(attn).__name__}")
-        if type(attn).__name__ == "LlamaFlashAttention2":
-            raise TypeError("decoder-side pruning supports attn_implementation 'sdpa' or 'eager', "
-                            "not 'flash_attention_2'")
-    return decoder
-
-
-def _cache_length(past):
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return past.get_seq_length(0)
-    return past[0][0].shape[2] if len(past) else 0
-
-
 class _Runtime:
     def __init__(self, model, decoder, policy):
         self.model, self.decoder, self.policy = model, decoder, policy
+        self.convention = decoders.calling_convention()
+        self.window = decoders.sliding_window(decoder.config)
         self.pending = None
         self.state = None
         self.record = None
         self._decoder_signature = inspect.signature(decoder.forward)
+        self._var_keyword = next((p.name for p in self._decoder_signature.parameters.values()
+                                  if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         self._restore = []
         self._wrap(decoder, self._decoder_forward)
         for idx, layer in enumerate(decoder.layers):
             self._wrap(layer, functools.partial(self._layer_forward, idx, layer))
-            handle = layer.self_attn.rotary_emb.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
+        for rotary in self.convention.rotary_modules(decoder):
+            handle = rotary.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
             self._restore.append(handle.remove)
 
     def _wrap(self, module, wrapper):
         had_own = "forward" in module.__dict__
         previous = module.__dict__.get("forward")
         original = module.forward
-        module.forward = functools.partial(wrapper, original)
+        installed = module.forward = functools.partial(wrapper, original)
 
         def restore():
+            if module.__dict__.get("forward") is not installed:
+                return  # wrapped again on top (a backend): that wrapper calls ours, which now passes through
             if had_own:
                 module.forward = previous
             else:
@@ -149,16 +135,30 @@ class _Runtime:
             restore()
         self._restore = []
         self.state = None
+        self.pending = None
 
     # -- decoder forward: decides prefill / decode / untouched --------------------------
 
+    def _arguments(self, args, kwargs):
+        bound = dict(self._decoder_signature.bind(*args, **kwargs).arguments)
+        bound.update(bound.pop(self._var_keyword, None) or {})
+        return bound
+
+    def _check_window(self, length):
+        if self.window is not None and length > self.window:
+            raise ValueError(f"decoder-side pruning cannot follow a sliding attention window: "
+                             f"{type(self.decoder).__name__} attends within sliding_window={self.window} tokens and "
+                             f"this sequence reaches {length}; supported: sequences up to the window, "
+                             f"or models with sliding_window None")
+
     def _decoder_forward(self, original, *args, **kwargs):
-        bound = self._decoder_signature.bind(*args, **kwargs).arguments
+        bound = self._arguments(args, kwargs)
         source = bound.get("inputs_embeds")
         if source is None:
             source = bound.get("input_ids")
         batch, q_len = source.shape[:2]
-        past_len = _cache_length(bound.get("past_key_values"))
+        cache = decoders.cache_argument(bound)
+        past_len = decoders.cache_length(cache)
         mask2d = bound.get("attention_mask")
         spans, self.pending = self.pending, None
         state = self.state
@@ -168,10 +168,14 @@ class _Runtime:
             if past_len:
                 raise RuntimeError("decoder-side pruning needs an empty KV cache at prefill; "
                                    f"the cache already holds {past_len} tokens")
+            decoders.check_cache(cache)
             state = _Prefill.start(self, spans, batch, q_len, mask2d, source)
             if state is None:
                 self.record = _text_only_record(batch, len(self.decoder.layers), q_len)
+            else:
+                self._check_window(q_len)
         elif state is not None and state.finished and past_len >= state.length:
+            self._check_window(past_len + q_len)
             state.begin_decode(past_len, q_len, mask2d)
         else:
             state = None
@@ -202,9 +206,11 @@ class _Runtime:
             outputs = original(hidden_states, **kwargs)
             state.keep_layer()
         else:
-            outputs = _pruning_layer_forward(layer, layer_idx, state, self.policy, statistic, hidden_states, kwargs)
+            outputs = _pruning_layer_forward(self.convention, layer, layer_idx, state, self.policy, statistic,
+                                             hidden_states, kwargs)
         if layer_idx == len(self.decoder.layers) - 1 and state.pruned:
-            outputs = (state.restore_full_length(outputs[0]),) + tuple(outputs[1:])
+            full = state.restore_full_length(decoders.hidden_states_of(outputs))
+            outputs = decoders.with_hidden_states(outputs, full)
         return outputs
 
     def _rotary_pre_hook(self, module, args, kwargs):
@@ -231,6 +237,10 @@ class _Prefill:
                 if not 0 <= start < end <= length:
                     raise ValueError(f"sample {b}: visual span [{start}, {end}) lies outside the "
                                      f"spliced sequence of length {length}")
+        if mask2d is not None and (not isinstance(mask2d, torch.Tensor) or mask2d.shape != (batch, length)):
+            shape = tuple(mask2d.shape) if isinstance(mask2d, torch.Tensor) else type(mask2d).__name__
+            raise ValueError(f"decoder-side pruning needs the prefill's attention_mask as a 2-D (batch, length) = "
+                             f"{(batch, length)} tensor or None; got {shape}")
         if not any(spans):
             return None
         return cls(runtime, spans, batch, length, mask2d, source.device)
@@ -259,7 +269,7 @@ class _Prefill:
         self.pruned = False
         self.finished = False
         self.rope_len = length
-        self._position_ids = None
+        self._positions = None
         self._prefill_mask = None
 
     # -- prefill ---------------------------------------------------------------------------
@@ -271,10 +281,12 @@ class _Prefill:
         if self.slots is None:
             return kwargs
         kwargs = dict(kwargs)
-        if self._position_ids is None:
-            positions = kwargs["position_ids"].expand(self.batch, -1)
-            self._position_ids = positions.gather(1, self.slots.clamp(min=0))
-        kwargs["position_ids"] = self._position_ids
+        if self._positions is None:
+            index = self.slots.clamp(min=0)
+            self._positions = self.runtime.convention.gather_positions(kwargs, index)
+            if kwargs.get("position_ids") is not None:
+                self._positions["position_ids"] = kwargs["position_ids"].expand(self.batch, -1).gather(1, index)
+        kwargs.update(self._positions)
         if kwargs.get("attention_mask") is not None or self.has_fillers:
             if self._prefill_mask is None:
                 self._prefill_mask = self.additive_mask(self.slots, self.slots, diagonal=True, dtype=dtype)
@@ -331,7 +343,7 @@ class _Prefill:
         self.visual_out.append(list(self.counts))
         self.slots = new_slots
         self.pruned = True
-        self._position_ids = None
+        self._positions = None
         self._prefill_mask = None
         return order, new_slots
 
@@ -347,8 +359,8 @@ class _Prefill:
         self.parked = None
         self.layer_input = self.previous_input = None
         self._prefill_mask = None
-        self._position_ids = None
-        config = self.runtime.model.config
+        self._positions = None
+        config = self.runtime.decoder.config
         visual_in = [list(per_sample) for per_sample in zip(*self.visual_in)] or [[] for _ in range(self.batch)]
         visual_out = [list(per_sample) for per_sample in zip(*self.visual_out)] or [[] for _ in range(self.batch)]
         reductions = [reduction_from_counts(i, o, config.hidden_size, config.intermediate_size)
@@ -372,7 +384,8 @@ class _Prefill:
             return kwargs
         past_len, q_len, mask2d = self._decode
         fillers = bool((slots < 0).any())
-        if kwargs.get("attention_mask") is None and not fillers:
+        # without a mask, SDPA would align a multi-token query causally to the first keys
+        if kwargs.get("attention_mask") is None and not fillers and q_len == 1:
             return kwargs
         key = id(slots)
         if key not in self._decode_masks:
@@ -422,12 +435,12 @@ def _layer_statistics(state, statistic, query, key, slots):
     return stats, visual_positions
 
 
-def _dart_statistics(state, layer_idx, hidden_states, position_ids, slots):
+def _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots):
     """Per sample, what DART reads from the previous layer, and the visual positions."""
     if state.previous_input is None or state.previous_input.shape != hidden_states.shape:
         raise RuntimeError(f"DART at layer {layer_idx} needs the unpruned input of layer {layer_idx - 1}")
     key_l1, normed = dart.layer_inputs(state.runtime.decoder, layer_idx, state.previous_input, hidden_states,
-                                       position_ids, state.rope_len)
+                                       cos, sin)
     kinds = state.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
     stats, visual_positions = [], []
     for b in range(state.batch):
@@ -443,26 +456,28 @@ def _dart_statistics(state, layer_idx, hidden_states, position_ids, slots):
     return stats, visual_positions
 
 
-def _pruning_layer_forward(layer, layer_idx, state, policy, statistic, hidden_states, kwargs):
+def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statistic, hidden_states, kwargs):
     """One decoder layer that computes the policy's statistic and deletes tokens."""
     attn = layer.self_attn
     batch, seq, _ = hidden_states.shape
-    cache = kwargs.get("past_key_value")
+    cache = decoders.cache_argument(kwargs)
     residual = hidden_states
     x = layer.input_layernorm(hidden_states)
-    query = attn.q_proj(x).view(batch, seq, attn.num_heads, attn.head_dim).transpose(1, 2)
-    key = attn.k_proj(x).view(batch, seq, attn.num_key_value_heads, attn.head_dim).transpose(1, 2)
-    value = attn.v_proj(x).view(batch, seq, attn.num_key_value_heads, attn.head_dim).transpose(1, 2)
-    cos, sin = attn.rotary_emb(value, seq_len=max(seq, state.rope_len))
-    query, key = apply_rotary_pos_emb(query, key, cos, sin, kwargs["position_ids"])
+    shape = (batch, seq, -1, attn.head_dim)
+    query = attn.q_proj(x).view(shape).transpose(1, 2)
+    key = attn.k_proj(x).view(shape).transpose(1, 2)
+    value = attn.v_proj(x).view(shape).transpose(1, 2)
+    cos, sin = convention.cos_sin(attn, kwargs, value, max(seq, state.rope_len))
+    query, key = rotate(query, cos, sin), rotate(key, cos, sin)
     if cache is not None:
-        key, value = cache.update(key, value, attn.layer_idx, {"sin": sin, "cos": cos})
-    key = repeat_kv(key, attn.num_key_value_groups)
-    value = repeat_kv(value, attn.num_key_value_groups)
+        key, value = cache.update(key, value, attn.layer_idx)
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
 
     slots = state.current_slots()
     if statistic == dart.DART_INPUTS:
-        stats, visual_positions = _dart_statistics(state, layer_idx, hidden_states, kwargs["position_ids"], slots)
+        stats, visual_positions = _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots)
     else:
         stats, visual_positions = _layer_statistics(state, statistic, query, key, slots)
     alive = [p.shape[0] for p in visual_positions]
@@ -474,18 +489,12 @@ def _pruning_layer_forward(layer, layer_idx, state, policy, statistic, hidden_st
 
     # survivors only: attention output, output projection, residual, MLP
     width = kept_positions.shape[1]
-    query = query.gather(2, kept_positions[:, None, :, None].expand(-1, attn.num_heads, -1, attn.head_dim))
+    query = query.gather(2, kept_positions[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
     mask = state.additive_mask(kept_slots, slots, diagonal=False, dtype=query.dtype)
     # filler rows reuse a dropped token's query; let them see their own key so no row is empty
     mask[:, 0].scatter_(2, kept_positions[:, :, None], 0.0)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(batch, width, attn.num_heads * attn.head_dim)
+    out = out.transpose(1, 2).reshape(batch, width, -1)
     hidden = residual.gather(1, kept_positions[:, :, None].expand(-1, -1, residual.shape[-1])) + attn.o_proj(out)
     hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
-    outputs = (hidden,)
-    if kwargs.get("output_attentions"):
-        outputs += (None,)
-    if kwargs.get("use_cache"):
-        outputs += (cache,)
-    return outputs
+    return convention.layer_output(hidden, cache, kwargs)

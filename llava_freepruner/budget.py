@@ -1,4 +1,8 @@
-"""FLOPs spent on visual tokens inside the language model.
+"""Visual-token budgets in the language model: per-layer deletion schedules,
+how a schedule scales to another token count, and the FLOPs it spends.
+
+Shared by the decoder-side runtime (``llm``) and FitPrune (``fitprune``), which
+both depend on this module and never on each other's internals.
 
 Per decoder layer, with ``n_in`` visual tokens entering the layer and ``n_out``
 leaving it (tokens deleted at a layer still take part in its attention):
@@ -40,3 +44,27 @@ def flops_reduction(num_visual_tokens, deletions, hidden_size, intermediate_size
     """Fraction of the unpruned visual-token FLOPs that a deletion schedule removes."""
     entering, leaving = visual_counts(num_visual_tokens, deletions)
     return reduction_from_counts(entering, leaving, hidden_size, intermediate_size)
+
+
+def scale_deletions(recipe, num_visual_tokens):
+    """Deletions for a prompt with another visual-token count, and a note saying so.
+
+    ``recipe`` needs ``name``, ``num_visual_tokens`` and ``deletions`` (a FitPrune
+    :class:`~llava_freepruner.fitprune.recipes.Recipe`).
+
+    Scales the cumulative schedule (tokens deleted up to each layer) and rounds it, so
+    the fraction of tokens alive after every layer follows the recipe. Returns
+    ``(deletions, note)``; ``note`` is None when no scaling was needed.
+    """
+    if num_visual_tokens == recipe.num_visual_tokens:
+        return list(recipe.deletions), None
+    factor = num_visual_tokens / recipe.num_visual_tokens
+    scaled, done, cumulative = [], 0, 0
+    for k in recipe.deletions:
+        cumulative += k
+        target = min(num_visual_tokens, int(cumulative * factor + 0.5))
+        scaled.append(target - done)
+        done = target
+    note = (f"FitPrune: recipe {recipe.name} was fitted for {recipe.num_visual_tokens} visual tokens; "
+            f"scaled to {num_visual_tokens} (x{factor:.4g})")
+    return scaled, note

@@ -52,7 +52,7 @@ _ATTR = "_freepruner_compression"
 
 _session: Optional[Session] = None
 _ORIGINALS = {}                         # (class, attribute) -> original
-_decoders = weakref.WeakSet()           # language models whose forward is wrapped
+_hooked = weakref.WeakKeyDictionary()   # language model -> its _ShorteningHooks
 
 
 def check_version(version: str) -> None:
@@ -94,9 +94,9 @@ def uninstall() -> None:
     for (cls, name), original in _ORIGINALS.items():
         setattr(cls, name, original)
     _ORIGINALS.clear()
-    for decoder in list(_decoders):
-        decoder.__dict__.pop("forward", None)
-    _decoders.clear()
+    for hooks in list(_hooked.values()):
+        hooks.remove()
+    _hooked.clear()
     _session = None
 
 
@@ -235,10 +235,11 @@ def _wrap_image_features(original):
             # The LLM sees an image's tokens in order, whichever placeholders carry them:
             # they go to the first ones, the rest leave the sequence in the decoder.
             packed.append(sequence if kept == n else torch.cat([sequence, feats[kept:]]))
-            pending.append((n, torch.arange(kept)))
-            session.record(_image_record(image, selections, requests, n, kept, grid,
-                                         seconds * image.num_crops / len(requests),
-                                         select_seconds * image.num_crops / len(requests)))
+            record = _image_record(image, selections, requests, n, kept, grid,
+                                   seconds * image.num_crops / len(requests),
+                                   select_seconds * image.num_crops / len(requests))
+            pending.append((n, torch.arange(kept), record))
+            session.record(record)
         session.pending_images = pending
         if selections is None:
             return output
@@ -318,12 +319,15 @@ def _wrap_placeholder_mask(original):
 
 
 def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
-    """Arm the decoder to drop the placeholders of ``pending``'s tokens that were not kept."""
+    """Arm the decoder to drop the placeholders of ``pending``'s tokens that were not kept.
+    ``pending``: per image or video, (tokens made, positions kept, its stats record)."""
     keep = torch.zeros_like(placeholders)
     flat = torch.nonzero(placeholders.flatten()).flatten()
     offset = 0
-    for n, kept in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
+    for n, kept, record in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
         keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
+        # the stats record learns its batch row (the first, when generate() repeats rows)
+        record.setdefault("sample", int(flat[offset]) // placeholders.shape[1])
         offset += n
     _shortening_decoder(model.language_model).arm(placeholders & ~keep, placeholders)
 
@@ -332,7 +336,7 @@ def _per_placeholder_run(pending, per_row: List[int]) -> list:
     """The selected images in the order their placeholders appear. ``generate()``
     repeats each sample's rows (and images) for beam search or several return
     sequences after the features were made: the selections are repeated with them."""
-    total = sum(n for n, _ in pending)
+    total = sum(entry[0] for entry in pending)
     if sum(per_row) == total:
         return pending
     repeat = sum(per_row) // total if total else 0
@@ -352,27 +356,39 @@ def _per_placeholder_run(pending, per_row: List[int]) -> list:
 # -- the decoder ----------------------------------------------------------------------------
 
 
-def _shortening_decoder(decoder) -> "_ShorteningDecoder":
-    wrapper = decoder.__dict__.get("forward")
-    if not isinstance(wrapper, _ShorteningDecoder):
-        wrapper = _ShorteningDecoder(decoder)
-        decoder.forward = wrapper
-        _decoders.add(decoder)
-    return wrapper
+def _shortening_decoder(decoder) -> "_ShorteningHooks":
+    hooks = _hooked.get(decoder)
+    if hooks is None:
+        hooks = _hooked[decoder] = _ShorteningHooks(decoder)
+    session = _session
+    if session is not None and session.llm is not None:
+        # The LLM runtime takes the decoder's forward; these hooks run around it.
+        llm_runtime.attach(decoder, session.llm)
+        session.llm_models.add(decoder)
+    return hooks
 
 
-class _ShorteningDecoder:
-    """The forward of one language model: drops the armed positions at prefill,
-    translates decode steps on a cache that holds a shortened prompt, times prefills."""
+class _ShorteningHooks:
+    """Hooks around one language model's forward: drop the armed positions at
+    prefill, translate decode steps on a cache that holds a shortened prompt,
+    time prefills. Hooks, not a replaced ``forward``: the decoder-side runtime
+    (FitPrune, FastV, DART) owns that."""
 
     def __init__(self, decoder):
         self.decoder = decoder
-        self.original = decoder.forward
-        self.signature = inspect.signature(self.original)
+        # the class's: the instance's forward may be the LLM runtime's wrapper
+        self.signature = inspect.signature(type(decoder).forward)
         self.var_keyword = next((p.name for p in self.signature.parameters.values()
                                  if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         self.cache_key = "cache" if "cache" in self.signature.parameters else "past_key_values"
         self.armed = None        # (drop, visual) for the next prefill: (batch, length) bool each
+        self.running = None      # (compression or None, start time or None) of the forward in flight
+        self.handles = [decoder.register_forward_pre_hook(self.before, with_kwargs=True),
+                        decoder.register_forward_hook(self.after, with_kwargs=True)]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
     def arm(self, drop: torch.Tensor, visual: torch.Tensor) -> None:
         """The next prefill drops ``drop`` and holds visual tokens at ``visual``; images
@@ -381,37 +397,51 @@ class _ShorteningDecoder:
             drop, visual = drop | self.armed[0], visual | self.armed[1]
         self.armed = (drop, visual)
 
-    def __call__(self, *args, **kwargs):
-        call = dict(self.signature.bind(*args, **kwargs).arguments)
+    def before(self, module, args, kwargs):
+        call = dict(self.signature.bind(module, *args, **kwargs).arguments)
+        call.pop(next(iter(self.signature.parameters)))      # self
         call.update(call.pop(self.var_keyword, {}) if self.var_keyword else {})
         armed, self.armed = self.armed, None
         cache = call.get(self.cache_key)
+        compression = None
         if armed is not None:
-            return self._prefill(call, *armed)
-        compression = getattr(cache, _ATTR, None)
-        if compression is not None and cache.get_seq_length() > 0:
-            self._translate_decode(call, compression, cache)
-        return self._timed(call, prefill=compression is None)
-
-    def _timed(self, call, prefill: bool):
+            compression = self._prefill(call, *armed)
+        elif getattr(cache, _ATTR, None) is not None and cache.get_seq_length() > 0:
+            self._translate_decode(call, getattr(cache, _ATTR), cache)
         session = _session
         embeds = call.get("inputs_embeds")
-        if session is None or not prefill or embeds is None or embeds.shape[1] == 1 or not session.pending:
-            return self.original(**call)
-        sync(embeds)
-        start = time.perf_counter()
-        out = self.original(**call)
-        sync(out[0])
-        record = llm_runtime.last_record(self.decoder) if session.llm is not None else None
-        for note in record.notes if record is not None else ():
-            session.say_once(f"freePruner: {note}")
-        session.flush(1000 * (time.perf_counter() - start), record)
+        timed = (session is not None and session.pending and embeds is not None and embeds.shape[1] > 1
+                 and (armed is not None or getattr(cache, _ATTR, None) is None))
+        if timed:
+            sync(embeds)
+        self.running = (compression, time.perf_counter() if timed else None)
+        return (), call
+
+    def after(self, module, args, kwargs, out):
+        (compression, start), self.running = self.running, None
+        session = _session
+        if start is not None and session is not None:
+            sync(out[0])
+            record = llm_runtime.last_record(self.decoder) if session.llm is not None else None
+            for note in record.notes if record is not None else ():
+                session.say_once(f"freePruner: {note}")
+            session.flush(1000 * (time.perf_counter() - start), record)
+        if compression is None:
+            return out
+        out.last_hidden_state = compression.expand(out.last_hidden_state)
+        returned = getattr(out, self.cache_key, None)
+        if returned is None:
+            returned = getattr(out, "past_key_values", None)
+        for holder in (kwargs.get(self.cache_key), returned):
+            if holder is not None:
+                setattr(holder, _ATTR, compression)
         return out
 
-    def _prefill(self, call, drop, visual):
+    def _prefill(self, call, drop, visual) -> Optional[Compression]:
+        """Shorten ``call`` in place; the compression, or None when nothing is dropped."""
         if not bool(drop.any()):
             self._begin_llm_pruning(visual)
-            return self._timed(call, prefill=True)
+            return None
         embeds = call["inputs_embeds"]
         if embeds.shape[1] != drop.shape[1]:
             raise RuntimeError(f"the decoder got {embeds.shape[1]} positions, the merge marked {drop.shape[1]}")
@@ -431,25 +461,12 @@ class _ShorteningDecoder:
         if call.get("cache_position") is not None:
             call["cache_position"] = call["cache_position"][:compression.width]
         self._begin_llm_pruning(compression.gather(visual))
-        out = self._timed(call, prefill=True)
-        out.last_hidden_state = compression.expand(out.last_hidden_state)
-        returned = getattr(out, self.cache_key, None)
-        if returned is None:
-            returned = getattr(out, "past_key_values", None)
-        for holder in (cache, returned):
-            if holder is not None:
-                setattr(holder, _ATTR, compression)
-        return out
+        return compression
 
     def _begin_llm_pruning(self, visual: torch.Tensor) -> None:
-        """Hand the decoder-side policy (FitPrune, FastV) the visual spans the decoder will see."""
-        session = _session
-        if session is None or session.llm is None:
-            return
-        if not llm_runtime.is_attached(self.decoder):
-            llm_runtime.attach(self.decoder, session.llm)
-            session.llm_models.add(self.decoder)
-        llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.cpu()])
+        """Hand the decoder-side policy (FitPrune, FastV, DART) the visual spans the decoder will see."""
+        if _session is not None and _session.llm is not None:
+            llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.cpu()])
 
     @staticmethod
     def _translate_decode(call, compression: Compression, cache) -> None:

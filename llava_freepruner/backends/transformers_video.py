@@ -143,7 +143,7 @@ def wrap_video_features(original):
                 record = video.video_record(layout, mine, None if redundant is None else redundant[v],
                                             config.video_mode, config.tau)
             record.update(vision_ms=round(share, 3), select_ms=round(1000 * select_seconds / videos, 3))
-            pending.append((layout.tokens, keep))
+            pending.append((layout.tokens, keep, record))
             session.record(record)
         session.pending_videos = pending
         return output

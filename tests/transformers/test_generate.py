@@ -281,3 +281,26 @@ def test_a_method_that_reads_the_instruction_is_refused_by_name(tiny_models, pho
     plugin(vision_method="cdpruner", ratio=0.5)
     with pytest.raises(ConfigError, match="FREEPRUNER_METHOD=cdpruner reads the prompt's instruction"):
         generate(model, inputs_for(processor, [photos["coffee"]], QUESTIONS[:1]))
+
+
+@pytest.mark.parametrize("llm_method", ["fastv", "dart"])
+@pytest.mark.parametrize("spec", [LLAVA, TinyHF(kind="llava_next", llm="mistral")], ids=["llava", "next-mistral"])
+def test_llm_side_methods_prune_from_the_first_call_after_the_vision_side(llm_method, spec, tiny_models, photos,
+                                                                            plugin, tmp_path):
+    model, processor = tiny_models(spec)
+    stats = tmp_path / "stats.jsonl"
+    plugin(vision_method="freepruner", llm_method=llm_method, ratio=0.5, stats=str(stats))
+    images = [photos["astronaut"], photos["coffee"]]
+    batch = generate(model, inputs_for(processor, images, QUESTIONS))
+    for i in range(2):
+        single = generate(model, inputs_for(processor, images[i:i + 1], QUESTIONS[i:i + 1]))
+        assert torch.equal(batch.sequences[i, -5:], single.sequences[0, -5:])
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    records = [json.loads(line) for line in stats.read_text().splitlines()]
+    first = records[0]
+    alive = first["llm_visual_alive"]
+    # the vision side keeps ~half, the LLM side keeps half of that from layer 2 on
+    assert alive[0] == first["tokens_out"]
+    assert alive[-1] == round(0.5 * first["tokens_out"]) or abs(alive[-1] - 0.5 * first["tokens_out"]) <= 1

@@ -87,11 +87,11 @@ print(hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest
 ' "$repo_root" "$host $transformers_spec")"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]] || ! has_module llava_freepruner; then
     if [[ "$host" == "upstream" ]]; then
-        echo "install.sh: installing llava-freepruner (editable, with its upstream, test, eval, viz and deepspeed extras)"
-        DS_BUILD_OPS=0 "${pip[@]}" -e "$repo_root[upstream,test,eval,viz,deepspeed]"
+        echo "install.sh: installing llava-freepruner (editable, with its upstream, test, eval, viz, deepspeed and quant extras)"
+        DS_BUILD_OPS=0 "${pip[@]}" -e "$repo_root[upstream,test,eval,viz,deepspeed,quant]"
     else
-        echo "install.sh: installing llava-freepruner (editable, with its transformers, test and viz extras) and $transformers_spec"
-        "${pip[@]}" -e "$repo_root[transformers,test,viz]" "$transformers_spec" gguf
+        echo "install.sh: installing llava-freepruner (editable, with its transformers, test, viz, quant and torchao extras) and $transformers_spec"
+        "${pip[@]}" -e "$repo_root[transformers,test,viz,quant,torchao]" "$transformers_spec" gguf
     fi
     echo "$fingerprint" >"$stamp"
 fi

@@ -20,6 +20,7 @@ VISION_METHODS = ("freepruner", "random", "grid", "cls_topk")
 LLM_METHODS = ("fitprune", "fastv")
 DIRECTIONS = ("from_pivots", "to_pivots", "both")
 DEVICES = ("cuda", "cpu")
+QUANTIZATIONS = ("4bit", "8bit")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -46,6 +47,7 @@ class Config:
     fitprune_recipe: Optional[str] = None
     stats: Optional[str] = None
     device: str = "cuda"
+    quant: Optional[str] = None     # upstream loader: bitsandbytes "4bit" (NF4) or "8bit"
     enabled: bool = True
 
     def __post_init__(self):
@@ -114,6 +116,9 @@ def _validate(c: Config) -> None:
         _fail("FREEPRUNER_FASTV_LAYER", c.fastv_layer, "an LLM layer index >= 0")
     if c.device not in DEVICES:
         _fail("FREEPRUNER_DEVICE", c.device, "one of " + ", ".join(DEVICES))
+    if c.quant is not None and c.quant not in QUANTIZATIONS:
+        _fail("FREEPRUNER_QUANT", c.quant, "one of " + ", ".join(QUANTIZATIONS) + " or none (bitsandbytes weights "
+              "for upstream llava's load_pretrained_model)")
     if c.llm_method == "fastv" and c.ratio is None:
         raise ConfigError(
             "FREEPRUNER_METHOD includes fastv but FREEPRUNER_RATIO is not set: FastV keeps that "
@@ -208,6 +213,7 @@ _VARIABLES: dict = {
     "FREEPRUNER_FASTV_LAYER": ("fastv_layer", lambda v, r: _parse_int(v, r, "a layer index >= 0")),
     "FREEPRUNER_STATS": ("stats", lambda v, r: r),
     "FREEPRUNER_DEVICE": ("device", lambda v, r: r.strip().lower()),
+    "FREEPRUNER_QUANT": ("quant", lambda v, r: None if r.strip().lower() in ("none", "") else r.strip().lower()),
     "FREEPRUNER_DISABLE": ("enabled", lambda v, r: not parse_bool(v, r)),
     "FITPRUNE_RECIPE": ("fitprune_recipe", lambda v, r: r.strip()),
 }

@@ -87,11 +87,11 @@ print(hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest
 ' "$repo_root" "$host $transformers_spec")"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$fingerprint" ]] || ! has_module llava_freepruner; then
     if [[ "$host" == "upstream" ]]; then
-        echo "install.sh: installing llava-freepruner (editable, with its upstream, test, eval, viz, video and deepspeed extras)"
-        DS_BUILD_OPS=0 "${pip[@]}" -e "$repo_root[upstream,test,eval,viz,video,deepspeed]"
+        echo "install.sh: installing llava-freepruner (editable, with its upstream, test, eval, viz, video, deepspeed and quant extras)"
+        DS_BUILD_OPS=0 "${pip[@]}" -e "$repo_root[upstream,test,eval,viz,video,deepspeed,quant]"
     else
-        echo "install.sh: installing llava-freepruner (editable, with its transformers, test, viz and video extras) and $transformers_spec"
-        "${pip[@]}" -e "$repo_root[transformers,test,viz,video]" "$transformers_spec" gguf
+        echo "install.sh: installing llava-freepruner (editable, with its transformers, test, viz, video, quant and torchao extras) and $transformers_spec"
+        "${pip[@]}" -e "$repo_root[transformers,test,viz,video,quant,torchao]" "$transformers_spec" gguf
     fi
     echo "$fingerprint" >"$stamp"
 fi

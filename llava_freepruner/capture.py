@@ -42,8 +42,12 @@ def attention_sites(vision_model: nn.Module) -> List[AttentionSite]:
     if encoder is not None and hasattr(encoder, "layer"):       # DINOv2 / ViT
         sites = []
         for layer in encoder.layer:
-            attn = layer.attention.attention
-            sites.append(AttentionSite(attn, attn.query, attn.key, attn.num_attention_heads, layer))
+            attn = layer.attention
+            if hasattr(attn, "q_proj"):     # transformers 5.x
+                sites.append(AttentionSite(attn, attn.q_proj, attn.k_proj, attn.num_attention_heads, layer))
+            else:
+                attn = attn.attention
+                sites.append(AttentionSite(attn, attn.query, attn.key, attn.num_attention_heads, layer))
         return sites
     raise TypeError(
         f"llava_freepruner cannot read attention from {type(vision_model).__name__}: "

@@ -23,6 +23,7 @@ DIRECTIONS = ("from_pivots", "to_pivots", "both")
 DEVICES = ("cuda", "cpu")
 VIDEO_MODES = ("frame", "temporal")
 DEFAULT_VIDEO_TAU = 0.9
+QUANTIZATIONS = ("4bit", "8bit")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -50,6 +51,7 @@ class Config:
     clip_text: Optional[str] = None
     stats: Optional[str] = None
     device: str = "cuda"
+    quant: Optional[str] = None     # upstream loader: bitsandbytes "4bit" (NF4) or "8bit"
     enabled: bool = True
     video: Optional[str] = None          # FREEPRUNER_VIDEO; None: not set (videos are pruned per frame)
     video_tau: Optional[float] = None    # FREEPRUNER_VIDEO_TAU; None: not set (DEFAULT_VIDEO_TAU)
@@ -141,6 +143,9 @@ def _validate(c: Config) -> None:
     if c.video_tau is not None and c.video != "temporal":
         raise ConfigError("FREEPRUNER_VIDEO_TAU is set but FREEPRUNER_VIDEO is not 'temporal': the threshold "
                           "applies to temporal mode only (set FREEPRUNER_VIDEO=temporal or unset the threshold).")
+    if c.quant is not None and c.quant not in QUANTIZATIONS:
+        _fail("FREEPRUNER_QUANT", c.quant, "one of " + ", ".join(QUANTIZATIONS) + " or none (bitsandbytes weights "
+              "for upstream llava's load_pretrained_model)")
     if c.llm_method in RATIO_LLM_METHODS and c.ratio is None:
         layer = "FREEPRUNER_FASTV_LAYER" if c.llm_method == "fastv" else "2"
         raise ConfigError(
@@ -238,6 +243,7 @@ _VARIABLES: dict = {
     "FREEPRUNER_FASTV_LAYER": ("fastv_layer", lambda v, r: _parse_int(v, r, "a layer index >= 0")),
     "FREEPRUNER_STATS": ("stats", lambda v, r: r),
     "FREEPRUNER_DEVICE": ("device", lambda v, r: r.strip().lower()),
+    "FREEPRUNER_QUANT": ("quant", lambda v, r: None if r.strip().lower() in ("none", "") else r.strip().lower()),
     "FREEPRUNER_DISABLE": ("enabled", lambda v, r: not parse_bool(v, r)),
     "FITPRUNE_RECIPE": ("fitprune_recipe", lambda v, r: r.strip()),
     "FREEPRUNER_CLIP_TEXT": ("clip_text", lambda v, r: r.strip()),

@@ -45,6 +45,7 @@ class TinyHF:
     llm_layers: int = 3
     seed: int = 0
     attn: str = "sdpa"
+    vision_width: int = 32          # 64 or more for bitsandbytes 4-bit on CPU (it packs rows in blocks of 64)
 
 
 def build_tokenizer():
@@ -80,8 +81,9 @@ def build(spec: TinyHF = TinyHF()):
     from transformers import CLIPVisionConfig
 
     tokenizer = build_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=spec.vision_layers,
-                              num_attention_heads=2, image_size=336, patch_size=14, projection_dim=32)
+    vision = CLIPVisionConfig(hidden_size=spec.vision_width, intermediate_size=2 * spec.vision_width,
+                              num_hidden_layers=spec.vision_layers, num_attention_heads=2, image_size=336,
+                              patch_size=14, projection_dim=32)
     text = _text_config(spec, len(tokenizer), tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     torch.manual_seed(spec.seed)

@@ -30,7 +30,7 @@ from typing import List, Optional
 
 import torch
 
-from .. import anyres
+from .. import anyres, quantization
 from .. import llm as llm_runtime
 from ..capture import AttentionCapture
 from ..config import ConfigError
@@ -74,6 +74,7 @@ def install(session: Session, host) -> None:
     import transformers
 
     check_version(transformers.__version__)
+    quantization.refuse_for_caller_loaded(session.config)
     global _session
     _session = session
     cls = getattr(host, HOST_CLASSES[host.__name__])

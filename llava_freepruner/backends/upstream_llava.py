@@ -15,6 +15,7 @@ from llava.mm_utils import get_anyres_image_grid_shape
 from llava.model.llava_arch import LlavaMetaForCausalLM, unpad_image
 
 from .. import anyres, cpu
+from . import upstream_loader
 from .. import llm as llm_runtime
 from ..anyres import TileLayout
 from ..instruction import image_instructions
@@ -211,6 +212,7 @@ def _patch(owner, name: str, replacement) -> None:
 def install(session: Session, host=None) -> None:
     """Route upstream's image encoding through ``session`` (patches installed once)."""
     global _session
+    upstream_loader.install(session.config)     # FREEPRUNER_QUANT: refused here, or the loader quantizes
     _session = session
     if session.config.device == "cpu":
         cpu.apply()
@@ -224,4 +226,5 @@ def uninstall() -> None:
         setattr(LlavaMetaForCausalLM, name, original)
     _ORIGINALS.clear()
     cpu.remove()
+    upstream_loader.uninstall()
     _session = None

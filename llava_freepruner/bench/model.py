@@ -93,16 +93,22 @@ def build_random(name: str, llm_layers: Optional[int], vision_layers: Optional[i
     return BenchModel(model, tower.image_processor, None, name, torch.device(device), dtype)
 
 
-def load_checkpoint(path: str, device: str, dtype: torch.dtype) -> BenchModel:
-    """A LLaVA checkpoint directory, loaded by upstream ``load_pretrained_model``."""
+def load_checkpoint(path: str, device: str, dtype: torch.dtype, quant: str = "none") -> BenchModel:
+    """A LLaVA checkpoint directory, loaded by upstream ``load_pretrained_model``
+    (``quant``: ``none``, or its ``8bit`` / ``4bit`` loading, which keeps the dtypes it chose)."""
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
+
+    from .quant import loader_flags
 
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"--model {path!r} is not a checkpoint directory (no config.json)")
     name = get_model_name_from_path(path)
-    tokenizer, model, image_processor, _ = load_pretrained_model(path, None, name, device=device)
-    model.to(device=device, dtype=dtype).eval()
+    flags = loader_flags(quant)
+    tokenizer, model, image_processor, _ = load_pretrained_model(path, None, name, device=device, **flags)
+    if not any(flags.values()):     # a quantized model cannot be moved or cast
+        model.to(device=device, dtype=dtype)
+    model.eval()
     return BenchModel(model, image_processor, tokenizer, name, torch.device(device), dtype)
 
 

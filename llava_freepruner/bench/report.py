@@ -21,6 +21,8 @@ COLUMNS = [
     ("select_pct_of_ttft", "select % TTFT", "{:.2f}"),
     ("select_pct_of_vision", "select % vision", "{:.2f}"),
     ("prefill_speedup_vs_full", "prefill speed-up vs ratio 1", "{:.2f}"),
+    ("quant", "weights", "{}"),
+    ("weights_mb", "weights MB", "{:.1f}"),
 ]
 
 
@@ -83,10 +85,10 @@ def plot(records: List[dict], path: str) -> None:
     records = [r for r in records if "error" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, title in ((axes[0], "ttft_ms", "time to first token"), (axes[1], "llm_prefill_ms", "LLM prefill")):
-        for method in dict.fromkeys(r["method"] for r in records):
-            rows = sorted((r for r in records if r["method"] == method), key=lambda r: r["mean_layer_visual_tokens"])
-            style = dict(color="black", linestyle="--") if method == "oracle" else {}
-            ax.plot([r["mean_layer_visual_tokens"] for r in rows], [r[key] for r in rows], marker="o", label=method, **style)
+        for line in dict.fromkeys(_line(r) for r in records):
+            rows = sorted((r for r in records if _line(r) == line), key=lambda r: r["mean_layer_visual_tokens"])
+            style = dict(color="black", linestyle="--") if line == "oracle" else {}
+            ax.plot([r["mean_layer_visual_tokens"] for r in rows], [r[key] for r in rows], marker="o", label=line, **style)
         ax.set_xlabel("visual tokens (mean over LLM layers)")
         ax.set_ylabel("ms (median)")
         ax.set_title(title)
@@ -95,6 +97,12 @@ def plot(records: List[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _line(record: dict) -> str:
+    """A plotted line: the method, and its weights when quantized."""
+    quant = record.get("quant", "none")
+    return record["method"] if quant == "none" else f"{record['method']} ({quant})"
 
 
 def write(out_dir: str, meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> List[str]:

@@ -45,6 +45,10 @@ def add_arguments(parser) -> None:
                         help="also measure the attention capture's peak memory at 576 and 2304 patches")
     parser.add_argument("--keep-going", action="store_true",
                         help="record a failing row with its error and go on with the others")
+    parser.add_argument("--quant", default="none",
+                        help="comma-separated weight quantizations, each a separate model: none, 8bit (LLM.int8), "
+                             "4bit (NF4), bitsandbytes as upstream's load_8bit / load_4bit (language model and "
+                             "projector; the vision tower stays unquantized); default: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_results", help="output directory (default: bench_results)")
 
@@ -64,7 +68,7 @@ def command_line(args) -> str:
 def run(args) -> int:
     import torch
 
-    from ..bench import capture_memory, model as bench_model, report
+    from ..bench import capture_memory, model as bench_model, quant as bench_quant, report
     from ..bench.runner import Bench, Settings, known_methods
     from ..methods import REGISTRY
 
@@ -91,33 +95,42 @@ def run(args) -> int:
         methods = [m for m in known_methods() if m not in REGISTRY or not REGISTRY[m].needs_instruction]
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    log = lambda text: print(text, file=sys.stderr, flush=True)
     try:
+        quants = bench_quant.parse(args.quant, bool(args.model), device)
         dtype = bench_model.parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))
         settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed,
                             args.clock, args.keep_going)
-        log = lambda text: print(text, file=sys.stderr, flush=True)
-        log(f"bench: building {args.model or args.random_weights} on {device} ({dtype})")
-        if args.model:
-            bench = bench_model.load_checkpoint(args.model, device, dtype)
-        else:
-            bench = bench_model.build_random(args.random_weights, args.llm_layers, args.vision_layers, device, dtype, args.seed)
-        inputs = bench_model.make_inputs(bench, args.batch_size, args.text_tokens)
     except ValueError as err:
         return fail(str(err))
     os.makedirs(args.out, exist_ok=True)
-    try:
-        runner = Bench(bench, inputs, settings, args.out, log)
-    except ValueError as err:
-        return fail(str(err))
-    try:
-        records = runner.run()
-    except BaseException:
-        if runner.records:      # keep the rows that finished
-            path = os.path.join(args.out, "results.partial.json")
-            with open(path, "w") as handle:
-                json.dump(runner.records, handle, indent=1)
-            log(f"bench: stopped early; the {len(runner.records)} finished rows are in {path}")
-        raise
+    records = []
+    for quant in quants:
+        try:
+            log(f"bench: building {args.model or args.random_weights} on {device} ({dtype}, weights {quant})")
+            if args.model:
+                bench = bench_model.load_checkpoint(args.model, device, dtype, quant)
+            else:
+                bench = bench_model.build_random(args.random_weights, args.llm_layers, args.vision_layers, device,
+                                                 dtype, args.seed)
+                bench_quant.quantize_random(bench.model, quant)
+            inputs = bench_model.make_inputs(bench, args.batch_size, args.text_tokens)
+            runner = Bench(bench, inputs, settings, args.out, log)
+        except ValueError as err:
+            return fail(str(err))
+        try:
+            records += bench_quant.tag(runner.run(), quant, bench.model)
+        except BaseException:
+            finished = records + bench_quant.tag(runner.records, quant, bench.model)
+            if finished:      # keep the rows that finished
+                path = os.path.join(args.out, "results.partial.json")
+                with open(path, "w") as handle:
+                    json.dump(finished, handle, indent=1)
+                log(f"bench: stopped early; the {len(finished)} finished rows are in {path}")
+            raise
+        if quant != quants[-1]:
+            del bench, inputs, runner
+            bench_quant.release(device)
     capture = None
     if args.capture_memory:
         tower = bench.model.get_vision_tower()
@@ -143,6 +156,7 @@ def run(args) -> int:
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "text_tokens": inputs.text_tokens, "new_tokens": args.new_tokens,
         "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__,
+        "quant": quants, **bench_quant.versions(quants),
     }
     for path in report.write(args.out, meta, records, capture):
         log(f"bench: wrote {path}")

@@ -85,6 +85,6 @@ def sections(p: Profile, out_dir: str, bench_help: str) -> List[Section]:
                  _bench(p, folder("transformers"), p.v15, "1.0,0.5", *backend)),
         optional("video", "Transformers backend, video", HOST, "--video",
                  _bench(p, folder("video"), p.v15, "1.0,0.5", *backend, "--video")),
-        optional("quant-4bit", f"4-bit language model, {p.v15}", UPSTREAM, "--load-4bit",
-                 _bench(p, folder("quant-4bit"), p.v15, "1.0,0.5", "--load-4bit")),
+        optional("quant-4bit", f"4-bit language model, {p.v15}", UPSTREAM, "--quant",
+                 _bench(p, folder("quant-4bit"), p.v15, "1.0,0.5", "--quant", "4bit")),
     ]

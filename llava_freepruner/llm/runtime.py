@@ -124,11 +124,15 @@ class _Runtime:
         self.record = None
         self._decoder_signature = inspect.signature(decoder.forward)
         self._restore = []
-        self._wrap(decoder, self._decoder_forward)
-        for idx, layer in enumerate(decoder.layers):
-            self._wrap(layer, functools.partial(self._layer_forward, idx, layer))
-            handle = layer.self_attn.rotary_emb.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
-            self._restore.append(handle.remove)
+        try:
+            self._wrap(decoder, self._decoder_forward)
+            for idx, layer in enumerate(decoder.layers):
+                self._wrap(layer, functools.partial(self._layer_forward, idx, layer))
+                handle = layer.self_attn.rotary_emb.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
+                self._restore.append(handle.remove)
+        except BaseException:
+            self.uninstall()        # a decoder it cannot drive is left as it was
+            raise
 
     def _wrap(self, module, wrapper):
         had_own = "forward" in module.__dict__

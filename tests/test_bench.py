@@ -77,6 +77,31 @@ def test_fewer_visual_tokens_mean_fewer_prefill_flops(results):
         assert half["vision_flops"] == full["vision_flops"]
 
 
+def test_side_by_side_lines_up_the_rows_of_two_runs(results, tmp_path, capsys):
+    from llava_freepruner.bench import side_by_side
+
+    out, data = results
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = dict(data, meta=dict(data["meta"], backend="transformers"),
+                records=[r for r in data["records"] if r["method"] != "grid"])
+    (other / "results.json").write_text(json.dumps(twin))
+    assert side_by_side.main([str(out), str(other)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    rows = {tuple(c[:2]): c for c in cells}
+    header = rows[("method", "ratio")]
+    mine, theirs = (side_by_side.label(d["meta"]) for d in (data, twin))
+    assert theirs.startswith("transformers ")
+    assert header.index(f"efficiency ({mine})") + 1 == header.index(f"efficiency ({theirs})")
+    assert rows[("oracle", "0.5")][header.index(f"efficiency ({theirs})")] == "1.000"
+    assert rows[("grid", "1.0")][header.index(f"TTFT ms ({theirs})")] == "n/a"
+    assert rows[("grid", "1.0")][header.index(f"visual tokens ({mine})")] == "576"
+    assert side_by_side.main([str(out), str(out)]) == 2
+    assert side_by_side.main([str(out), str(tmp_path / "missing")]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
+
+
 # --- the oracle feeds K tokens to the LLM -------------------------------------------------
 
 

@@ -95,3 +95,19 @@ def test_fastv_runs_or_is_refused_by_name_before_any_output(narrow, tmp_path, ca
     assert code == 0
     fastv = by_key(json.loads((out / "results.json").read_text())["records"])[("fastv", 0.5)]
     assert fastv["layer_tokens"][-1] < fastv["layer_tokens"][0]
+
+
+def test_a_checkpoint_runs_with_its_own_processor_and_prompt(tmp_path):
+    from llava_freepruner import hf_tiny
+
+    folder = hf_tiny.save(hf_tiny.TinyHF(llm_layers=1, vision_layers=2), str(tmp_path / "tiny-llava-hf"))
+    out = tmp_path / "out"
+    assert main(["bench", "--backend", "transformers", "--model", folder, "--methods", "grid", "--ratios", "1.0,0.5",
+                 "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--device", "cpu", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    rows = by_key(data["records"])
+    assert {ratio: rows[("grid", ratio)]["visual_tokens"] for ratio in RATIOS} == {1.0: 576, 0.5: 288}
+    # the processor expanded "<image>" in the fixed question: its text is what the decoder sees besides the image
+    text = data["meta"]["text_tokens"]
+    assert 10 < text < 200 and rows[("oracle", 1.0)]["layer_tokens"] == [text + 576]
+    assert data["meta"]["weights"] == "checkpoint"

@@ -3,7 +3,7 @@
     python -m llava_freepruner.bench.side_by_side RUN_DIR RUN_DIR [...]
 
 Rows are matched by method and ratio; each run adds its visual tokens, vision,
-LLM prefill and TTFT medians and its efficiency against its own oracle.
+select, LLM prefill and TTFT medians and its efficiency against its own oracle.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sys
 from typing import List, Optional
 
 COLUMNS = (("visual_tokens", "visual tokens", "{}"), ("vision_ms", "vision ms", "{:.1f}"),
-           ("llm_prefill_ms", "LLM prefill ms", "{:.1f}"), ("ttft_ms", "TTFT ms", "{:.1f}"),
-           ("efficiency", "efficiency", "{:.3f}"))
+           ("select_ms", "select ms", "{:.2f}"), ("llm_prefill_ms", "LLM prefill ms", "{:.1f}"),
+           ("ttft_ms", "TTFT ms", "{:.1f}"), ("efficiency", "efficiency", "{:.3f}"))
 
 
 def load(run_dir: str) -> dict:

@@ -50,6 +50,7 @@ def test_bench_writes_one_well_formed_record_per_method_and_ratio(results):
         assert r["layer_tokens"] == [r["llm_input_tokens"]] * 2
         assert r["prefill_flops"] == r["llm_prefill_flops"] + r["vision_flops"] + r["projector_flops"]
     assert data["meta"]["weights"] == "checkpoint" and data["meta"]["llm_layers"] == 2
+    assert data["meta"]["backend"] == "upstream"
     text = (out / "results.md").read_text()
     assert text.count("\n| oracle |") == 2 and "Command: `python -m llava_freepruner bench" in text
     with open(out / "time_vs_tokens.png", "rb") as handle:
@@ -77,6 +78,31 @@ def test_fewer_visual_tokens_mean_fewer_prefill_flops(results):
         assert half["vision_flops"] == full["vision_flops"]
 
 
+def test_side_by_side_lines_up_the_rows_of_two_runs(results, tmp_path, capsys):
+    from llava_freepruner.bench import side_by_side
+
+    out, data = results
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = dict(data, meta=dict(data["meta"], backend="transformers"),
+                records=[r for r in data["records"] if r["method"] != "grid"])
+    (other / "results.json").write_text(json.dumps(twin))
+    assert side_by_side.main([str(out), str(other)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    rows = {tuple(c[:2]): c for c in cells}
+    header = rows[("method", "ratio")]
+    mine, theirs = (side_by_side.label(d["meta"]) for d in (data, twin))
+    assert theirs.startswith("transformers ")
+    assert header.index(f"efficiency ({mine})") + 1 == header.index(f"efficiency ({theirs})")
+    assert rows[("oracle", "0.5")][header.index(f"efficiency ({theirs})")] == "1.000"
+    assert rows[("grid", "1.0")][header.index(f"TTFT ms ({theirs})")] == "n/a"
+    assert rows[("grid", "1.0")][header.index(f"visual tokens ({mine})")] == "576"
+    assert side_by_side.main([str(out), str(out)]) == 2
+    assert side_by_side.main([str(out), str(tmp_path / "missing")]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
+
+
 # --- the oracle feeds K tokens to the LLM -------------------------------------------------
 
 
@@ -97,8 +123,7 @@ def test_oracle_feeds_exactly_k_visual_tokens_to_the_llm(checkpoint):
             backends.set_vision_method(oracle.FirstK())
             assert not oracle.FirstK().attention_layers(4, 2)
             with torch.inference_mode():
-                bench.model.generate(inputs.input_ids, images=inputs.images, image_sizes=inputs.image_sizes,
-                                     max_new_tokens=1, do_sample=False, pad_token_id=0)
+                bench.model.generate(**inputs.generate_kwargs, max_new_tokens=1, do_sample=False, pad_token_id=0)
             assert seen[-1] == (2, inputs.text_tokens + budget, bench.model.config.hidden_size)
             llava_freepruner.remove()
     finally:
@@ -186,10 +211,10 @@ def test_random_weight_build_uses_upstream_classes_without_files(monkeypatch, tm
     assert bench.model.config.mm_vision_tower == "openai/clip-vit-large-patch14-336"
     assert list(tmp_path.iterdir()) == []
     inputs = bench_model.make_inputs(bench, 1, 20)
-    assert inputs.text_tokens == 20 and int((inputs.input_ids == -200).sum()) == 1
+    assert inputs.text_tokens == 20 and int((inputs.input_ids == -200).sum()) == 1 and inputs.crops == 1
     with torch.inference_mode():
-        out = bench.model.generate(inputs.input_ids, images=inputs.images, image_sizes=inputs.image_sizes,
-                                   max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)
+        out = bench.model.generate(**inputs.generate_kwargs, max_new_tokens=2, min_new_tokens=2, do_sample=False,
+                                   pad_token_id=0)
     assert out.shape[0] == 1 and out.shape[1] >= 2
 
 
@@ -198,3 +223,28 @@ def test_cli_rejects_bad_device_and_layer_flags(checkpoint, capsys):
     assert "--device 'tpu'" in capsys.readouterr().err
     assert main(["bench", "--model", checkpoint, "--llm-layers", "2", "--device", "cpu"]) == 2
     assert "--random-weights only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("tensorflow", "--backend 'tensorflow' is not valid: expected one of upstream, transformers"),
+    # upstream llava pins transformers 4.37.2, which transformers' LLaVA classes do not support
+    ("transformers", "--backend transformers: transformers 4.37.2 is installed"),
+])
+def test_cli_refuses_a_backend_this_environment_cannot_run(backend, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "--backend", backend, "--random-weights", "llava-1.5-7b-hf", "--device", "cpu",
+                 "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_upstream_and_transformers_names_are_told_apart():
+    with pytest.raises(ValueError, match="that is a transformers name"):
+        archs.architecture("llava-1.5-7b-hf")
+    with pytest.raises(ValueError, match="that is an upstream llava name"):
+        archs.hf_architecture("llava-v1.5-7b")
+    decoder, llava, vision = archs.hf_architecture("llava-v1.6-vicuna-7b-hf", llm_layers=2)
+    upstream, _ = archs.architecture("llava-v1.6-7b", llm_layers=2)
+    assert decoder["vocab_size"] == 32064 and decoder["num_hidden_layers"] == 2
+    assert all(decoder[k] == upstream[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads"))
+    assert llava["image_grid_pinpoints"] == upstream["image_grid_pinpoints"] and "mm_projector_type" not in decoder

@@ -1,7 +1,9 @@
 """Published configurations of real LLaVA checkpoints, as data.
 
 ``--random-weights NAME`` builds one of these with random weights, so the
-benchmark measures the real shapes without downloading anything.
+benchmark measures the real shapes without downloading anything. Upstream
+llava's names are the keys of ``ARCHITECTURES``; transformers' conversions
+(``llava-hf/*``) are named in ``HF_CHECKPOINTS`` and share those shapes.
 """
 
 from __future__ import annotations
@@ -60,12 +62,41 @@ ARCHITECTURES = {
 # Vision tower of each architecture (CLIP ViT-L/14-336 unless named here).
 _TOWERS = {"tiny-llava-v1.5": _TINY_CLIP, "tiny-llava-v1.6": _TINY_CLIP}
 
+# transformers' conversions of the same checkpoints (llava-hf/<name>/config.json): the
+# image placeholder is id 32000, appended to Vicuna's ids, and the embedding grows to
+# 32064 rows.
+HF_CHECKPOINTS = {
+    "llava-1.5-7b-hf": "llava-v1.5-7b",
+    "llava-1.5-13b-hf": "llava-v1.5-13b",
+    "llava-v1.6-vicuna-7b-hf": "llava-v1.6-7b",
+}
+HF_IMAGE_TOKEN_ID = 32000
+HF_VOCAB_SIZE = 32064
+
+# The fields of an ARCHITECTURES entry that describe LLaVA, not its LLaMA decoder.
+LLAVA_FIELDS = frozenset(_LLAVA_1_6)
+
+
+def hf_architecture(name: str, llm_layers=None, vision_layers=None):
+    """(LLaMA decoder fields, LLaVA fields, CLIP vision config fields) of a transformers
+    conversion named in ``HF_CHECKPOINTS``, optionally with fewer layers."""
+    if name not in HF_CHECKPOINTS:
+        hint = "; that is an upstream llava name (--backend upstream)" if name in ARCHITECTURES else ""
+        raise ValueError(f"--random-weights {name!r} is not a known transformers architecture: "
+                         f"expected one of {', '.join(HF_CHECKPOINTS)}{hint}")
+    llm, vision = architecture(HF_CHECKPOINTS[name], llm_layers, vision_layers)
+    decoder = {key: value for key, value in llm.items() if key not in LLAVA_FIELDS}
+    llava = {key: value for key, value in llm.items() if key in LLAVA_FIELDS}
+    return dict(decoder, vocab_size=HF_VOCAB_SIZE), llava, vision
+
 
 def architecture(name: str, llm_layers=None, vision_layers=None):
     """(LLaVA config fields, CLIP vision config fields) of a named checkpoint,
     optionally with fewer decoder / encoder layers."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"--random-weights {name!r} is not a known architecture: expected one of {', '.join(ARCHITECTURES)}")
+        hint = "; that is a transformers name (--backend transformers)" if name in HF_CHECKPOINTS else ""
+        raise ValueError(f"--random-weights {name!r} is not a known architecture: "
+                         f"expected one of {', '.join(ARCHITECTURES)}{hint}")
     llm, vision = copy.deepcopy(ARCHITECTURES[name]), dict(_TOWERS.get(name, CLIP_VIT_L_14_336))
     for flag, value, fields, full in (("--llm-layers", llm_layers, llm, llm["num_hidden_layers"]),
                                       ("--vision-layers", vision_layers, vision, vision["num_hidden_layers"])):

@@ -1,7 +1,9 @@
 """The model under test: a real checkpoint, or a named architecture with random weights.
 
-Either way it is an upstream ``llava`` model object, so the benchmark runs the
-real ``model.generate`` path through the plugin's patches.
+This module builds upstream ``llava`` model objects (``--backend upstream``) and
+holds what every backend shares; ``hf_model`` builds transformers' own classes.
+Either way the benchmark runs the host's real ``model.generate`` path through
+the plugin's patches.
 """
 
 from __future__ import annotations
@@ -10,24 +12,30 @@ import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from .archs import CLIP_IMAGE_PROCESSOR, architecture
+from .host import HostParts, parts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class BenchModel:
-    model: Any                 # LlavaLlamaForCausalLM (or another LlavaMetaForCausalLM)
-    image_processor: Any
+    model: Any                 # LlavaLlamaForCausalLM (or another LlavaMetaForCausalLM), or transformers' class
+    image_processor: Any       # transformers backend with a checkpoint: its whole processor
     tokenizer: Any             # None for random weights: prompts are random token ids
     name: str
     device: torch.device
     dtype: torch.dtype
+    backend: str = "upstream"
+
+    @property
+    def parts(self) -> HostParts:
+        return parts(self.backend, self.model)
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -36,7 +44,7 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
+def randomize(model: torch.nn.Module, seed: int) -> None:
     """N(0, 0.02) weights, unit norms, zero biases: activations stay in range.
 
     Drawn where the weights live, so a 7B model on a GPU takes seconds, not minutes."""
@@ -88,7 +96,7 @@ def build_random(name: str, llm_layers: Optional[int], vision_layers: Optional[i
     tower.vision_tower_name = tower_name
     tower.image_processor = CLIPImageProcessor(**CLIP_IMAGE_PROCESSOR)
     tower.is_loaded = True
-    _randomize(model, seed)
+    randomize(model, seed)
     model.to(device=device, dtype=dtype).eval()
     return BenchModel(model, tower.image_processor, None, name, torch.device(device), dtype)
 
@@ -142,27 +150,31 @@ def prompt_ids(bench: BenchModel, text_tokens: int, seed: int = 0) -> torch.Tens
                   f"USER: <image>\n{PROMPT} ASSISTANT:")
         ids = tokenizer_image_token(prompt, bench.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         return ids.unsqueeze(0)
-    vocab = bench.model.config.vocab_size
+    return random_prompt(bench.model.config.vocab_size, text_tokens, torch.tensor([IMAGE_TOKEN_INDEX]), seed)
+
+
+def random_prompt(vocab: int, text_tokens: int, image: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(1, text_tokens + len(image)) ids: BOS, random text ids from [3, vocab), and the
+    ``image`` placeholder ids after the first quarter of the text."""
     generator = torch.Generator().manual_seed(seed)
     text = torch.randint(3, vocab, (text_tokens - 1,), generator=generator)
     split = max(1, (text_tokens - 1) // 4)
-    ids = torch.cat([torch.tensor([1]), text[:split], torch.tensor([IMAGE_TOKEN_INDEX]), text[split:]])
+    ids = torch.cat([torch.tensor([1]), text[:split], image, text[split:]])
     return ids.unsqueeze(0)
 
 
 @dataclass
 class Inputs:
-    input_ids: torch.Tensor        # (batch, T) with one IMAGE_TOKEN_INDEX per row
-    images: Any                    # what upstream process_images returns, on the device
-    image_sizes: List[tuple]
-    text_tokens: int               # prompt tokens other than the image placeholder
+    input_ids: torch.Tensor        # (batch, T), image placeholders included
+    generate_kwargs: dict          # the host's generate() inputs: ids, pixels, sizes, on the device
+    text_tokens: int               # prompt tokens other than image placeholders
+    crops: int                     # crops the vision tower encodes per generate call
 
 
 def make_inputs(bench: BenchModel, batch_size: int, text_tokens: int) -> Inputs:
     from llava.mm_utils import process_images
 
-    if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size} is not valid: expected >= 1")
+    check_batch_size(batch_size)
     image = sample_image()
     images = process_images([image] * batch_size, bench.image_processor, bench.model.config)
     if isinstance(images, list):
@@ -170,4 +182,14 @@ def make_inputs(bench: BenchModel, batch_size: int, text_tokens: int) -> Inputs:
     else:
         images = images.to(bench.device, bench.dtype)
     ids = prompt_ids(bench, text_tokens).repeat(batch_size, 1).to(bench.device)
-    return Inputs(ids, images, [image.size] * batch_size, ids.shape[1] - 1)
+    if isinstance(images, list):
+        crops = sum(im.shape[0] if im.dim() == 4 else 1 for im in images)
+    else:
+        crops = images.shape[0] * (images.shape[1] if images.dim() == 5 else 1)
+    kwargs = dict(inputs=ids, images=images, image_sizes=[image.size] * batch_size)
+    return Inputs(ids, kwargs, ids.shape[1] - 1, crops)
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size} is not valid: expected >= 1")

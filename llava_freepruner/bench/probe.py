@@ -1,4 +1,4 @@
-"""Timing hooks on an upstream LLaVA model, and a streamer that timestamps tokens.
+"""Timing hooks on a LLaVA model's parts (``host.HostParts``), and a streamer that timestamps tokens.
 
 On CUDA every timestamp is taken after ``torch.cuda.synchronize``, so a time
 covers the kernels of its stage and not only their launches.
@@ -39,22 +39,22 @@ class Call:
 
 
 class Probe:
-    """Installs the hooks on ``model``; ``with probe.call() as c:`` around one generate."""
+    """Installs the hooks on a model's ``parts``; ``with probe.call() as c:`` around one generate."""
 
-    def __init__(self, model, device: torch.device, clock=time.perf_counter):
+    def __init__(self, parts, device: torch.device, clock=time.perf_counter):
         self.device = device
         self.clock = clock
         self.current: Optional[Call] = None
         self._starts = {}
-        llm = model.get_model()
-        tower = model.get_vision_tower()
+        llm = parts.decoder
+        tower = parts.vision_tower
         self._handles = [
             tower.register_forward_pre_hook(self._start("vision")),
             tower.register_forward_hook(self._stop_vision),
             llm.register_forward_pre_hook(self._start_prefill, with_kwargs=True),
             llm.register_forward_hook(self._stop_prefill),
         ]
-        self._handles.append(model.lm_head.register_forward_pre_hook(self._count_head_tokens))
+        self._handles.append(parts.lm_head.register_forward_pre_hook(self._count_head_tokens))
         for layer in llm.layers:
             self._handles.append(layer.register_forward_pre_hook(self._count_tokens, with_kwargs=True))
 

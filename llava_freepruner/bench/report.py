@@ -42,7 +42,8 @@ def table(records: List[dict]) -> List[str]:
 
 def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> str:
     lines = [
-        f"Model: {meta['model']} ({meta['weights']}), LLM layers {meta['llm_layers']}, vision layers "
+        f"Model: {meta['model']} ({meta['weights']}, {meta.get('backend', 'upstream')} backend), "
+        f"LLM layers {meta['llm_layers']}, vision layers "
         f"{meta['vision_layers']}, {meta['dtype']} on {meta['device_name']}, {meta['threads']} threads, "
         f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens, {meta['new_tokens']} new tokens, "
         f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up, {meta['clock']} clock.",

@@ -1,4 +1,4 @@
-"""Methods x ratios through the real ``model.generate`` path, with the plugin applied.
+"""Methods x ratios through the host's real ``model.generate`` path, with the plugin applied.
 
 For each configuration: apply the plugin, run warm-up calls, reset the peak
 memory, run the timed repeats, remove the plugin. Times are medians over the
@@ -106,12 +106,6 @@ class StatsTail:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def crop_count(images) -> int:
-    if isinstance(images, list):
-        return sum(im.shape[0] if im.dim() == 4 else 1 for im in images)
-    return images.shape[0] * (images.shape[1] if images.dim() == 5 else 1)
-
-
 class Bench:
     def __init__(self, bench: BenchModel, inputs: Inputs, settings: Settings, out_dir: str, log=None):
         self.bench = bench
@@ -123,12 +117,11 @@ class Bench:
         if settings.clock == "thread" and (bench.device.type != "cpu" or torch.get_num_threads() != 1):
             raise ValueError("--clock thread measures one CPU thread: use it with --device cpu --threads 1")
         self.clock = CLOCKS[settings.clock]
-        model = bench.model
-        self.decoder = flops.DecoderShape.from_config(model.config)
-        tower = model.get_vision_tower()
-        self.encoder = flops.EncoderShape.from_config(tower.config)
-        self.num_patches = tower.num_patches
-        self.projector = [(m.in_features, m.out_features) for m in model.get_model().mm_projector.modules()
+        parts = bench.parts
+        self.decoder = flops.DecoderShape.from_config(parts.text_config)
+        self.encoder = flops.EncoderShape.from_config(parts.vision_config)
+        self.num_patches = parts.num_patches
+        self.projector = [(m.in_features, m.out_features) for m in parts.projector.modules()
                           if isinstance(m, torch.nn.Linear)]
         self.records: List[dict] = []
         self.check()
@@ -139,8 +132,7 @@ class Bench:
         n = self.settings.new_tokens
         with probe.call() as scope, torch.inference_mode():
             self.bench.model.generate(
-                self.inputs.input_ids, images=self.inputs.images, image_sizes=self.inputs.image_sizes,
-                max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, use_cache=True,
+                **self.inputs.generate_kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, use_cache=True,
                 pad_token_id=0, streamer=scope.streamer,
             )
         call: Call = scope.call
@@ -175,7 +167,7 @@ class Bench:
             chosen = oracle.FirstK() if method == oracle.NAME else backends.vision_method()
             timer = swap.TimedMethod(chosen, self.clock, lambda: sync(self.bench.device))
             backends.set_vision_method(timer)
-        probe = Probe(self.bench.model, self.bench.device, self.clock)
+        probe = Probe(self.bench.parts, self.bench.device, self.clock)
         stats = StatsTail(self.stats_path)
         try:
             total = self.settings.warmup + self.settings.repeats
@@ -213,7 +205,7 @@ class Bench:
                 "LLM-side pruning is not available in this build of llava_freepruner"
             )
         llm_flops = batch * flops.llm_prefill_flops(self.decoder, layer_tokens, calls[-1]["head_tokens"])
-        vision_flops = flops.vision_flops(self.encoder, self.num_patches, crop_count(self.inputs.images))
+        vision_flops = flops.vision_flops(self.encoder, self.num_patches, self.inputs.crops)
         projector_flops = flops.projector_flops(self.projector, batch * visual)
 
         def median(key):
@@ -240,12 +232,31 @@ class Bench:
 
     def check(self) -> None:
         """Refuse, before any timing, a row that cannot run on this model."""
-        layers = self.bench.model.config.num_hidden_layers
+        layers = self.bench.parts.text_config.num_hidden_layers
         prune_layer = config_module.Config().fastv_layer     # DART's layer is 2 as well
         for name in (m for m in self.settings.methods if m in LLM_METHODS):
             if layers <= prune_layer:
                 raise ValueError(f"{name} prunes at LLM layer {prune_layer}, but the model has {layers} decoder "
                                  f"layers: build at least {prune_layer + 1} (--llm-layers)")
+            self.check_llm_runtime(name)
+
+    def check_llm_runtime(self, method: str) -> None:
+        """Attach the decoder-side runtime once and take it off again: a decoder it cannot
+        drive is refused here, by name, instead of failing in the middle of the rows."""
+        from .. import llm as llm_runtime
+        from ..session import llm_policy
+
+        decoder = self.bench.parts.decoder
+        policy = llm_policy(plugin_config(method, min(self.settings.ratios), self.bench.device.type, None, 0))
+        try:
+            llm_runtime.attach(decoder, policy)
+        except (TypeError, AttributeError, RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"{method} cannot run on --backend {self.bench.backend}: the decoder-side pruning runtime does not "
+                f"drive this {type(decoder).__name__} ({type(err).__name__}: {err})"
+            ) from None
+        finally:
+            llm_runtime.detach(decoder)
 
     def run(self) -> List[dict]:
         rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods] if runs_at(m, r)]

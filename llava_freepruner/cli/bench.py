@@ -17,12 +17,19 @@ def _floats(text: str):
 
 
 def add_arguments(parser) -> None:
-    from ..bench.archs import ARCHITECTURES
+    from ..bench.archs import ARCHITECTURES, HF_CHECKPOINTS
+    from ..bench.host import BACKENDS
 
+    parser.add_argument("--backend", default="upstream",
+                        help=f"the host classes to time: {' or '.join(BACKENDS)} (upstream llava's LlavaLlamaForCausalLM; "
+                             "transformers' LlavaForConditionalGeneration / LlavaNextForConditionalGeneration); "
+                             "default: upstream")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a LLaVA checkpoint directory (loaded with upstream load_pretrained_model)")
-    source.add_argument("--random-weights", choices=sorted(ARCHITECTURES),
-                        help="build this architecture from its published config with random weights (no download)")
+    source.add_argument("--model", help="a LLaVA checkpoint directory (upstream: loaded with load_pretrained_model; "
+                                        "transformers: with from_pretrained and its processor)")
+    source.add_argument("--random-weights", metavar="NAME",
+                        help="build this architecture from its published config with random weights (no download); "
+                             f"upstream: {', '.join(ARCHITECTURES)}; transformers: {', '.join(HF_CHECKPOINTS)}")
     parser.add_argument("--llm-layers", type=int, help="decoder layers to build (random weights only; default: all)")
     parser.add_argument("--vision-layers", type=int, help="vision encoder layers to build (random weights only; default: all)")
     parser.add_argument("--methods", default=None,
@@ -68,7 +75,8 @@ def command_line(args) -> str:
 def run(args) -> int:
     import torch
 
-    from ..bench import capture_memory, model as bench_model, quant as bench_quant, report
+    from ..bench import capture_memory, host, quant as bench_quant, report
+    from ..bench.model import parse_dtype
     from ..bench.runner import Bench, Settings, known_methods
     from ..methods import REGISTRY
 
@@ -98,18 +106,24 @@ def run(args) -> int:
     log = lambda text: print(text, file=sys.stderr, flush=True)
     try:
         quants = bench_quant.parse(args.quant, bool(args.model), device)
-        dtype = bench_model.parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))
+        bench_model = host.builder(args.backend)
+        dtype = parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))
         settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed,
                             args.clock, args.keep_going)
+        if args.model and args.backend != "upstream" and quants != [bench_quant.NONE]:
+            raise ValueError("--quant with a --model checkpoint needs --backend upstream (its loader quantizes); "
+                             "random weights are quantized on either backend")
     except ValueError as err:
         return fail(str(err))
     os.makedirs(args.out, exist_ok=True)
     records = []
     for quant in quants:
         try:
-            log(f"bench: building {args.model or args.random_weights} on {device} ({dtype}, weights {quant})")
+            log(f"bench: building {args.model or args.random_weights} ({args.backend}) on {device} "
+                f"({dtype}, weights {quant})")
             if args.model:
-                bench = bench_model.load_checkpoint(args.model, device, dtype, quant)
+                bench = (bench_model.load_checkpoint(args.model, device, dtype, quant) if args.backend == "upstream"
+                         else bench_model.load_checkpoint(args.model, device, dtype))
             else:
                 bench = bench_model.build_random(args.random_weights, args.llm_layers, args.vision_layers, device,
                                                  dtype, args.seed)
@@ -132,13 +146,13 @@ def run(args) -> int:
             del bench, inputs, runner
             bench_quant.release(device)
     capture = None
+    parts = bench.parts
     if args.capture_memory:
-        tower = bench.model.get_vision_tower()
         from ..tower import feature_layer
 
-        cfg = tower.config
+        cfg = parts.vision_config
         head_dim = cfg.hidden_size // cfg.num_attention_heads
-        layer = feature_layer(cfg.num_hidden_layers, tower.select_layer)
+        layer = feature_layer(cfg.num_hidden_layers, parts.feature_layer)
         capture = []
         for method in [m for m in methods if m in vision_methods]:
             capture += capture_memory.measure(method, [576, 2304], cfg.num_attention_heads, head_dim,
@@ -147,8 +161,9 @@ def run(args) -> int:
         "command": command_line(args),
         "model": args.model or args.random_weights,
         "weights": "checkpoint" if args.model else "random",
-        "llm_layers": bench.model.config.num_hidden_layers,
-        "vision_layers": bench.model.get_vision_tower().config.num_hidden_layers,
+        "backend": args.backend,
+        "llm_layers": parts.text_config.num_hidden_layers,
+        "vision_layers": parts.vision_config.num_hidden_layers,
         "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "dtype": str(dtype).replace("torch.", ""),

@@ -108,12 +108,16 @@ class _Runtime:
         self._var_keyword = next((p.name for p in self._decoder_signature.parameters.values()
                                   if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         self._restore = []
-        self._wrap(decoder, self._decoder_forward)
-        for idx, layer in enumerate(decoder.layers):
-            self._wrap(layer, functools.partial(self._layer_forward, idx, layer))
-        for rotary in self.convention.rotary_modules(decoder):
-            handle = rotary.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
-            self._restore.append(handle.remove)
+        try:
+            self._wrap(decoder, self._decoder_forward)
+            for idx, layer in enumerate(decoder.layers):
+                self._wrap(layer, functools.partial(self._layer_forward, idx, layer))
+            for rotary in self.convention.rotary_modules(decoder):
+                handle = rotary.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
+                self._restore.append(handle.remove)
+        except BaseException:
+            self.uninstall()        # a decoder it cannot drive is left as it was
+            raise
 
     def _wrap(self, module, wrapper):
         had_own = "forward" in module.__dict__

@@ -1,0 +1,113 @@
+"""The bench on transformers' LLaVA classes: random weights of a published shape at
+narrow widths, through the CLI, next to the oracle."""
+
+import json
+
+import pytest
+
+from llava_freepruner.bench import archs
+from llava_freepruner.cli import main
+
+RATIOS = (1.0, 0.5)
+METHODS = ("freepruner", "random")
+
+
+@pytest.fixture
+def narrow(monkeypatch):
+    """llava-1.5 / llava-1.6 layouts (336 px, 576 patches per crop) at widths a CPU runs in
+    milliseconds, named like transformers' conversions."""
+    width = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4)
+    for upstream, hf in (("llava-v1.5-7b", "narrow-llava-1.5-hf"), ("llava-v1.6-7b", "narrow-llava-1.6-hf")):
+        monkeypatch.setitem(archs.ARCHITECTURES, upstream + "-narrow",
+                            dict(archs.ARCHITECTURES[upstream], mm_hidden_size=32, **width))
+        monkeypatch.setitem(archs.HF_CHECKPOINTS, hf, upstream + "-narrow")
+    monkeypatch.setattr(archs, "CLIP_VIT_L_14_336", dict(archs.CLIP_VIT_L_14_336, hidden_size=32,
+                                                         intermediate_size=64, num_attention_heads=4))
+
+
+def bench(out, name, methods=METHODS, llm_layers=1):
+    code = main(["bench", "--backend", "transformers", "--random-weights", name, "--llm-layers", str(llm_layers),
+                 "--vision-layers", "2", "--methods", ",".join(methods), "--ratios", ",".join(map(str, RATIOS)),
+                 "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--text-tokens", "12",
+                 "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    with open(out / "results.json") as handle:
+        return json.load(handle)
+
+
+def by_key(records):
+    return {(r["method"], r["ratio"]): r for r in records}
+
+
+def test_llava_rows_keep_the_budget_next_to_the_oracle(narrow, tmp_path):
+    data = bench(tmp_path, "narrow-llava-1.5-hf")
+    rows = by_key(data["records"])
+    assert sorted(rows) == sorted((m, r) for m in ("oracle",) + METHODS for r in RATIOS)
+    for (method, ratio), r in rows.items():
+        assert r["visual_tokens"] == (576 if ratio == 1.0 else 288), (method, ratio)
+        assert r["layer_tokens"] == [12 + r["visual_tokens"]]
+        assert r["efficiency"] == pytest.approx(rows[("oracle", ratio)]["ttft_ms"] / r["ttft_ms"], rel=1e-3)
+        assert r["ttft_ms"] > r["llm_prefill_ms"] > 0 and r["vision_ms"] > 0
+    assert rows[("oracle", 0.5)]["efficiency"] == 1.0
+    assert rows[("freepruner", 0.5)]["select_ms"] > rows[("oracle", 0.5)]["select_ms"]
+    assert rows[("oracle", 0.5)]["llm_prefill_flops"] < rows[("oracle", 1.0)]["llm_prefill_flops"]
+    meta = data["meta"]
+    assert (meta["backend"], meta["llm_layers"], meta["vision_layers"]) == ("transformers", 1, 2)
+    assert "transformers backend" in (tmp_path / "results.md").read_text()
+
+
+def test_llava_next_rows_count_the_packed_tiles(narrow, tmp_path):
+    rows = by_key(bench(tmp_path, "narrow-llava-1.6-hf", methods=("freepruner",))["records"])
+    full = rows[("oracle", 1.0)]["visual_tokens"]
+    # base crop + unpadded tiles + one newline per row: several crops' worth of tokens
+    assert full > 3 * 576
+    assert rows[("freepruner", 1.0)]["visual_tokens"] == full
+    # half of every crop's patches; a map row's newline stays while the row keeps a token
+    for method in ("oracle", "freepruner"):
+        assert 0.45 * full < rows[(method, 0.5)]["visual_tokens"] < 0.55 * full
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "tensorflow", "--random-weights", "llava-1.5-7b-hf"],
+     "--backend 'tensorflow' is not valid: expected one of upstream, transformers"),
+    (["--backend", "upstream", "--random-weights", "llava-v1.5-7b"], "--backend upstream needs upstream llava"),
+    (["--backend", "transformers", "--random-weights", "llava-v1.5-7b"],
+     "not a known transformers architecture: expected one of llava-1.5-7b-hf"),
+])
+def test_cli_refuses_what_this_environment_cannot_run_before_writing(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", *args, "--device", "cpu", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_fastv_runs_or_is_refused_by_name_before_any_output(narrow, tmp_path, capsys):
+    # Decoder-side pruning of transformers' decoders may be missing from this build;
+    # either the rows prune inside the LLM, or nothing is timed and the message says why.
+    out = tmp_path / "out"
+    code = main(["bench", "--backend", "transformers", "--random-weights", "narrow-llava-1.5-hf", "--llm-layers", "3",
+                 "--vision-layers", "2", "--methods", "fastv", "--ratios", "0.5", "--repeats", "1", "--warmup", "0",
+                 "--new-tokens", "2", "--device", "cpu", "--out", str(out)])
+    if code == 2:
+        assert "fastv cannot run on --backend transformers: the decoder-side pruning runtime" in capsys.readouterr().err
+        assert not out.exists()
+        return
+    assert code == 0
+    fastv = by_key(json.loads((out / "results.json").read_text())["records"])[("fastv", 0.5)]
+    assert fastv["layer_tokens"][-1] < fastv["layer_tokens"][0]
+
+
+def test_a_checkpoint_runs_with_its_own_processor_and_prompt(tmp_path):
+    from llava_freepruner import hf_tiny
+
+    folder = hf_tiny.save(hf_tiny.TinyHF(llm_layers=1, vision_layers=2), str(tmp_path / "tiny-llava-hf"))
+    out = tmp_path / "out"
+    assert main(["bench", "--backend", "transformers", "--model", folder, "--methods", "grid", "--ratios", "1.0,0.5",
+                 "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--device", "cpu", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    rows = by_key(data["records"])
+    assert {ratio: rows[("grid", ratio)]["visual_tokens"] for ratio in RATIOS} == {1.0: 576, 0.5: 288}
+    # the processor expanded "<image>" in the fixed question: its text is what the decoder sees besides the image
+    text = data["meta"]["text_tokens"]
+    assert 10 < text < 200 and rows[("oracle", 1.0)]["layer_tokens"] == [text + 576]
+    assert data["meta"]["weights"] == "checkpoint"

@@ -29,7 +29,7 @@ def smoke(tmp_path_factory):
 def test_smoke_runs_every_section_it_can(smoke):
     results, sections, _ = smoke
     assert results["mode"] == "cpu-smoke" and results["elapsed_s"] < results["budget_s"]
-    assert list(sections) == [s.name for s in plan.sections(plan.CPU_SMOKE, "out", "")]
+    assert list(sections) == [s.name for s in plan.sections(plan.CPU_SMOKE, "out", "", None)]
     for name in REQUIRED:
         assert sections[name]["status"] == "ok", sections[name]
     for name in set(sections) - set(REQUIRED):      # features this version's bench may lack

@@ -69,7 +69,14 @@ HF_CHECKPOINTS = {
     "llava-1.5-7b-hf": "llava-v1.5-7b",
     "llava-1.5-13b-hf": "llava-v1.5-13b",
     "llava-v1.6-vicuna-7b-hf": "llava-v1.6-7b",
+    "tiny-llava-1.5-hf": "tiny-llava-v1.5",
+    "tiny-llava-v1.6-hf": "tiny-llava-v1.6",
 }
+def hf_name(upstream_name: str) -> str:
+    """The transformers architecture built from the same shapes as an upstream one."""
+    return next(hf for hf, upstream in HF_CHECKPOINTS.items() if upstream == upstream_name)
+
+
 HF_IMAGE_TOKEN_ID = 32000
 HF_VOCAB_SIZE = 32064
 

@@ -171,7 +171,8 @@ class Check:
             handle.write(report.markdown(self.results))
 
     def run(self) -> int:
-        for section in plan.sections(self.profile, self.out_dir, self.bench_help()):
+        for section in plan.sections(self.profile, self.out_dir, self.bench_help(),
+                                     self.results["versions"]["transformers (machine's own)"]):
             self.results["sections"].append(self.run_section(section))
             self.write()
         bad = [s["name"] for s in self.results["sections"] if s["status"] not in ("ok", "skipped")]

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ..bench.archs import hf_name
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -58,13 +60,28 @@ def _needs(option: str, bench_help: str) -> Optional[str]:
     return None if option in bench_help else f"not available in this version (bench --help has no {option})"
 
 
-def sections(p: Profile, out_dir: str, bench_help: str) -> List[Section]:
-    """The sections in the order they run: the checks and the main table first."""
+def _host_serves_transformers_backend(version: Optional[str]) -> Optional[str]:
+    """Why the machine's own transformers cannot run the transformers backend (None: it can)."""
+    from ..backends.transformers_llava import check_version
+    from ..config import ConfigError
+
+    try:
+        check_version(version or "0")
+    except ConfigError as err:
+        return f"not available here: {err}"
+    return None
+
+
+def sections(p: Profile, out_dir: str, bench_help: str, host_transformers: Optional[str]) -> List[Section]:
+    """The sections in the order they run: the checks and the main table first.
+    ``host_transformers``: the version of the machine's own transformers (HOST sections)."""
     def folder(name):
         return os.path.join(out_dir, name)
 
     def optional(name, title, env, option, args):
         reason = _needs(option, bench_help)
+        if reason is None and env == HOST:
+            reason = _host_serves_transformers_backend(host_transformers)
         return Section(name, title, BENCH, env, None if reason else args, reason)
 
     backend = ["--backend", "transformers"]
@@ -82,9 +99,9 @@ def sections(p: Profile, out_dir: str, bench_help: str) -> List[Section]:
         Section("anyres-v1.6", f"LLaVA-1.6 anyres, {p.v16} (random weights)", BENCH, UPSTREAM,
                 _bench(p, folder("anyres-v1.6"), p.v16, "1.0,0.5")),
         optional("transformers", f"Transformers backend, {p.v15}", HOST, "--backend",
-                 _bench(p, folder("transformers"), p.v15, "1.0,0.5", *backend)),
+                 _bench(p, folder("transformers"), hf_name(p.v15), "1.0,0.5", *backend)),
         optional("video", "Transformers backend, video", HOST, "--video",
-                 _bench(p, folder("video"), p.v15, "1.0,0.5", *backend, "--video")),
+                 _bench(p, folder("video"), hf_name(p.v15), "1.0,0.5", *backend, "--video")),
         optional("quant-4bit", f"4-bit language model, {p.v15}", UPSTREAM, "--quant",
                  _bench(p, folder("quant-4bit"), p.v15, "1.0,0.5", "--quant", "4bit")),
     ]

@@ -211,6 +211,23 @@ class ImgFocus:
         return self.head(last_hidden_state[:, 1:], self.grid, (self.resolution, self.resolution))
 
 
+# transformers 5.x names Dinov2's attention projections like its LLMs' ones.
+_ATTENTION_RENAMES = {"attention.attention.query.": "attention.q_proj.", "attention.attention.key.": "attention.k_proj.",
+                      "attention.attention.value.": "attention.v_proj.", "attention.output.dense.": "attention.o_proj."}
+
+
+def _renamed_for(model: nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` (transformers 4.x names) with the names ``model`` expects."""
+    if "encoder.layer.0.attention.q_proj.weight" not in model.state_dict():
+        return state
+    renamed = {}
+    for key, value in state.items():
+        for old, new in _ATTENTION_RENAMES.items():
+            key = key.replace(old, new)
+        renamed[key] = value
+    return renamed
+
+
 def load(resolution: int = 336, cache: Optional[str] = None) -> ImgFocus:
     """The pretrained backbone and saliency head, in eval mode, fp32, CPU.
 
@@ -228,7 +245,7 @@ def load(resolution: int = 336, cache: Optional[str] = None) -> ImgFocus:
         backbone_state["embeddings.position_embeddings"], resolution // PATCH
     )
     backbone = Dinov2Model(dinov2_config(resolution))
-    backbone.load_state_dict(backbone_state, strict=True)
+    backbone.load_state_dict(_renamed_for(backbone, backbone_state), strict=True)
     head = SaliencyHead()
     head.load_state_dict(weights["head"], strict=True)
     return ImgFocus(backbone.eval(), head.eval(), resolution)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Dict, List, Sequence
 
 import torch
 
+from ..stats import read_jsonl
 from ..toy.questions import is_correct
 from ..vision.images import open_image
 from .cells import Cell
@@ -22,20 +23,24 @@ from .plugin import applied, check_pruned, stats_records
 from .questions import Item
 
 
-@dataclass
 class Model:
-    model: torch.nn.Module
-    processor: object
-    max_new_tokens: int
+    """A checkpoint and its processor, loaded on first use (a rerun whose cells
+    are all answered only rewrites the report)."""
 
-    @classmethod
-    def load(cls, path: str, max_new_tokens: int) -> "Model":
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    def __init__(self, path: str, max_new_tokens: int):
+        self.path, self.max_new_tokens = path, max_new_tokens
 
-        if not os.path.isdir(path):
-            raise ValueError(f"--model {path!r}: no such checkpoint folder")
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-        return cls(model, AutoProcessor.from_pretrained(path), max_new_tokens)
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_pretrained(self.path, dtype=torch.float32).eval()
+
+    @cached_property
+    def processor(self):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.path)
 
     def inputs(self, item: Item):
         conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.text}]}]
@@ -52,24 +57,24 @@ class Model:
         return int((inputs["input_ids"] == self.model.config.image_token_id).sum())
 
 
-def _done(path: str) -> Dict[str, dict]:
-    if not os.path.isfile(path):
-        return {}
-    return {r["question_id"]: r for r in stats_records(path)}
+def _answered(path: str) -> Dict[str, dict]:
+    return {r["question_id"]: r for r in read_jsonl(path)} if os.path.isfile(path) else {}
 
 
 def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, tick: Callable[[], None]) -> List[dict]:
     answers_path = os.path.join(folder, f"{cell.name}.jsonl")
     stats_path = os.path.join(folder, f"{cell.name}.stats.jsonl")
-    done = _done(answers_path)
+    done = _answered(answers_path)
     todo = [item for item in items if item.question_id not in done]
     for _ in range(len(items) - len(todo)):
         tick()
     if todo:
         with applied(cell.config.replace(stats=stats_path)), open(answers_path, "a", encoding="utf-8") as out:
-            for item in todo:
+            for number, item in enumerate(todo):
                 inputs = model.inputs(item)
                 prediction = model.answer(inputs)
+                if number == 0:     # before any answer is kept: a rerun must not reuse unpruned ones
+                    check_pruned(cell.config, stats_path)
                 record = {"question_id": item.question_id, "family": item.family, "answer": item.answer,
                           "prediction": prediction, "correct": is_correct(prediction, item.answer),
                           "unpruned_tokens": model.visual_tokens(inputs)}
@@ -77,7 +82,6 @@ def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, tick:
                 out.flush()
                 done[item.question_id] = record
                 tick()
-        check_pruned(cell.config, stats_path)
     return [done[item.question_id] for item in items]
 
 

@@ -53,10 +53,11 @@ def _run(args, grid, items) -> int:
     from tqdm import tqdm
 
     from ..accuracy import report
+    from ..accuracy.plugin import NotPruned
     from ..accuracy.runner import Model, run_cell, summarize
 
     torch.set_num_threads(args.threads)
-    model = Model.load(args.model, args.max_new_tokens)
+    model = Model(args.model, args.max_new_tokens)
     folder = os.path.join(args.out, "cells")
     os.makedirs(folder, exist_ok=True)
     meta = {"command": command_line(args, "accuracy"),
@@ -69,6 +70,9 @@ def _run(args, grid, items) -> int:
             progress.set_postfix_str(cell.name)
             records = run_cell(model, cell, items, folder, progress.update)
             rows.append(summarize(cell, records, os.path.join(folder, f"{cell.name}.stats.jsonl")))
+    except NotPruned as err:
+        print(f"llava_freepruner accuracy: {err}", file=sys.stderr)
+        return 1
     finally:
         progress.close()
         if rows:        # the finished cells, also when a later one failed

@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m llava_freepruner.toy.train", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenes", type=int, default=640, help="training scenes (each one sequence, one epoch)")
+    parser.add_argument("--scenes", type=int, default=360, help="training scenes (each one sequence, one epoch)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr-projector", type=float, default=1e-3)
     parser.add_argument("--lr-lora", type=float, default=4e-4)

@@ -19,6 +19,9 @@ COMMANDS = {
     "fitprune-fit": "fit a FitPrune recipe (per-layer deletions) for a FLOPs reduction target",
     "visualize": "draw the tokens each selection method keeps on a photo (pivotal, complementary, dropped)",
     "fidelity": "measure what each selection method keeps on real photos: saliency, coverage, reconstruction, CLS fidelity",
+    "toy-model": "write the toy LLaVA (DINOv2-S + SmolLM2-135M, projector trained here) as a transformers checkpoint",
+    "toy-questions": "write a question set (scenes of coloured shapes on real photos) in model_vqa_loader JSON lines",
+    "accuracy": "accuracy of a transformers LLaVA checkpoint per pruning method and ratio, through generate()",
 }
 
 

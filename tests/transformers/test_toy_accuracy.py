@@ -68,23 +68,29 @@ def test_checkpoint_has_256_placeholders_and_generates(toy, question_dir):
     assert output.shape[1] > inputs["input_ids"].shape[1]
 
 
-def test_accuracy_none_equals_the_unpatched_model_and_resumes(toy, toy_dir, question_dir, tmp_path):
+def test_accuracy_at_ratio_one_equals_the_unpatched_model_and_resumes(toy, toy_dir, question_dir, tmp_path):
     out = tmp_path / "acc"
     args = ["accuracy", "--model", str(toy_dir), "--questions", str(question_dir / "questions.jsonl"),
-            "--images", str(question_dir / "images"), "--methods", "none", "--ratios", "1.0", "--out", str(out)]
+            "--images", str(question_dir / "images"), "--methods", "none,freepruner", "--ratios", "1.0,0.5",
+            "--out", str(out)]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    (row,) = results["cells"]
-    assert row["questions"] == 6 and row["visual_tokens"] == 256 and row["tokens_from"] == "unpruned"
+    cells = {(row["method"], row["ratio"]): row for row in results["cells"]}
+    assert cells[("none", 1.0)]["visual_tokens"] == 256 and cells[("none", 1.0)]["tokens_from"] == "stats"
+    assert cells[("freepruner", 1.0)]["visual_tokens"] == 256
+    assert cells[("freepruner", 0.5)]["visual_tokens"] == 128
+    assert all(row["questions"] == 6 for row in cells.values())
     assert (out / "results.md").is_file() and (out / "accuracy.png").stat().st_size > 0
     answers = [json.loads(line) for line in open(out / "cells" / "none@1.jsonl")]
+    unpruned_by_plugin = [json.loads(line) for line in open(out / "cells" / "freepruner@1.jsonl")]
 
     model, processor = toy
-    for record, answered in zip(_records(question_dir), answers):
+    for record, answered, plugged in zip(_records(question_dir), answers, unpruned_by_plugin):
         inputs = _inputs(processor, question_dir, record)
         output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
         expected = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         assert answered["prediction"] == expected
+        assert plugged["prediction"] == expected
 
     # A rerun keeps finished answers instead of recomputing them.
     answers[0]["prediction"], answers[0]["correct"] = "kept", False

@@ -72,6 +72,22 @@ HF_CHECKPOINTS = {
     "tiny-llava-1.5-hf": "tiny-llava-v1.5",
     "tiny-llava-v1.6-hf": "tiny-llava-v1.6",
 }
+# transformers' video classes: name -> (model_type, the upstream entry whose decoder and
+# tower they share, the tower's image size). Video-LLaVA-7B is Vicuna-7B with LanguageBind's
+# towers, CLIP ViT-L/14 at 224 px (16 x 16 patches + [CLS], the defaults of transformers'
+# VideoLlavaConfig); LLaVA-NeXT-Video-7B is LLaVA-1.6-Vicuna-7B with 2 x 2 average pooling per
+# frame. Placeholder ids are those of the published configs (VideoLlavaConfig and
+# LlavaNextVideoConfig defaults).
+VIDEO_CHECKPOINTS = {
+    "video-llava-7b-hf": ("video_llava", "llava-v1.5-7b", 224),
+    "llava-next-video-7b-hf": ("llava_next_video", "llava-v1.6-7b", 336),
+    "tiny-video-llava-hf": ("video_llava", "tiny-llava-v1.5", 224),
+    "tiny-llava-next-video-hf": ("llava_next_video", "tiny-llava-v1.6", 336),
+}
+HF_VIDEO_TOKEN_IDS = {"video_llava": dict(image_token_id=32000, video_token_id=32001),
+                      "llava_next_video": dict(image_token_id=32001, video_token_id=32000)}
+
+
 def hf_name(upstream_name: str) -> str:
     """The transformers architecture built from the same shapes as an upstream one."""
     return next(hf for hf, upstream in HF_CHECKPOINTS.items() if upstream == upstream_name)
@@ -87,11 +103,16 @@ LLAVA_FIELDS = frozenset(_LLAVA_1_6)
 def hf_architecture(name: str, llm_layers=None, vision_layers=None):
     """(LLaMA decoder fields, LLaVA fields, CLIP vision config fields) of a transformers
     conversion named in ``HF_CHECKPOINTS``, optionally with fewer layers."""
-    if name not in HF_CHECKPOINTS:
+    if name not in HF_CHECKPOINTS and name not in VIDEO_CHECKPOINTS:
         hint = "; that is an upstream llava name (--backend upstream)" if name in ARCHITECTURES else ""
         raise ValueError(f"--random-weights {name!r} is not a known transformers architecture: "
-                         f"expected one of {', '.join(HF_CHECKPOINTS)}{hint}")
-    llm, vision = architecture(HF_CHECKPOINTS[name], llm_layers, vision_layers)
+                         f"expected one of {', '.join([*HF_CHECKPOINTS, *VIDEO_CHECKPOINTS])}{hint}")
+    if name in VIDEO_CHECKPOINTS:
+        _, upstream, image_size = VIDEO_CHECKPOINTS[name]
+        llm, vision = architecture(upstream, llm_layers, vision_layers)
+        vision["image_size"] = image_size
+    else:
+        llm, vision = architecture(HF_CHECKPOINTS[name], llm_layers, vision_layers)
     decoder = {key: value for key, value in llm.items() if key not in LLAVA_FIELDS}
     llava = {key: value for key, value in llm.items() if key in LLAVA_FIELDS}
     return dict(decoder, vocab_size=HF_VOCAB_SIZE), llava, vision

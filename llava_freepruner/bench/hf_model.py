@@ -14,7 +14,8 @@ import os
 
 import torch
 
-from .archs import CLIP_IMAGE_PROCESSOR, HF_IMAGE_TOKEN_ID, hf_architecture
+from . import hf_video
+from .archs import CLIP_IMAGE_PROCESSOR, HF_IMAGE_TOKEN_ID, VIDEO_CHECKPOINTS, hf_architecture
 from .model import PROMPT, BenchModel, Inputs, check_batch_size, randomize, random_prompt, sample_image
 
 # mm_vision_select_feature (upstream) -> vision_feature_select_strategy (transformers)
@@ -34,7 +35,10 @@ def build_random(name: str, llm_layers, vision_layers, device: str, dtype: torch
                   image_token_index=HF_IMAGE_TOKEN_ID, projector_hidden_act="gelu",
                   vision_feature_layer=llava["mm_vision_select_layer"],
                   vision_feature_select_strategy=_STRATEGIES[llava["mm_vision_select_feature"]])
-    if llava["image_aspect_ratio"] == "anyres":
+    if name in VIDEO_CHECKPOINTS:
+        model = hf_video.build_random(name, common)
+        processor = hf_video.frame_processor(vision["image_size"])
+    elif llava["image_aspect_ratio"] == "anyres":
         from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor
 
         pinpoints = llava["image_grid_pinpoints"]
@@ -67,11 +71,14 @@ def load_checkpoint(path: str, device: str, dtype: torch.dtype) -> BenchModel:
                       torch.device(device), dtype, backend="transformers")
 
 
-def make_inputs(bench: BenchModel, batch_size: int, text_tokens: int) -> Inputs:
+def make_inputs(bench: BenchModel, batch_size: int, text_tokens: int, video_frames: int = None) -> Inputs:
     """``batch_size`` copies of one picture and one prompt, through transformers' processor.
 
     With a tokenizer: a fixed question after ``<image>`` (the processor expands
-    it). Without: ``text_tokens`` random ids around the image's placeholders."""
+    it). Without: ``text_tokens`` random ids around the image's placeholders.
+    ``video_frames``: a clip of that many frames instead (video models only)."""
+    if video_frames is not None:
+        return hf_video.make_inputs(bench, batch_size, text_tokens, video_frames)
     check_batch_size(batch_size)
     images = [sample_image()] * batch_size
     image_id = bench.model.config.image_token_id

@@ -65,6 +65,7 @@ def parts(backend: str, model) -> HostParts:
     if backend == "upstream":
         llm, tower = model.get_model(), model.get_vision_tower()
         return HostParts(tower, llm, model.lm_head, llm.mm_projector, model.config, tower.config, tower.select_layer)
-    base = model.model              # LlavaModel / LlavaNextModel
-    return HostParts(base.vision_tower, base.language_model, model.lm_head, base.multi_modal_projector,
+    base = model.model              # LlavaModel / LlavaNextModel / the video models
+    tower = getattr(base, "video_tower", None) or base.vision_tower     # Video-LLaVA: its video tower
+    return HostParts(tower, base.language_model, model.lm_head, base.multi_modal_projector,
                      model.config.text_config, model.config.vision_config, model.config.vision_feature_layer)

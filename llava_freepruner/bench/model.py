@@ -169,6 +169,8 @@ class Inputs:
     generate_kwargs: dict          # the host's generate() inputs: ids, pixels, sizes, on the device
     text_tokens: int               # prompt tokens other than image placeholders
     crops: int                     # crops the vision tower encodes per generate call
+    frames: int = 0                # video rows: frames per clip (0: an image)
+    frame_tokens: int = 0          # video rows: tokens per frame the LLM sees unpruned
 
 
 def make_inputs(bench: BenchModel, batch_size: int, text_tokens: int) -> Inputs:

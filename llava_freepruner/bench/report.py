@@ -6,8 +6,12 @@ import json
 import os
 from typing import List, Optional
 
+from . import oracle
+
 COLUMNS = [
     ("method", "method", "{}"),
+    ("video_mode", "mode", "{}"),
+    ("frames", "frames", "{}"),
     ("ratio", "ratio", "{}"),
     ("visual_tokens", "visual tokens", "{}"),
     ("vision_ms", "vision ms", "{:.1f}"),
@@ -35,9 +39,12 @@ def _cell(key: str, fmt: str, value) -> str:
 
 
 def table(records: List[dict]) -> List[str]:
-    """The rows as a markdown table, one line each (failed rows: n/a cells)."""
-    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return lines + ["| " + " | ".join(_cell(k, f, r.get(k)) for k, _, f in COLUMNS) + " |" for r in records]
+    """The rows as a markdown table, one line each (failed rows: n/a cells); the video
+    columns only when some row is a video row."""
+    video = any("frames" in r for r in records)
+    columns = [c for c in COLUMNS if video or c[0] not in ("video_mode", "frames")]
+    lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(_cell(k, f, r.get(k)) for k, _, f in columns) + " |" for r in records]
 
 
 def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> str:
@@ -45,7 +52,7 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
         f"Model: {meta['model']} ({meta['weights']}, {meta.get('backend', 'upstream')} backend), "
         f"LLM layers {meta['llm_layers']}, vision layers "
         f"{meta['vision_layers']}, {meta['dtype']} on {meta['device_name']}, {meta['threads']} threads, "
-        f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens, {meta['new_tokens']} new tokens, "
+        f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens{_clip(meta)}, {meta['new_tokens']} new tokens, "
         f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up, {meta['clock']} clock.",
         "",
         f"Command: `{meta['command']}`",
@@ -77,6 +84,11 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
     return "\n".join(lines) + "\n"
 
 
+def _clip(meta: dict) -> str:
+    frames = meta.get("video_frames")
+    return f", a {frames}-frame synthetic clip" if frames else ""
+
+
 def plot(records: List[dict], path: str) -> None:
     import matplotlib
 
@@ -88,7 +100,7 @@ def plot(records: List[dict], path: str) -> None:
     for ax, key, title in ((axes[0], "ttft_ms", "time to first token"), (axes[1], "llm_prefill_ms", "LLM prefill")):
         for line in dict.fromkeys(_line(r) for r in records):
             rows = sorted((r for r in records if _line(r) == line), key=lambda r: r["mean_layer_visual_tokens"])
-            style = dict(color="black", linestyle="--") if line == "oracle" else {}
+            style = dict(color="black", linestyle="--") if line.startswith(oracle.NAME) else {}
             ax.plot([r["mean_layer_visual_tokens"] for r in rows], [r[key] for r in rows], marker="o", label=line, **style)
         ax.set_xlabel("visual tokens (mean over LLM layers)")
         ax.set_ylabel("ms (median)")
@@ -101,9 +113,10 @@ def plot(records: List[dict], path: str) -> None:
 
 
 def _line(record: dict) -> str:
-    """A plotted line: the method, and its weights when quantized."""
+    """A plotted line: the method, its video mode and its weights when quantized."""
     quant = record.get("quant", "none")
-    return record["method"] if quant == "none" else f"{record['method']} ({quant})"
+    name = record["method"] + (f" {record['video_mode']}" if record.get("video_mode") else "")
+    return name if quant == "none" else f"{name} ({quant})"
 
 
 def write(out_dir: str, meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> List[str]:

@@ -61,6 +61,7 @@ class Settings:
     seed: int = 0
     clock: str = "wall"
     keep_going: bool = False    # a failing row is recorded with its error and the others still run
+    video_modes: Sequence[str] = ()     # video rows: FREEPRUNER_VIDEO of each (empty: an image model)
 
     def __post_init__(self):
         if self.clock not in CLOCKS:
@@ -75,18 +76,23 @@ class Settings:
             raise ValueError(f"--repeats {self.repeats} is not valid: expected >= 1")
         if self.warmup < 0:
             raise ValueError(f"--warmup {self.warmup} is not valid: expected >= 0")
+        for mode in self.video_modes:
+            if mode not in config_module.VIDEO_MODES:
+                raise ValueError(f"--video-modes: unknown mode {mode!r}; expected some of {', '.join(config_module.VIDEO_MODES)}")
         if self.new_tokens < 2:
             raise ValueError(f"--new-tokens {self.new_tokens} is not valid: expected >= 2 (one to time the first token, more for decode)")
 
 
-def plugin_config(method: str, ratio: float, device: str, stats: str, seed: int) -> config_module.Config:
-    """The plugin configuration of one row; the oracle borrows a vision slot and is installed over it."""
+def plugin_config(method: str, ratio: float, device: str, stats: str, seed: int,
+                  video_mode: Optional[str] = None) -> config_module.Config:
+    """The plugin configuration of one row; the oracle borrows a vision slot and is installed over it.
+    ``video_mode``: FREEPRUNER_VIDEO of a video row (vision methods only: the LLM ones ignore it)."""
     common = dict(ratio=ratio, stats=stats, device=device, seed=seed)
     if method == "fitprune":
         return config_module.Config(vision_method=None, llm_method=method, fitprune_recipe=fitprune_recipe(ratio), **common)
     if method in LLM_METHODS:
         return config_module.Config(vision_method=None, llm_method=method, **common)
-    return config_module.Config(vision_method="grid" if method == oracle.NAME else method, **common)
+    return config_module.Config(vision_method="grid" if method == oracle.NAME else method, video=video_mode, **common)
 
 
 class StatsTail:
@@ -121,6 +127,8 @@ class Bench:
         self.decoder = flops.DecoderShape.from_config(parts.text_config)
         self.encoder = flops.EncoderShape.from_config(parts.vision_config)
         self.num_patches = parts.num_patches
+        # what one budget counts: a crop's patches, or a video frame's tokens as the LLM sees them
+        self.unit_tokens = inputs.frame_tokens or self.num_patches
         self.projector = [(m.in_features, m.out_features) for m in parts.projector.modules()
                           if isinstance(m, torch.nn.Linear)]
         self.records: List[dict] = []
@@ -153,13 +161,13 @@ class Bench:
 
     # --- one configuration --------------------------------------------------------
 
-    def run_config(self, method: str, ratio: float, position: str) -> dict:
+    def run_config(self, method: str, ratio: float, position: str, video_mode: Optional[str] = None) -> dict:
         import llava_freepruner
         from .. import backends
 
         unpatched = method == UNPATCHED
         config = None if unpatched else plugin_config(method, ratio, self.bench.device.type, self.stats_path,
-                                                      self.settings.seed)
+                                                      self.settings.seed, video_mode)
         if config is not None:
             llava_freepruner.apply(config)
         timer = None
@@ -186,8 +194,10 @@ class Bench:
             probe.remove()
             if config is not None:
                 llava_freepruner.remove()
-        budget = self.num_patches if unpatched else config.budget(self.num_patches)
+        budget = self.unit_tokens if unpatched else config.budget(self.unit_tokens)
         record = self.record(method, ratio, budget, calls, peak, in_use)
+        if self.inputs.frames:
+            record.update(frames=self.inputs.frames, video_mode=video_mode)
         if config is not None and config.fitprune_recipe:
             record["recipe"] = config.fitprune_recipe
         return record
@@ -199,7 +209,7 @@ class Bench:
         text = self.inputs.text_tokens
         batch = self.inputs.input_ids.shape[0]
         visual = layer_tokens[0] - text
-        if method in LLM_METHODS and layer_tokens[-1] == layer_tokens[0] and budget < self.num_patches:
+        if method in LLM_METHODS and layer_tokens[-1] == layer_tokens[0] and budget < self.unit_tokens:
             raise RuntimeError(
                 f"{method} did not drop any visual token inside the LLM (every layer saw {layer_tokens[0]} positions): "
                 "LLM-side pruning is not available in this build of llava_freepruner"
@@ -258,8 +268,21 @@ class Bench:
         finally:
             llm_runtime.detach(decoder)
 
+    def rows(self) -> List[tuple]:
+        """(method, ratio, video mode) of every row; a video mode applies to the vision side only,
+        so the unpatched model and the LLM methods run once per ratio (mode None)."""
+        methods = [oracle.NAME, *self.settings.methods]
+        if not self.settings.video_modes:
+            return [(m, r, None) for r in self.settings.ratios for m in methods if runs_at(m, r)]
+        rows = []
+        for r in self.settings.ratios:
+            for mode in self.settings.video_modes:
+                rows += [(m, r, mode) for m in methods if runs_at(m, r) and m not in (UNPATCHED, *LLM_METHODS)]
+            rows += [(m, r, None) for m in methods if runs_at(m, r) and m in (UNPATCHED, *LLM_METHODS)]
+        return rows
+
     def run(self) -> List[dict]:
-        rows = [(m, r) for r in self.settings.ratios for m in [oracle.NAME, *self.settings.methods] if runs_at(m, r)]
+        rows = self.rows()
         from .. import session  # noqa: F401  (its import sets the logger up; quiet it after)
 
         plugin_log = logging.getLogger("llava_freepruner")
@@ -267,10 +290,10 @@ class Bench:
         plugin_log.setLevel(logging.WARNING)     # the bench prints its own progress
         self.records = []      # what finished, also when a later row fails
         try:
-            for i, (method, ratio) in enumerate(rows, 1):
+            for i, (method, ratio, mode) in enumerate(rows, 1):
                 started = time.perf_counter()
                 try:
-                    self.records.append(self.run_config(method, ratio, f"[{i}/{len(rows)}]"))
+                    self.records.append(self.run_config(method, ratio, f"[{i}/{len(rows)}]", mode))
                 except Exception as err:
                     if not self.settings.keep_going:
                         raise
@@ -286,15 +309,18 @@ class Bench:
 def compare(records: List[dict]) -> List[dict]:
     """Add each row's distance to the oracle and its speed-up over its own ratio 1.0 (failed rows: nothing)."""
     done = [r for r in records if "error" not in r]
-    oracle_rows = {r["ratio"]: r for r in done if r["method"] == oracle.NAME}
-    full = {r["method"]: r for r in done if r["ratio"] == 1.0}
+    # video rows: an oracle per ratio and mode (temporal mode keeps fewer tokens); the rows
+    # without a mode (LLM methods, unpatched) are compared with the first mode's oracle
+    modes = list(dict.fromkeys(r.get("video_mode") for r in done))
+    oracle_rows = {(r["ratio"], r.get("video_mode")): r for r in done if r["method"] == oracle.NAME}
+    full = {(r["method"], r.get("video_mode")): r for r in done if r["ratio"] == 1.0}
     for r in done:
-        ref = oracle_rows.get(r["ratio"])
+        ref = oracle_rows.get((r["ratio"], r.get("video_mode") or modes[0]))
         r["efficiency"] = _ratio(ref and ref["ttft_ms"], r["ttft_ms"])
         r["prefill_efficiency"] = _ratio(ref and ref["llm_prefill_ms"], r["llm_prefill_ms"])
         r["select_pct_of_ttft"] = _pct(r["select_ms"], r["ttft_ms"])
         r["select_pct_of_vision"] = _pct(r["select_ms"], ref and ref["vision_ms"])
-        base = full.get(r["method"])
+        base = full.get((r["method"], r.get("video_mode")))
         r["prefill_speedup_vs_full"] = _ratio(base and base["llm_prefill_ms"], r["llm_prefill_ms"])
     return records
 

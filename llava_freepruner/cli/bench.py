@@ -17,7 +17,7 @@ def _floats(text: str):
 
 
 def add_arguments(parser) -> None:
-    from ..bench.archs import ARCHITECTURES, HF_CHECKPOINTS
+    from ..bench.archs import ARCHITECTURES, HF_CHECKPOINTS, VIDEO_CHECKPOINTS
     from ..bench.host import BACKENDS
 
     parser.add_argument("--backend", default="upstream",
@@ -29,7 +29,8 @@ def add_arguments(parser) -> None:
                                         "transformers: with from_pretrained and its processor)")
     source.add_argument("--random-weights", metavar="NAME",
                         help="build this architecture from its published config with random weights (no download); "
-                             f"upstream: {', '.join(ARCHITECTURES)}; transformers: {', '.join(HF_CHECKPOINTS)}")
+                             f"upstream: {', '.join(ARCHITECTURES)}; transformers: {', '.join(HF_CHECKPOINTS)}; "
+                             f"transformers video (with --video): {', '.join(VIDEO_CHECKPOINTS)}")
     parser.add_argument("--llm-layers", type=int, help="decoder layers to build (random weights only; default: all)")
     parser.add_argument("--vision-layers", type=int, help="vision encoder layers to build (random weights only; default: all)")
     parser.add_argument("--methods", default=None,
@@ -56,8 +57,34 @@ def add_arguments(parser) -> None:
                         help="comma-separated weight quantizations, each a separate model: none, 8bit (LLM.int8), "
                              "4bit (NF4), bitsandbytes as upstream's load_8bit / load_4bit (language model and "
                              "projector; the vision tower stays unquantized); default: none")
+    parser.add_argument("--video", type=int, metavar="FRAMES",
+                        help="time a clip of FRAMES frames instead of a picture (--backend transformers, a video "
+                             f"model: {', '.join(VIDEO_CHECKPOINTS)}); rows per --video-modes")
+    parser.add_argument("--video-modes",
+                        help="with --video: comma-separated FREEPRUNER_VIDEO modes, a row each (default: frame,temporal)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_results", help="output directory (default: bench_results)")
+
+
+def _video_modes(args):
+    """The video modes of the rows ([] without --video), refused by name when --video cannot apply."""
+    from ..bench.archs import VIDEO_CHECKPOINTS
+
+    is_video = args.random_weights in VIDEO_CHECKPOINTS
+    if args.video is None:
+        if args.video_modes is not None:
+            raise ValueError("--video-modes applies to video rows only: give --video FRAMES")
+        if is_video:
+            raise ValueError(f"--random-weights {args.random_weights} is a video model: give --video FRAMES")
+        return []
+    if args.backend != "transformers":
+        raise ValueError("--video needs --backend transformers (upstream llava has no video models)")
+    if not is_video:
+        raise ValueError(f"--video FRAMES goes with a random-weights video model: expected --random-weights "
+                         f"one of {', '.join(VIDEO_CHECKPOINTS)}")
+    if args.video < 1:
+        raise ValueError(f"--video {args.video} is not valid: expected a number of frames >= 1")
+    return [mode.strip() for mode in (args.video_modes or "frame,temporal").split(",") if mode.strip()]
 
 
 def command_line(args, command: str = "bench") -> str:
@@ -105,11 +132,12 @@ def run(args) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     log = lambda text: print(text, file=sys.stderr, flush=True)
     try:
+        video_modes = _video_modes(args)
         quants = bench_quant.parse(args.quant, bool(args.model), device)
         bench_model = host.builder(args.backend)
         dtype = parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))
         settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed,
-                            args.clock, args.keep_going)
+                            args.clock, args.keep_going, video_modes)
         if args.model and args.backend != "upstream" and quants != [bench_quant.NONE]:
             raise ValueError("--quant with a --model checkpoint needs --backend upstream (its loader quantizes); "
                              "random weights are quantized on either backend")
@@ -128,7 +156,9 @@ def run(args) -> int:
                 bench = bench_model.build_random(args.random_weights, args.llm_layers, args.vision_layers, device,
                                                  dtype, args.seed)
                 bench_quant.quantize_random(bench.model, quant)
-            inputs = bench_model.make_inputs(bench, args.batch_size, args.text_tokens)
+            inputs = (bench_model.make_inputs(bench, args.batch_size, args.text_tokens, args.video)
+                      if args.backend == "transformers" else
+                      bench_model.make_inputs(bench, args.batch_size, args.text_tokens))
             runner = Bench(bench, inputs, settings, args.out, log)
         except ValueError as err:
             return fail(str(err))
@@ -169,7 +199,7 @@ def run(args) -> int:
         "dtype": str(dtype).replace("torch.", ""),
         "llm_attention": bench.model.config._attn_implementation,
         "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size, "text_tokens": inputs.text_tokens, "new_tokens": args.new_tokens,
+        "batch_size": args.batch_size, "text_tokens": inputs.text_tokens, "video_frames": args.video, "new_tokens": args.new_tokens,
         "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__,
         "quant": quants, **bench_quant.versions(quants),
     }

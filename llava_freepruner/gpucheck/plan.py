@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..bench.archs import hf_name
 
@@ -29,12 +29,15 @@ class Profile:
     fit_samples: int
     budget_s: float        # no section starts after this many seconds
     min_start_s: float     # nor with less than this left
+    videos: Tuple[Tuple[str, int], ...] = ()   # (--random-weights, --video FRAMES) of the video sections
 
 
 GPU = Profile("gpu", "cuda", "float16", "llava-v1.5-7b", "llava-v1.6-7b", "1.0,0.5,0.25,0.11",
-              repeats=3, warmup=1, new_tokens=8, batch=8, fit_samples=32, budget_s=480, min_start_s=30)
+              repeats=3, warmup=1, new_tokens=8, batch=8, fit_samples=32, budget_s=480, min_start_s=30,
+              videos=(("video-llava-7b-hf", 8), ("llava-next-video-7b-hf", 32)))
 CPU_SMOKE = Profile("cpu-smoke", "cpu", "float32", "tiny-llava-v1.5", "tiny-llava-v1.6", "1.0,0.5,0.25,0.11",
-                    repeats=1, warmup=0, new_tokens=2, batch=2, fit_samples=3, budget_s=170, min_start_s=5)
+                    repeats=1, warmup=0, new_tokens=2, batch=2, fit_samples=3, budget_s=170, min_start_s=5,
+                    videos=(("tiny-video-llava-hf", 4),))
 
 UPSTREAM, HOST = "upstream", "host"     # environments: llava's pinned stack, or the machine's own transformers
 BENCH, CHECKS, FIT = "bench", "checks", "fit"   # what a section leaves in its folder
@@ -100,8 +103,10 @@ def sections(p: Profile, out_dir: str, bench_help: str, host_transformers: Optio
                 _bench(p, folder("anyres-v1.6"), p.v16, "1.0,0.5")),
         optional("transformers", f"Transformers backend, {p.v15}", HOST, "--backend",
                  _bench(p, folder("transformers"), hf_name(p.v15), "1.0,0.5", *backend)),
-        optional("video", "Transformers backend, video", HOST, "--video",
-                 _bench(p, folder("video"), hf_name(p.v15), "1.0,0.5", *backend, "--video")),
+        *(optional(name, f"Transformers backend, {name} (random weights), {frames}-frame video, "
+                   "frame and temporal modes", HOST, "--video",
+                   _bench(p, folder(name), name, "1.0,0.5", *backend, "--video", str(frames)))
+          for name, frames in p.videos),
         optional("quant-4bit", f"4-bit language model, {p.v15}", UPSTREAM, "--quant",
                  _bench(p, folder("quant-4bit"), p.v15, "1.0,0.5", "--quant", "4bit")),
     ]

@@ -55,7 +55,7 @@ def select_clip(vision: Vision, pixels: torch.Tensor, name: str, ratio: float, m
         found["redundant"] = video.temporal_redundancy(found["patches"], tau)
         return video.novel_requests(requests, found["redundant"]) if mode == "temporal" else requests
 
-    run = run_tower(vision.tower, pixels, requests, methods.create(config), narrow)
+    run = run_tower(vision.tower, pixels, requests, methods.create(config), narrow=narrow)
     return ClipSelection(run.selections, found["redundant"], found["patches"])
 
 

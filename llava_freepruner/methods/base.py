@@ -132,6 +132,8 @@ class AttentionView:
 
     def mean_keys(self, sample: int) -> torch.Tensor:
         """The layer's keys averaged over heads: (tokens, head_dim) fp32."""
+        if getattr(self, "k", None) is None:
+            raise RuntimeError("this attention view was made without the layer's keys")
         return self.k[sample].float().mean(dim=0)
 
 
@@ -156,7 +158,7 @@ class MapView(AttentionView):
     """From head-mean attention maps the layer computed anyway: (batch, tokens, tokens) fp32,
     and the layer's keys (batch, heads, tokens, head_dim)."""
 
-    def __init__(self, maps: torch.Tensor, k: torch.Tensor):
+    def __init__(self, maps: torch.Tensor, k: Optional[torch.Tensor] = None):
         self.maps, self.k = maps, k
         self.device, self.batch_size = maps.device, maps.shape[0]
 

@@ -143,7 +143,6 @@ def run(args) -> int:
                              "random weights are quantized on either backend")
     except ValueError as err:
         return fail(str(err))
-    os.makedirs(args.out, exist_ok=True)
     records = []
     for quant in quants:
         try:
@@ -162,6 +161,7 @@ def run(args) -> int:
             runner = Bench(bench, inputs, settings, args.out, log)
         except ValueError as err:
             return fail(str(err))
+        os.makedirs(args.out, exist_ok=True)
         try:
             records += bench_quant.tag(runner.run(), quant, bench.model)
         except BaseException:

@@ -81,20 +81,15 @@ def test_cli_refuses_what_this_environment_cannot_run_before_writing(args, messa
     assert not out.exists()
 
 
-def test_fastv_runs_or_is_refused_by_name_before_any_output(narrow, tmp_path, capsys):
-    # Decoder-side pruning of transformers' decoders may be missing from this build;
-    # either the rows prune inside the LLM, or nothing is timed and the message says why.
+@pytest.mark.parametrize("method", ["fastv", "dart"])
+def test_llm_side_rows_prune_inside_the_transformers_decoder(method, narrow, tmp_path):
     out = tmp_path / "out"
-    code = main(["bench", "--backend", "transformers", "--random-weights", "narrow-llava-1.5-hf", "--llm-layers", "3",
-                 "--vision-layers", "2", "--methods", "fastv", "--ratios", "0.5", "--repeats", "1", "--warmup", "0",
-                 "--new-tokens", "2", "--device", "cpu", "--out", str(out)])
-    if code == 2:
-        assert "fastv cannot run on --backend transformers: the decoder-side pruning runtime" in capsys.readouterr().err
-        assert not out.exists()
-        return
-    assert code == 0
-    fastv = by_key(json.loads((out / "results.json").read_text())["records"])[("fastv", 0.5)]
-    assert fastv["layer_tokens"][-1] < fastv["layer_tokens"][0]
+    assert main(["bench", "--backend", "transformers", "--random-weights", "narrow-llava-1.5-hf", "--llm-layers", "4",
+                 "--vision-layers", "2", "--methods", method, "--ratios", "0.5", "--repeats", "1", "--warmup", "0",
+                 "--new-tokens", "2", "--device", "cpu", "--out", str(out)]) == 0
+    row = by_key(json.loads((out / "results.json").read_text())["records"])[(method, 0.5)]
+    text = row["layer_tokens"][0] - 576
+    assert row["layer_tokens"] == [text + 576] * 3 + [text + 288]     # layers 0-2 see all, layer 3 the kept half
 
 
 def test_a_checkpoint_runs_with_its_own_processor_and_prompt(tmp_path):

@@ -9,15 +9,20 @@ from ..config import DEFAULT_VIDEO_TAU, VIDEO_MODES
 from .towers import VISIONS
 
 
-def fraction(text: str) -> float:
-    """argparse type: a kept fraction 0 < r <= 1."""
+def _unit_interval(text: str, what: str, name: str) -> float:
+    """A number 0 < x <= 1 (NaN and non-numbers refused), or an argparse error naming ``what``."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of tokens to keep: expected 0 < r <= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}: expected 0 < {name} <= 1")
     return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a kept fraction 0 < r <= 1."""
+    return _unit_interval(text, "a fraction of tokens to keep", "r")
 
 
 def fractions(text: str) -> List[float]:
@@ -51,13 +56,7 @@ def modes(text: str) -> List[str]:
 
 def tau(text: str) -> float:
     """argparse type: a cosine similarity threshold 0 < tau <= 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a similarity threshold: expected 0 < tau <= 1")
-    return value
+    return _unit_interval(text, "a similarity threshold", "tau")
 
 
 def frame_count(text: str) -> int:

@@ -59,17 +59,20 @@ def sample_scene(rng: random.Random, photo_path: str, photo: Image.Image) -> Sce
     return Scene(photo_path, (left, top, left + side, top + side), tuple(objects))
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, obj: Shape, fill) -> None:
+    x0, y0, x1, y1 = obj.box()
+    # PIL boxes include their last pixel: the shape spans exactly ``extent`` px.
+    if obj.shape == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    else:
+        draw.polygon([((x0 + x1 - 1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
+
+
 def render(scene: Scene, photo: Image.Image) -> Image.Image:
     image = photo.crop(scene.crop).resize((SIZE, SIZE), Image.BICUBIC)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        x0, y0, x1, y1 = obj.box()
-        fill = COLORS[obj.color]
-        # PIL boxes include their last pixel: the shape spans exactly ``extent`` px.
-        if obj.shape == "circle":
-            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        elif obj.shape == "square":
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        else:
-            draw.polygon([((x0 + x1 - 1) / 2, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=fill)
+        draw_shape(draw, obj, COLORS[obj.color])
     return image

@@ -4,10 +4,16 @@
 
 The vision tower and the language model stay frozen. DINOv2 features are
 computed once per scene (cached under ~/.cache/llava_freepruner). Each training
-sequence is one scene with up to four question turns (one per family, in random
-order; every answer is supervised), which shares the 256 image tokens between
-questions. A held-out set (other photos) is scored at the end by teacher-forced
-exact match of the answer tokens, which is what greedy decoding would produce.
+sequence is one scene with up to seven question turns (up to two per family,
+'exists' once 'yes' and once 'no', in random order; every answer is supervised),
+which shares the 256 image tokens between questions. The projector learns on
+standardised features (folded into its first layer when saved), its output
+scaled to the token-embedding RMS and then fitted by the grounded regression of
+toy/grounding.py before the end-to-end steps. Training stops early at
+--limit-minutes; the cosine schedule follows whichever of steps or time is
+further along. A held-out set (other photos) is scored at the end by
+teacher-forced exact match of the answer tokens, which is what greedy decoding
+would produce.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from typing import List, Sequence, Tuple
 import torch
 from torch.nn import functional as F
 
-from . import assemble, lora
+from . import assemble, grounding, lora, projector_scale
 from .dataset import PhotoPool, questions
-from .questions import FAMILIES, Question, pick
+from .questions import FAMILIES, Question, candidates, pick
 from .scenes import Scene
 
 IGNORE = -100
@@ -35,11 +41,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m llava_freepruner.toy.train", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenes", type=int, default=360, help="training scenes (each one sequence, one epoch)")
+    parser.add_argument("--scenes", type=int, default=640, help="training scenes (one sequence per scene and epoch)")
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the scenes, with new questions each time")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr-projector", type=float, default=1e-3)
     parser.add_argument("--lr-lora", type=float, default=4e-4)
+    parser.add_argument("--ground-steps", type=int, default=200,
+                        help="steps of the grounded projector initialisation (0: none; see toy/grounding.py)")
+    parser.add_argument("--ground-lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=10, help="optimizer steps of linear warm-up")
+    parser.add_argument("--limit-minutes", type=float, default=26.0,
+                        help="stop training after this many minutes (the schedule is shortened to match)")
     parser.add_argument("--heldout", type=int, default=100, help="held-out questions scored at the end")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--out", default=os.path.join(HERE, "trained.safetensors"))
@@ -62,13 +74,20 @@ class Log:
 # --- data ---------------------------------------------------------------------------
 
 
+PER_FAMILY = 2
+
+
 def training_turns(rng: random.Random, scene: Scene) -> List[Question]:
-    """One question per family that has one, families in random order."""
+    """Up to PER_FAMILY distinct questions per family ('exists': one 'yes', one
+    'no'), in random order; more answers per sequence for the same image tokens."""
     turns = []
-    for family in rng.sample(FAMILIES, len(FAMILIES)):
-        question = pick(rng, scene, family, rng.choice(("yes", "no")) if family == "exists" else None)
-        if question is not None:
-            turns.append(question)
+    for family in FAMILIES:
+        if family == "exists":
+            turns += [q for q in (pick(rng, scene, family, a) for a in ("yes", "no")) if q is not None]
+        else:
+            found = candidates(scene, family)
+            turns += rng.sample(found, min(PER_FAMILY, len(found)))
+    rng.shuffle(turns)
     return turns
 
 
@@ -180,6 +199,21 @@ def heldout_accuracy(model, processor, features, items, pad_id, batch: int = 8) 
     return report
 
 
+def ground(args, model, processor, projector, scenes, inputs, log: Log) -> None:
+    table = model.model.language_model.get_input_embeddings().weight
+
+    def embed(text: str) -> torch.Tensor:
+        return table[processor.tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0)
+
+    start = time.time()
+    with torch.no_grad():
+        targets, objects = grounding.patch_targets(scenes, embed)
+    loss = grounding.fit(projector, inputs, targets, objects, args.ground_steps, args.ground_lr, seed=args.seed)
+    log(f"grounded projector initialisation: {args.ground_steps} steps, {objects.float().mean():.3f} of patches "
+        f"on objects, final weighted MSE {loss:.5f} (target RMS {projector_scale.rms(targets):.4f}), "
+        f"{time.time() - start:.0f}s")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -207,16 +241,30 @@ def main(argv=None) -> int:
     heldout_features = cached_features(model, processor, f"heldout|{args.seed + 1}|{args.heldout}",
                                        [image for _, image, _ in heldout], log)
     heldout_items = [(image, q) for _, image, q in heldout]
+    mean, std = projector_scale.feature_stats(train_features)
+    train_inputs = projector_scale.standardize(train_features, mean, std)
+    embeddings = model.model.language_model.get_input_embeddings().weight[:-1]   # the last row is <image>
+    target = projector_scale.rms(embeddings)
+    before = projector_scale.match_output_rms(projector, projector.linear_2, train_inputs[:8], target)
+    log(f"projector output RMS {before:.4f} scaled to the token-embedding RMS {target:.4f}")
+    if args.ground_steps:
+        ground(args, model, processor, projector, [scene for scene, _ in scenes], train_inputs, log)
 
     optimizer = torch.optim.AdamW([
         {"params": list(projector.parameters()), "lr": args.lr_projector},
         {"params": lora_params, "lr": args.lr_lora},
     ], weight_decay=0.0)
-    steps = math.ceil(args.scenes / args.batch)
+    order = []
+    for _ in range(args.epochs):
+        order += rng.sample(range(args.scenes), args.scenes)
+    steps = math.ceil(len(order) / args.batch)
+    started, limit = time.time(), args.limit_minutes * 60
+
+    def progress(step: int) -> float:
+        return min(1.0, max(step / steps, (time.time() - started) / limit))
+
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    order = list(range(args.scenes))
-    rng.shuffle(order)
+                                                 * 0.5 * (1 + math.cos(math.pi * progress(s))))
     model.train()
     running, logged, answered = 0.0, 0, 0
     for step in range(steps):
@@ -224,17 +272,21 @@ def main(argv=None) -> int:
         conversations = [(scenes[i][1], training_turns(rng, scenes[i][0])) for i in chunk]
         answered += sum(len(turns) for _, turns in conversations)
         encoded = [encode(processor, image, turns) for image, turns in conversations]
-        loss, _ = answer_loss(model, train_features[chunk], *collate(encoded, pad_id))
+        loss, _ = answer_loss(model, train_inputs[chunk], *collate(encoded, pad_id))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         running, logged = running + loss.item(), logged + 1
         if (step + 1) % 10 == 0 or step + 1 == steps:
-            log(f"step {step + 1}/{steps} sequences {min((step + 1) * args.batch, args.scenes)} "
+            log(f"step {step + 1}/{steps} sequences {min((step + 1) * args.batch, len(order))} "
                 f"answers {answered} loss {running / logged:.4f}")
             running, logged = 0.0, 0
+        if time.time() - started > limit:
+            log(f"time limit of {args.limit_minutes:g} minutes reached after step {step + 1}/{steps}")
+            break
     model.eval()
+    projector_scale.fold_standardization(projector.linear_1, mean, std)   # the saved projector reads raw features
     trained = {f"{assemble.PROJECTOR_PREFIX}{k}": v.detach().clone().contiguous()
                for k, v in projector.state_dict().items()}
     trained.update(lora.state(adapters))

@@ -1,0 +1,71 @@
+"""Training helpers of the toy LLaVA: projector scaling and the turns of a sequence."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+
+from llava_freepruner.toy import projector_scale
+from llava_freepruner.toy.scenes import Scene, Shape
+
+train = pytest.importorskip("llava_freepruner.toy.train")
+
+
+def projector(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 8))
+
+
+def test_folded_standardisation_reads_raw_features_exactly():
+    features = torch.randn(3, 5, 6) * torch.tensor([0.2, 1, 3, 0.5, 2, 1]) + torch.arange(6.0)
+    mean, std = projector_scale.feature_stats(features)
+    standardized = projector_scale.standardize(features, mean, std)
+    assert torch.allclose(standardized.reshape(-1, 6).mean(0), torch.zeros(6), atol=1e-5)
+    assert torch.allclose(standardized.reshape(-1, 6).std(0), torch.ones(6), atol=1e-5)
+    model = projector()
+    expected = model(standardized)
+    projector_scale.fold_standardization(model[0], mean, std)
+    assert torch.allclose(model(features), expected, atol=1e-5)
+
+
+def test_output_is_scaled_to_the_target_rms():
+    model = projector()
+    sample = torch.randn(4, 5, 6)
+    before = projector_scale.rms(model(sample))
+    assert projector_scale.match_output_rms(model, model[2], sample, 0.05) == pytest.approx(before)
+    assert projector_scale.rms(model(sample)) == pytest.approx(0.05, rel=1e-5)
+
+
+def test_training_turns_ask_each_family_with_unique_answers():
+    scene = Scene("photo", (0, 0, 224, 224), (
+        Shape("circle", "red", 0, 0, 30), Shape("square", "blue", 100, 0, 30),
+        Shape("triangle", "red", 0, 100, 30), Shape("circle", "green", 100, 100, 30)))
+    rng = random.Random(0)
+    for _ in range(20):
+        turns = train.training_turns(rng, scene)
+        families = Counter(q.family for q in turns)
+        # colour: only the square and the triangle are unique shapes; shape: blue and green.
+        assert families == {"color": 2, "shape": 2, "count": 1, "exists": 2}
+        assert sorted(q.answer for q in turns if q.family == "exists") == ["no", "yes"]
+        assert len({q.question for q in turns}) == len(turns)
+        assert {q.answer for q in turns if q.family == "color"} == {"blue", "red"}
+
+
+def test_patches_are_labelled_by_the_object_covering_them():
+    from llava_freepruner.toy import grounding
+
+    scene = Scene("photo", (0, 0, 224, 224), (Shape("square", "red", 14, 14, 28), Shape("circle", "blue", 98, 98, 42)))
+    labels = grounding.patch_labels(scene).reshape(16, 16)
+    square = torch.full((16, 16), False)
+    square[1:3, 1:3] = True
+    assert torch.equal(labels == 0, square)
+    assert (labels == 1).sum() == 9 and (labels[7:10, 7:10] == 1).all()   # a 3 x 3 patch disc
+    words = {" red": 1.0, " square": 2.0, " blue": 10.0, " circle": 20.0, " background": -1.0}
+    targets, objects = grounding.patch_targets([scene], lambda text: torch.tensor([words[text]]))
+    assert torch.equal(objects[0].reshape(16, 16), labels >= 0)
+    assert targets[0].reshape(16, 16)[1, 1] == 3.0 and targets[0].reshape(16, 16)[8, 8] == 30.0
+    assert targets[0].reshape(16, 16)[0, 0] == -1.0

@@ -62,6 +62,7 @@ def clip_folder(cache: str = None) -> str:
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise RuntimeError("the sample clips come from Debian's opencv-doc package, and apt-get/dpkg are not "
                            "available here: install opencv-doc or copy its examples/data folder to " + folder)
+    os.makedirs(cache, exist_ok=True)      # dpkg -x does not create missing parents
     with tempfile.TemporaryDirectory() as download:
         try:
             subprocess.run(["apt-get", "download", "opencv-doc"], cwd=download, check=True, capture_output=True)

@@ -25,6 +25,12 @@ class StatsWriter:
         self._file.close()
 
 
+def crop_record(selection, valid_tokens: int) -> dict:
+    """One crop's entry in a stats record: tokens it could keep, tokens it feeds, pivots."""
+    return {"tokens_in": valid_tokens, "tokens_out": selection.num_tokens,
+            "pivotal": selection.num_pivotal, "complementary": selection.num_complementary}
+
+
 def read_jsonl(path) -> list:
     """All records of a JSON-lines file: a stats file, an answer file."""
     with open(path, encoding="utf-8") as handle:

@@ -37,6 +37,7 @@ from ..config import ConfigError
 from ..methods.base import CropRequest, SelectionContext
 from ..sequence import Compression
 from ..session import Session
+from ..stats import crop_record
 from ..tower import feature_layer, sync
 
 SUPPORTED_VERSIONS = "4.57.x, or 5.17 and newer 5.x"
@@ -218,11 +219,10 @@ def _wrap_image_features(original):
             session.announce(grid[0] * grid[1], anyres=hasattr(self, "pack_image_features"))
             with AttentionCapture(getattr(self, "image_tower", None) or self.vision_tower, session.vision, ctx) as capture:
                 output = original(self, *args, **kwargs)
-            features = output.pooler_output if hasattr(output, "pooler_output") else output
-            ctx.output_dtype = features[0].dtype
+            ctx.output_dtype = pooled_features(output)[0].dtype
             selections = session.vision.select(ctx)
             select_seconds = capture.seconds
-        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        features = pooled_features(output)
         sync(features[0])
         seconds = time.perf_counter() - start
         pending, packed = [], []
@@ -251,6 +251,11 @@ def _wrap_image_features(original):
         return packed
 
     return get_image_features
+
+
+def pooled_features(output):
+    """Per-image features of ``get_image_features``: 5.x returns an output object, 4.57 the list."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
 
 
 def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector) -> torch.Tensor:
@@ -284,12 +289,8 @@ def _image_record(image, selections, requests, tokens_in, tokens_out, grid, seco
               "vision_ms": round(1000 * seconds, 3), "select_ms": round(1000 * select_seconds, 3)}
     if selections is None:
         return record
-    crops = []
-    for c in range(image.first_crop, image.first_crop + image.num_crops):
-        valid = requests[c].valid
-        crops.append({"tokens_in": grid[0] * grid[1] if valid is None else int(valid.sum()),
-                      "tokens_out": selections[c].num_tokens,
-                      "pivotal": selections[c].num_pivotal, "complementary": selections[c].num_complementary})
+    crops = [crop_record(selections[c], grid[0] * grid[1] if requests[c].valid is None else int(requests[c].valid.sum()))
+             for c in range(image.first_crop, image.first_crop + image.num_crops)]
     if len(crops) == 1:
         record.update(pivotal=crops[0]["pivotal"], complementary=crops[0]["complementary"])
     else:

@@ -76,7 +76,7 @@ def _per_video(output, videos: int) -> torch.Tensor:
     """(videos, tokens, dim) from what the host returns: an output with ``pooler_output``
     (5.x), (features, frames) (4.57's Video-LLaVA) or one tensor per video (4.57's NeXT-Video).
     4.57's OneVision appends its newline later, outside: the frames' tokens come first either way."""
-    features = output.pooler_output if hasattr(output, "pooler_output") else output
+    features = transformers_llava.pooled_features(output)
     if isinstance(features, tuple) and len(features) == 2 and isinstance(features[1], int):
         features = features[0]
     if isinstance(features, (tuple, list)):

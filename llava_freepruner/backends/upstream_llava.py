@@ -21,15 +21,11 @@ from ..anyres import TileLayout
 from ..instruction import image_instructions
 from ..methods.base import CropRequest
 from ..session import Session
+from ..stats import crop_record
 from ..tower import gather_kept, gather_projected, run_tower
 
 _ORIGINALS = {}
 _session: Optional[Session] = None
-
-
-def _crop_record(selection, valid_tokens: int) -> dict:
-    return {"tokens_in": valid_tokens, "tokens_out": selection.num_tokens,
-            "pivotal": selection.num_pivotal, "complementary": selection.num_complementary}
 
 
 def _timings(run, share: float) -> dict:
@@ -59,7 +55,7 @@ def encode_images(self, images):
     run = run_tower(tower, images, requests, session.vision, projector)
     with_cls = tower.select_feature == "cls_patch"
     for selection in run.selections:
-        session.record({**_crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
+        session.record({**crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
     if run.projected is not None:   # the method projected every patch: gather from those
         return torch.stack([gather_projected(run, crop, with_cls, projector) for crop in range(len(run.selections))])
     return projector(torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)]))
@@ -144,7 +140,7 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
         session.record({
             "tokens_in": anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens),
             "tokens_out": int(image.shape[0]),
-            "crops": [_crop_record(s, int(r.valid.sum()) if r.valid is not None else crop_tokens)
+            "crops": [crop_record(s, int(r.valid.sum()) if r.valid is not None else crop_tokens)
                       for s, r in zip(selections, requests[first:first + crops_i])],
             **_timings(run, crops_i / len(run.selections)),
         })

@@ -1,4 +1,4 @@
-"""Training helpers of the toy LLaVA: projector scaling and the turns of a sequence."""
+"""Training helpers of the toy LLaVA: projector scaling, the questions of a scene, patch labels."""
 
 from __future__ import annotations
 
@@ -40,19 +40,25 @@ def test_output_is_scaled_to_the_target_rms():
     assert projector_scale.rms(model(sample)) == pytest.approx(0.05, rel=1e-5)
 
 
-def test_training_turns_ask_each_family_with_unique_answers():
+def test_training_questions_cover_each_family_and_weigh_families_equally():
     scene = Scene("photo", (0, 0, 224, 224), (
         Shape("circle", "red", 0, 0, 30), Shape("square", "blue", 100, 0, 30),
         Shape("triangle", "red", 0, 100, 30), Shape("circle", "green", 100, 100, 30)))
     rng = random.Random(0)
     for _ in range(20):
-        turns = train.training_turns(rng, scene)
-        families = Counter(q.family for q in turns)
+        asked = train.training_questions(rng, scene)
+        families = Counter(q.family for q in asked)
         # colour: only the square and the triangle are unique shapes; shape: blue and green.
-        assert families == {"color": 2, "shape": 2, "count": 1, "exists": 2}
-        assert sorted(q.answer for q in turns if q.family == "exists") == ["no", "yes"]
-        assert len({q.question for q in turns}) == len(turns)
-        assert {q.answer for q in turns if q.family == "color"} == {"blue", "red"}
+        # exists: three objects-with-colour pairs are absent ('no'); three of the four 'yes'.
+        assert families == {"color": 2, "shape": 2, "count": 1, "exists": 6, "describe": 1}
+        assert sorted(q.answer for q in asked if q.family == "exists") == ["no"] * 3 + ["yes"] * 3
+        assert len({q.question for q in asked}) == len(asked)
+        assert {q.answer for q in asked if q.family == "color"} == {"blue", "red"}
+        assert asked[-1].text == "List the objects from top to bottom."
+        assert asked[-1].answer == "red circle, blue square, red triangle, green circle"
+        weights = train.family_weights(asked)
+        for family in families:
+            assert sum(w for w, q in zip(weights, asked) if q.family == family) == pytest.approx(1.0)
 
 
 def test_patches_are_labelled_by_the_object_covering_them():

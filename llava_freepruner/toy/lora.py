@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 PREFIX = "lora."
-TARGETS = ("q_proj", "v_proj")
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 RANK = 8
 ALPHA = 16.0
 
@@ -31,29 +31,30 @@ class LoRALinear(nn.Module):
         return self.scale * (self.B @ self.A)
 
 
-def _targets(model: nn.Module) -> Iterable:
+def _targets(model: nn.Module, targets: Iterable[str]) -> Iterable:
     for name, module in model.named_modules():
-        for attr in TARGETS:
+        for attr in targets:
             child = getattr(module, attr, None)
             if isinstance(child, (nn.Linear, LoRALinear)):
                 yield f"{name}.{attr}" if name else attr, module, attr
 
 
-def attach(model: nn.Module) -> Dict[str, LoRALinear]:
-    """Wrap every target projection of ``model`` (e.g. a LlamaModel) in place."""
+def attach(model: nn.Module, rank: int = RANK, targets: Iterable[str] = TARGETS) -> Dict[str, LoRALinear]:
+    """Wrap every ``targets`` projection of ``model`` (e.g. a LlamaModel) in place."""
     wrapped = {}
-    for path, parent, attr in list(_targets(model)):
-        wrapped[path] = LoRALinear(getattr(parent, attr))
+    for path, parent, attr in list(_targets(model, tuple(targets))):
+        wrapped[path] = LoRALinear(getattr(parent, attr), rank)
         setattr(parent, attr, wrapped[path])
     return wrapped
 
 
-def state(wrapped: Dict[str, LoRALinear]) -> Dict[str, torch.Tensor]:
-    """Stored form: ``lora.<path>.A`` / ``.B`` with the scale folded into B."""
+def state(wrapped: Dict[str, LoRALinear], dtype: torch.dtype = torch.float16) -> Dict[str, torch.Tensor]:
+    """Stored form: ``lora.<path>.A`` / ``.B`` with the scale folded into B, in
+    ``dtype`` (half precision keeps the committed weights small)."""
     out = {}
     for path, module in wrapped.items():
-        out[f"{PREFIX}{path}.A"] = module.A.detach().clone().contiguous()
-        out[f"{PREFIX}{path}.B"] = (module.scale * module.B).detach().clone().contiguous()
+        out[f"{PREFIX}{path}.A"] = module.A.detach().to(dtype).contiguous()
+        out[f"{PREFIX}{path}.B"] = (module.scale * module.B).detach().to(dtype).contiguous()
     return out
 
 
@@ -66,4 +67,5 @@ def merge(model: nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"LoRA weights for {path!r}: no such linear layer in the language model")
         with torch.no_grad():
-            linear.weight += tensors[f"{PREFIX}{path}.B"] @ tensors[f"{PREFIX}{path}.A"]
+            delta = tensors[f"{PREFIX}{path}.B"].float() @ tensors[f"{PREFIX}{path}.A"].float()
+            linear.weight += delta.to(linear.weight.dtype)

@@ -19,41 +19,50 @@ would produce.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import math
 import os
 import random
 import time
-from typing import List, Sequence, Tuple
+from collections import Counter
+from dataclasses import dataclass
+from typing import List, Sequence
 
 import torch
 from torch.nn import functional as F
 
-from . import assemble, grounding, lora, projector_scale
+from . import assemble, grounding, lora, packing, projector_scale
 from .dataset import PhotoPool, questions
-from .questions import FAMILIES, Question, candidates, pick
+from .questions import FAMILIES, Question, candidates
 from .scenes import Scene
 
-IGNORE = -100
+IGNORE = packing.IGNORE
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m llava_freepruner.toy.train", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenes", type=int, default=640, help="training scenes (one sequence per scene and epoch)")
-    parser.add_argument("--epochs", type=int, default=2, help="passes over the scenes, with new questions each time")
+    parser.add_argument("--scenes", type=int, default=2000, help="training scenes (one sequence per scene and epoch)")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the scenes, with new questions each time")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--lr-projector", type=float, default=1e-3)
-    parser.add_argument("--lr-lora", type=float, default=4e-4)
+    parser.add_argument("--lr-projector", type=float, default=2e-3)
+    parser.add_argument("--lr-lora", type=float, default=2e-3)
+    parser.add_argument("--lora-rank", type=int, default=lora.RANK)
+    parser.add_argument("--lora-targets", default=",".join(lora.TARGETS),
+                        help="comma-separated projections of every decoder layer that get adapters")
     parser.add_argument("--ground-steps", type=int, default=200,
                         help="steps of the grounded projector initialisation (0: none; see toy/grounding.py)")
     parser.add_argument("--ground-lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=10, help="optimizer steps of linear warm-up")
-    parser.add_argument("--limit-minutes", type=float, default=26.0,
+    parser.add_argument("--warmup", type=int, default=20, help="optimizer steps of linear warm-up")
+    parser.add_argument("--limit-minutes", type=float, default=50.0,
                         help="stop training after this many minutes (the schedule is shortened to match)")
-    parser.add_argument("--heldout", type=int, default=100, help="held-out questions scored at the end")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--heldout", type=int, default=100,
+                        help="held-out questions scored at every checkpoint and at the end")
+    parser.add_argument("--checkpoint-minutes", type=float, default=15.0,
+                        help="write the weights and score the held-out questions this often")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default=os.path.join(HERE, "trained.safetensors"))
     parser.add_argument("--log", default=os.path.join(HERE, "train.log"))
     return parser.parse_args(argv)
@@ -74,49 +83,60 @@ class Log:
 # --- data ---------------------------------------------------------------------------
 
 
-PER_FAMILY = 2
+EXISTS_EACH = 3
 
 
-def training_turns(rng: random.Random, scene: Scene) -> List[Question]:
-    """Up to PER_FAMILY distinct questions per family ('exists': one 'yes', one
-    'no'), in random order; more answers per sequence for the same image tokens."""
-    turns = []
-    for family in FAMILIES:
-        if family == "exists":
-            turns += [q for q in (pick(rng, scene, family, a) for a in ("yes", "no")) if q is not None]
-        else:
-            found = candidates(scene, family)
-            turns += rng.sample(found, min(PER_FAMILY, len(found)))
-    rng.shuffle(turns)
-    return turns
+@dataclass(frozen=True)
+class Description(Question):
+    """Training only: name every object, top to bottom (no answer-format line)."""
+
+    @property
+    def text(self) -> str:
+        return self.question
 
 
-def messages(turns: Sequence[Question]) -> List[dict]:
-    out = []
-    for i, q in enumerate(turns):
-        content = ([{"type": "image"}] if i == 0 else []) + [{"type": "text", "text": q.text}]
-        out += [{"role": "user", "content": content}, {"role": "assistant", "content": q.answer}]
-    return out
+def describe(scene: Scene) -> Description:
+    objects = sorted(scene.objects, key=lambda o: (o.y, o.x))
+    return Description("describe", "List the objects from top to bottom.",
+                       ", ".join(f"{o.color} {o.shape}" for o in objects))
 
 
-def encode(processor, image, turns: Sequence[Question]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of the conversation and labels that keep only the answers (and
-    their end-of-turn token). Each answer's span is found by rendering the
-    conversation up to that turn's generation prompt."""
-    def ids(text):
-        return processor(images=image, text=text, return_tensors="pt")["input_ids"][0]
+def training_questions(rng: random.Random, scene: Scene) -> List[Question]:
+    """Every colour and shape question the scene has, the count question, as many
+    'yes' as 'no' questions (up to EXISTS_EACH each) and a description of the scene,
+    which gives dense supervision of what each object looks like. Questions are
+    packed as independent branches (toy/packing.py): no answer is seen by another."""
+    asked = candidates(scene, "color") + candidates(scene, "shape") + candidates(scene, "count")
+    yes, no = candidates(scene, "exists", "yes"), candidates(scene, "exists", "no")
+    each = min(EXISTS_EACH, len(yes), len(no))
+    return asked + rng.sample(yes, each) + rng.sample(no, each) + [describe(scene)]
 
-    chat = messages(turns)
-    full = ids(processor.apply_chat_template(chat))
-    labels = torch.full_like(full, IGNORE)
-    for turn in range(len(turns)):
-        prompt = ids(processor.apply_chat_template(chat[:2 * turn + 1], add_generation_prompt=True))
-        with_answer = ids(processor.apply_chat_template(chat[:2 * turn + 2]))
-        if not torch.equal(full[:len(with_answer)], with_answer) or not torch.equal(full[:len(prompt)], prompt):
-            raise RuntimeError("chat template does not render turns as prefixes of the conversation")
-        end = len(with_answer) - 1          # drop the newline after <|im_end|>
-        labels[len(prompt):end] = full[len(prompt):end]
-    return full, labels
+
+def family_weights(asked: Sequence[Question]) -> List[float]:
+    per_family = Counter(q.family for q in asked)
+    return [1.0 / per_family[q.family] for q in asked]
+
+
+def conversation(processor, image, question: Question, weight: float = 1.0) -> packing.Conversation:
+    """The single-question chat (user: image then question; assistant: answer) as the
+    accuracy command prompts it; the answer and its end-of-turn token are supervised."""
+    def ids(chat, **kwargs):
+        text = processor.apply_chat_template(chat, **kwargs)
+        return processor(images=image, text=text, return_tensors="pt")["input_ids"][0].tolist()
+
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.text}]}
+    prompt = ids([user], add_generation_prompt=True)
+    full = ids([user, {"role": "assistant", "content": question.answer}])
+    if full[:len(prompt)] != prompt:
+        raise RuntimeError("chat template does not render the prompt as a prefix of the conversation")
+    return packing.Conversation(full, len(prompt), len(full) - 1, weight)   # drop the newline after <|im_end|>
+
+
+def packed_scene(processor, image, asked: Sequence[Question], image_token_id: int, weights=None) -> packing.Packed:
+    conversations = [conversation(processor, image, q, w)
+                     for q, w in zip(asked, weights or [1.0] * len(asked))]
+    last_image_token = max(i for i, t in enumerate(conversations[0].ids) if t == image_token_id)
+    return packing.pack(conversations, min_prefix=last_image_token + 1)
 
 
 @torch.no_grad()
@@ -151,35 +171,29 @@ def cached_features(model, processor, key: str, images, log: Log) -> torch.Tenso
 # --- model --------------------------------------------------------------------------
 
 
-def answer_loss(model, features, input_ids, labels, attention_mask):
-    """Cross-entropy on the answer tokens; (loss, per-sequence all-correct flags)."""
+def answer_loss(model, features, input_ids, labels, weights, positions, allowed):
+    """Weighted cross-entropy on the answer tokens of packed sequences (see
+    toy/packing.py); returns (loss, per-branch all-correct flags as {(row, branch): bool})."""
     embeds = model.model.language_model.get_input_embeddings()(input_ids)
     projected = model.model.multi_modal_projector(features)
     mask = (input_ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
     embeds = embeds.masked_scatter(mask, projected.to(embeds.dtype))
     # bf16 matmuls (AVX512-BF16) halve the step time; the adapters are kept and stored in fp32.
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-    hidden = hidden.float()
-    targets = labels[:, 1:]
-    where = targets != IGNORE
-    logits = model.lm_head(hidden[:, :-1][where])
-    loss = F.cross_entropy(logits, targets[where])
-    hits = torch.ones(len(input_ids), dtype=torch.bool)
-    wrong = (logits.argmax(-1) != targets[where])
-    rows = where.nonzero()[:, 0]
-    hits[rows[wrong]] = False
-    return loss, hits
+        hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_bias(model.model.language_model, allowed),
+                                            position_ids=positions, use_cache=False).last_hidden_state
+    where = labels != IGNORE
+    logits = model.lm_head(hidden[where].float())
+    token_weights = weights[where]
+    loss = (token_weights * F.cross_entropy(logits, labels[where], reduction="none")).sum() / token_weights.sum()
+    return loss, logits.argmax(-1) == labels[where]
 
 
-def collate(encoded, pad_id: int):
-    length = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), length), pad_id)
-    labels = torch.full((len(encoded), length), IGNORE)
-    attention = torch.zeros((len(encoded), length), dtype=torch.long)
-    for row, (ids, lab) in enumerate(encoded):
-        input_ids[row, :len(ids)], labels[row, :len(ids)], attention[row, :len(ids)] = ids, lab, 1
-    return input_ids, labels, attention
+def attention_bias(language_model, allowed: torch.Tensor) -> torch.Tensor:
+    """The boolean (B, 1, L, L) mask as ``language_model``'s attention takes it."""
+    if language_model.config._attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
 def heldout_accuracy(model, processor, features, items, pad_id, batch: int = 8) -> dict:
@@ -189,11 +203,13 @@ def heldout_accuracy(model, processor, features, items, pad_id, batch: int = 8) 
     with torch.no_grad():
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
-            encoded = [encode(processor, image, [q]) for image, q in chunk]
-            _, hits = answer_loss(model, features[start:start + batch], *collate(encoded, pad_id))
-            for (_, q), hit in zip(chunk, hits.tolist()):
+            packed = [packing.pack([conversation(processor, image, q)]) for image, q in chunk]
+            ids, labels, weights, positions, allowed = packing.collate(packed, pad_id)
+            _, correct = answer_loss(model, features[start:start + batch], ids, labels, weights, positions, allowed)
+            rows = (labels != IGNORE).nonzero()[:, 0]
+            for row, (_, q) in enumerate(chunk):
                 total[q.family] += 1
-                right[q.family] += hit
+                right[q.family] += bool(correct[rows == row].all())
     report = {f: right[f] / total[f] for f in FAMILIES if total[f]}
     report["all"] = sum(right.values()) / max(1, sum(total.values()))
     return report
@@ -224,7 +240,7 @@ def main(argv=None) -> int:
     pad_id = model.generation_config.pad_token_id
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    adapters = lora.attach(model.model.language_model)
+    adapters = lora.attach(model.model.language_model, args.lora_rank, args.lora_targets.split(","))
     projector = model.model.multi_modal_projector
     for parameter in projector.parameters():
         parameter.requires_grad_(True)
@@ -265,14 +281,28 @@ def main(argv=None) -> int:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * progress(s))))
+    heldout_inputs = projector_scale.standardize(heldout_features, mean, std)
+
+    def checkpoint(step: int) -> None:
+        model.eval()
+        save(args, projector, adapters, mean, std, step)
+        log(f"step {step}: wrote {args.out} ({os.path.getsize(args.out)} bytes)")
+        report = heldout_accuracy(model, processor, heldout_inputs, heldout_items, pad_id)
+        log(f"step {step}: held-out teacher-forced exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+        model.train()
+
     model.train()
     running, logged, answered = 0.0, 0, 0
+    last_checkpoint = time.time()
     for step in range(steps):
         chunk = order[step * args.batch:(step + 1) * args.batch]
-        conversations = [(scenes[i][1], training_turns(rng, scenes[i][0])) for i in chunk]
-        answered += sum(len(turns) for _, turns in conversations)
-        encoded = [encode(processor, image, turns) for image, turns in conversations]
-        loss, _ = answer_loss(model, train_inputs[chunk], *collate(encoded, pad_id))
+        packed = []
+        for i in chunk:
+            asked = training_questions(rng, scenes[i][0])
+            answered += len(asked)
+            packed.append(packed_scene(processor, scenes[i][1], asked, model.config.image_token_id,
+                                       family_weights(asked)))
+        loss, _ = answer_loss(model, train_inputs[chunk], *packing.collate(packed, pad_id))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -282,22 +312,29 @@ def main(argv=None) -> int:
             log(f"step {step + 1}/{steps} sequences {min((step + 1) * args.batch, len(order))} "
                 f"answers {answered} loss {running / logged:.4f}")
             running, logged = 0.0, 0
-        if time.time() - started > limit:
+        out_of_time = time.time() - started > limit
+        if out_of_time:
             log(f"time limit of {args.limit_minutes:g} minutes reached after step {step + 1}/{steps}")
+        if out_of_time or step + 1 == steps or time.time() - last_checkpoint > args.checkpoint_minutes * 60:
+            checkpoint(step + 1)
+            last_checkpoint = time.time()
+        if out_of_time:
             break
-    model.eval()
-    projector_scale.fold_standardization(projector.linear_1, mean, std)   # the saved projector reads raw features
-    trained = {f"{assemble.PROJECTOR_PREFIX}{k}": v.detach().clone().contiguous()
-               for k, v in projector.state_dict().items()}
-    trained.update(lora.state(adapters))
+    return 0
+
+
+def save(args, projector, adapters, mean, std, step: int) -> None:
+    """Write the projector (reading raw features: the standardisation folded into a
+    copy of its first layer) and the adapters to ``args.out``."""
     from safetensors.torch import save_file
 
-    save_file(trained, args.out, metadata={"seed": str(args.seed), "scenes": str(args.scenes),
-                                           "lora_rank": str(lora.RANK), "lora_targets": ",".join(lora.TARGETS)})
-    log(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")
-    report = heldout_accuracy(model, processor, heldout_features, heldout_items, pad_id)
-    log("held-out teacher-forced exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
-    return 0
+    saved = copy.deepcopy(projector)
+    projector_scale.fold_standardization(saved.linear_1, mean, std)
+    trained = {f"{assemble.PROJECTOR_PREFIX}{k}": v.detach().clone().contiguous()
+               for k, v in saved.state_dict().items()}
+    trained.update(lora.state(adapters))
+    save_file(trained, args.out, metadata={"seed": str(args.seed), "scenes": str(args.scenes), "steps": str(step),
+                                           "lora_rank": str(args.lora_rank), "lora_targets": args.lora_targets})
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ geometry (336 px, 14 px patches: 576 patches per crop) with few narrow layers, a
 a Llama, Mistral or Qwen2 decoder. The processor is transformers' own
 (``LlavaProcessor`` / ``LlavaNextProcessor``), so ``processor(images=..., text=...)``
 expands ``<image>`` exactly as for the published checkpoints. Answers mean nothing.
+
+The video kinds and OneVision have processors whose video half needs torchvision:
+``build`` returns an image processor and the tokenizer for them (``ImageAndText``),
+``full_processor`` and ``save`` the real ``VideoLlavaProcessor``,
+``LlavaNextVideoProcessor`` or ``LlavaOnevisionProcessor`` where torchvision imports.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ import torch
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
+# Content as a list of typed items ({"type": "image"|"video"|"text", ...}) or as a plain
+# string that already holds its <image>/<video> placeholders (lmms-eval's llava_hf passes one)
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'].upper() }}: "
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
-    "{% else %}{{ item['text'] }}{% endif %}{% endfor %} {% endfor %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% elif item['type'] == 'video' %}<video>\n"
+    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %} {% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 _CORPUS = [
@@ -174,6 +183,45 @@ def _video_model(spec: TinyHF, vision, text, tokenizer):
     return config, LlavaNextVideoForConditionalGeneration, ImageAndText(images, tokenizer, frames)
 
 
+def full_processor(spec: TinyHF, processor: ImageAndText):
+    """transformers' own processor for a video kind or OneVision, with the tokenizer and
+    image processor of ``processor`` (from ``build(spec)``) and the video processor the
+    published checkpoints use at this model's frame size, so that
+    ``processor(text=..., videos=...)`` writes the placeholders the model expects.
+    Needs torchvision (transformers' video processors are torchvision-only)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError(f"the transformers processor of a tiny {spec.kind!r} checkpoint has a video processor, "
+                          "which needs torchvision (bash eval_scripts/install.sh --video VENV makes an environment "
+                          "with it)")
+    common = dict(tokenizer=processor.tokenizer, chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN,
+                  video_token=VIDEO_TOKEN)
+    if spec.kind == "video_llava":
+        from transformers import VideoLlavaProcessor, VideoLlavaVideoProcessor
+
+        frames = VideoLlavaVideoProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+        return VideoLlavaProcessor(image_processor=processor.image_processor, video_processor=frames, patch_size=14,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1, **common)
+    if spec.kind == "llava_next_video":
+        from transformers import LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor
+
+        frames = LlavaNextVideoVideoProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+        return LlavaNextVideoProcessor(video_processor=frames, image_processor=processor.image_processor, patch_size=14,
+                                       vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                       **common)
+    if spec.kind == "llava_onevision":
+        from transformers import LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+        # as llava-hf/llava-onevision-qwen2-*-ov-hf: 384 x 384 frames, SigLIP's normalisation
+        frames = LlavaOnevisionVideoProcessor(size={"height": 384, "width": 384}, image_mean=[0.5, 0.5, 0.5],
+                                              image_std=[0.5, 0.5, 0.5])
+        return LlavaOnevisionProcessor(image_processor=processor.image_processor, video_processor=frames,
+                                       num_image_tokens=27 * 27, vision_feature_select_strategy="full",
+                                       vision_aspect_ratio="anyres_max_9", **common)
+    raise ValueError(f"TinyHF.kind={spec.kind!r} has a single processor already (build returns it)")
+
+
 def onevision_frame_processor():
     """OneVision's video frames: 384 x 384 without cropping, SigLIP's normalisation."""
     from transformers import CLIPImageProcessor
@@ -236,8 +284,12 @@ def _spread_weights(model) -> None:
 
 
 def save(spec: TinyHF, folder: str) -> str:
-    """Write model and processor to ``folder`` (a checkpoint ``from_pretrained`` loads)."""
+    """Write model and processor to ``folder`` (a checkpoint ``from_pretrained`` and
+    ``AutoProcessor.from_pretrained`` load). The video kinds and OneVision get their
+    full transformers processor (``full_processor``: needs torchvision)."""
     model, processor = build(spec)
+    if isinstance(processor, ImageAndText):
+        processor = full_processor(spec, processor)
     os.makedirs(folder, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..config import Config, ConfigError, from_env
 
@@ -19,16 +19,41 @@ class Cell:
         return f"{self.method}@{self.ratio:g}"
 
 
-def grid(methods: Sequence[str], ratios: Sequence[float], extra: Dict[str, str] = None) -> List[Cell]:
+def parse_recipes(text: Optional[str]) -> Dict[Optional[float], str]:
+    """``--fitprune-recipe``: one recipe for every ratio (``r.json``), or one per
+    ratio (``0.5=r50.json,0.25=r75.json``)."""
+    if not text:
+        return {}
+    if "=" not in text:
+        return {None: text.strip()}
+    recipes = {}
+    for part in text.split(","):
+        ratio, _, path = part.partition("=")
+        try:
+            recipes[float(ratio)] = path.strip()
+        except ValueError:
+            raise ConfigError(f"--fitprune-recipe {part!r}: expected RATIO=FILE (e.g. 0.5=recipe50.json) "
+                              "or a single recipe file") from None
+    return recipes
+
+
+def grid(methods: Sequence[str], ratios: Sequence[float], recipes: Dict[Optional[float], str] = None) -> List[Cell]:
     """Cells in run order; every configuration is validated here (ConfigError
-    names the bad method or ratio) before any model is loaded. ``extra``: more
-    ``FREEPRUNER_*`` / ``FITPRUNE_*`` variables, e.g. a FitPrune recipe."""
+    names the bad method or ratio) before any model is loaded. ``recipes``:
+    FITPRUNE_RECIPE per ratio (key None: every ratio), see :func:`parse_recipes`."""
     if not methods or not ratios:
         raise ConfigError("--methods and --ratios need at least one value each")
+    recipes = recipes or {}
     cells = []
     for method in methods:
         for ratio in ratios:
-            variables = {"FREEPRUNER_METHOD": method, "FREEPRUNER_RATIO": repr(float(ratio)), **(extra or {})}
+            variables = {"FREEPRUNER_METHOD": method, "FREEPRUNER_RATIO": repr(float(ratio))}
+            recipe = recipes.get(float(ratio), recipes.get(None))
+            if recipe is not None:
+                variables["FITPRUNE_RECIPE"] = recipe
+            elif recipes and "fitprune" in method:
+                raise ConfigError(f"--fitprune-recipe gives no recipe for ratio {ratio:g} "
+                                  f"(it has {', '.join(f'{r:g}' for r in recipes)})")
             config = from_env(variables)
             cells.append(Cell(config.method, float(ratio), config))
     names = [c.name for c in cells]

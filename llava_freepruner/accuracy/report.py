@@ -17,7 +17,8 @@ def markdown(meta: dict, rows: List[dict]) -> str:
         lines.append(f"| {row['method']} | {row['ratio']:g} | {row['visual_tokens']:g} | "
                      f"{100 * row['accuracy']:.1f} | {per_family} |")
     lines += ["", "Accuracy in %, exact match after lower-casing and removing a final period. Visual tokens: "
-              "mean per image from the plugin's stats, or the unpruned count where it wrote none."]
+              "mean per image from the plugin's stats (for methods inside the LLM: averaged over its layers), "
+              "or the unpruned count where it wrote none."]
     return "\n".join(lines) + "\n"
 
 

@@ -87,10 +87,14 @@ def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, tick:
 
 def summarize(cell: Cell, records: Sequence[dict], stats_path: str) -> dict:
     """Accuracy overall and per family; visual tokens per image from the
-    plugin's stats when it wrote any, else the unpruned count."""
+    plugin's stats when it wrote any (for a method inside the LLM, the mean over
+    layers of the visual tokens each keeps), else the unpruned count."""
     families = sorted({r["family"] for r in records})
     stats = [s for s in stats_records(stats_path) if "tokens_out" in s]
-    if stats:
+    alive = [s["llm_visual_alive"] for s in stats if s.get("llm_visual_alive")]
+    if alive:       # pruned inside the LLM: the visual tokens each layer keeps, averaged over layers
+        tokens, source = sum(sum(a) / len(a) for a in alive) / len(alive), "llm_layer_mean"
+    elif stats:
         tokens, source = sum(s["tokens_out"] for s in stats) / len(stats), "stats"
     else:
         tokens, source = sum(r["unpruned_tokens"] for r in records) / len(records), "unpruned"

@@ -15,7 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--methods", default="none",
                         help="comma-separated FREEPRUNER_METHOD values, e.g. none,freepruner,random (default: none)")
     parser.add_argument("--ratios", default="1.0", help="comma-separated fractions of visual tokens kept (default: 1.0)")
-    parser.add_argument("--fitprune-recipe", help="FITPRUNE_RECIPE for methods that include fitprune")
+    parser.add_argument("--fitprune-recipe",
+                        help="FITPRUNE_RECIPE for methods that include fitprune: one file for every ratio, "
+                             "or one per ratio as RATIO=FILE,... (e.g. 0.5=r50.json,0.25=r75.json)")
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
@@ -38,8 +40,8 @@ def run(args) -> int:
     from ..accuracy import cells as cell_grid, questions
 
     try:
-        extra = {"FITPRUNE_RECIPE": args.fitprune_recipe} if args.fitprune_recipe else {}
-        grid = cell_grid.grid([m.strip() for m in args.methods.split(",") if m.strip()], _floats(args.ratios), extra)
+        grid = cell_grid.grid([m.strip() for m in args.methods.split(",") if m.strip()], _floats(args.ratios),
+                              recipes=cell_grid.parse_recipes(args.fitprune_recipe))
         items = questions.read(args.questions, args.images, args.limit)
     except (ConfigError, ValueError) as err:
         return fail(str(err))

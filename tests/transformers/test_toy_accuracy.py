@@ -1,7 +1,9 @@
-"""The toy LLaVA checkpoint and the accuracy command (transformers 5.x environment).
+"""The toy LLaVA checkpoint and the accuracy command (transformers environments).
 
-One checkpoint is assembled per session with ``toy-model``; six held-out
-questions run through ``accuracy`` with method none at ratio 1.0.
+One checkpoint is assembled per session with ``toy-model``. Six held-out
+questions check that ratio 1.0 gives the unpatched answers and that reruns
+resume; 40 more (another seed) check the committed weights' unpruned accuracy
+next to freePruner at ratio 0.5.
 """
 
 from __future__ import annotations
@@ -98,6 +100,21 @@ def test_accuracy_at_ratio_one_equals_the_unpatched_model_and_resumes(toy, toy_d
     assert main(args) == 0
     kept = [json.loads(line) for line in open(out / "cells" / "none@1.jsonl")]
     assert kept[0]["prediction"] == "kept" and len(kept) == 6
+
+
+def test_forty_heldout_questions_unpruned_and_at_half_the_tokens(toy_dir, tmp_path):
+    questions = tmp_path / "q"
+    write_question_set(str(questions), 7, ["heldout"], 40)
+    out = tmp_path / "acc"
+    assert main(["accuracy", "--model", str(toy_dir), "--questions", str(questions / "questions.jsonl"),
+                 "--images", str(questions / "images"), "--methods", "none,freepruner", "--ratios", "0.5",
+                 "--out", str(out)]) == 0
+    cells = {row["method"]: row for row in json.loads((out / "results.json").read_text())["cells"]}
+    assert cells["none"]["questions"] == cells["freepruner"]["questions"] == 40
+    assert cells["none"]["visual_tokens"] == 256 and cells["freepruner"]["visual_tokens"] == 128
+    # The task's bar for the committed weights on questions they were not trained on.
+    assert cells["none"]["accuracy"] >= 0.8, cells["none"]
+    assert set(cells["none"]["families"]) == {"color", "count", "exists", "shape"}
 
 
 @pytest.mark.parametrize("change, message", [

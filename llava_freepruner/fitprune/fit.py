@@ -175,6 +175,9 @@ def _read_config(model_path):
         path = os.path.join(model_path, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model {model_path}: no config.json in it; expected a LLaVA checkpoint folder")
+    elif os.path.isabs(model_path) or model_path.startswith(".") or model_path.count("/") != 1:
+        raise FileNotFoundError(f"model {model_path}: no such folder (expected a checkpoint folder or a hub name "
+                                "such as liuhaotian/llava-v1.5-7b)")
     else:
         try:
             from huggingface_hub import hf_hub_download
@@ -226,7 +229,7 @@ def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=
         given = [name for name, value in (("conv_mode (--conv-mode)", conv_mode),
                                           ("model_base (--model-base)", model_base)) if value is not None]
         if given:
-            raise ValueError(f"{' and '.join(given)} apply to upstream LLaVA checkpoints only; {model_path} is a "
+            raise ValueError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to upstream LLaVA checkpoints only; {model_path} is a "
                              "transformers checkpoint, whose prompt comes from its processor's chat template")
     questions = read_questions(question_file, image_folder, samples)
     _refuse_applied_plugin()

@@ -143,7 +143,7 @@ def test_bad_inputs_are_refused_by_name_before_loading(checkpoints, calibration,
     broken.write_text(json.dumps({"question_id": "q7", "image": "nope.png", "text": "hi"}) + "\n")
     with pytest.raises(FileNotFoundError, match="nope.png.*'q7'"):
         fit_recipe(folder, str(broken), str(images), 0.5, out)
-    with pytest.raises(ValueError, match=r"conv_mode \(--conv-mode\) apply to upstream LLaVA checkpoints only"):
+    with pytest.raises(ValueError, match=r"conv_mode \(--conv-mode\) applies to upstream LLaVA checkpoints only"):
         fit_recipe(folder, str(questions), str(images), 0.5, out, conv_mode="llava_v1")
     other = tmp_path / "qwen"
     other.mkdir()
@@ -152,6 +152,8 @@ def test_bad_inputs_are_refused_by_name_before_loading(checkpoints, calibration,
         fit_recipe(str(other), str(questions), str(images), 0.5, out)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         fit_recipe(str(tmp_path), str(questions), str(images), 0.5, out)
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
+        fit_recipe(str(tmp_path / "nowhere"), str(questions), str(images), 0.5, out)
 
 
 def test_the_command_names_an_unknown_checkpoint_kind(tmp_path, calibration, capsys):

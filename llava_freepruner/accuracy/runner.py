@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
+from ..prompts import image_question_inputs
 from ..stats import read_jsonl
 from ..toy.questions import is_correct
 from ..vision.images import open_image
@@ -43,9 +44,7 @@ class Model:
         return AutoProcessor.from_pretrained(self.path)
 
     def inputs(self, item: Item):
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.text}]}]
-        prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        return self.processor(images=open_image(item.image), text=prompt, return_tensors="pt")
+        return image_question_inputs(self.processor, open_image(item.image), item.text)
 
     @torch.no_grad()
     def answer(self, inputs) -> str:

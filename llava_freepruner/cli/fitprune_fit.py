@@ -6,8 +6,11 @@ import sys
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model-path", required=True, help="LLaVA checkpoint directory or hub name")
-    parser.add_argument("--model-base", default=None)
+    parser.add_argument("--model-path", required=True,
+                        help="LLaVA checkpoint directory or hub name: upstream llava's, or transformers' "
+                             "LlavaForConditionalGeneration / LlavaNextForConditionalGeneration (told apart by "
+                             "its config.json)")
+    parser.add_argument("--model-base", default=None, help="upstream LLaVA checkpoints only (LoRA, projector-only)")
     parser.add_argument("--question-file", required=True,
                         help="calibration questions, llava.eval.model_vqa_loader jsonl ({question_id, image, text})")
     parser.add_argument("--image-folder", required=True)
@@ -15,7 +18,9 @@ def add_arguments(parser) -> None:
                         help="fraction of the visual-token FLOPs in the LLM to remove, 0 < r < 1 (e.g. 0.6)")
     parser.add_argument("--out", required=True, help="recipe JSON to write (use it as FITPRUNE_RECIPE)")
     parser.add_argument("--samples", type=int, default=None, help="use the first N questions (default: all)")
-    parser.add_argument("--conv-mode", default="llava_v1")
+    parser.add_argument("--conv-mode", default=None,
+                        help="upstream LLaVA checkpoints only (default llava_v1); a transformers checkpoint's "
+                             "prompt is its processor's chat template")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--tolerance", type=float, default=0.01, help="bisection stops at this alpha interval")
 

@@ -1,6 +1,7 @@
 """FitPrune: recipes (per-layer deletions), the FLOPs model and the fitting rules.
 
-The fitting command lives in :mod:`llava_freepruner.fitprune.fit` (it loads llava).
+The fitting command lives in :mod:`llava_freepruner.fitprune.fit` (it loads upstream llava, or
+transformers' LLaVA classes through :mod:`llava_freepruner.fitprune.transformers_fit`).
 """
 
 from ..budget import flops_reduction, layer_flops, reduction_from_counts, scale_deletions

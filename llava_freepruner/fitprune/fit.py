@@ -1,9 +1,12 @@
 """Fit a FitPrune recipe for a FLOPs budget on calibration questions.
 
-Inputs are built exactly like ``llava.eval.model_vqa_loader``. Each sample is
-encoded once (image tower, projector, splice) and its embeddings are cached; every
-bisection round then runs only the language model, with the fitting policy deciding
-deletions layer by layer.
+Two kinds of checkpoint, told apart by their ``config.json``: upstream LLaVA
+(inputs built exactly like ``llava.eval.model_vqa_loader``) and transformers'
+``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``
+(inputs from the processor's chat template, see :mod:`.transformers_fit`).
+Either way each sample is encoded once (image tower, projector, splice) and its
+embeddings are cached; every bisection round then runs only the language model,
+with the fitting policy deciding deletions layer by layer (:func:`fit_encoded`).
 """
 
 import hashlib
@@ -162,20 +165,85 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction={reduction!r} must lie strictly between 0 and 1 (e.g. 0.6)")
 
 
-def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=None, conv_mode="llava_v1",
+UPSTREAM, TRANSFORMERS = "upstream", "transformers"
+UPSTREAM_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava_mpt")
+TRANSFORMERS_MODEL_TYPES = ("llava", "llava_next")
+
+
+def _read_config(model_path):
+    if os.path.isdir(model_path):
+        path = os.path.join(model_path, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model {model_path}: no config.json in it; expected a LLaVA checkpoint folder")
+    elif os.path.isabs(model_path) or model_path.startswith(".") or model_path.count("/") != 1:
+        raise FileNotFoundError(f"model {model_path}: no such folder (expected a checkpoint folder or a hub name "
+                                "such as liuhaotian/llava-v1.5-7b)")
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(model_path, "config.json")
+        except Exception as err:  # not a folder, and the hub (or its cache) does not have it either
+            raise FileNotFoundError(f"model {model_path}: not a folder, and its config.json could not be had "
+                                    f"from the Hugging Face hub ({type(err).__name__}: {err})") from None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"model {model_path}: {path} cannot be read as JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"model {model_path}: {path} holds no JSON object")
+    return config
+
+
+def checkpoint_kind(model_path):
+    """``"upstream"`` (upstream llava's ``Llava*ForCausalLM``) or ``"transformers"``
+    (transformers' ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``),
+    from the checkpoint's config.json; ValueError naming the accepted kinds otherwise."""
+    config = _read_config(model_path)
+    model_type = config.get("model_type")
+    if model_type in UPSTREAM_MODEL_TYPES or "mm_vision_tower" in config:
+        return UPSTREAM
+    if model_type in TRANSFORMERS_MODEL_TYPES:
+        return TRANSFORMERS
+    raise ValueError(f"model {model_path}: config.json has model_type {model_type!r}; fitprune-fit accepts "
+                     f"transformers LLaVA checkpoints (model_type {', '.join(TRANSFORMERS_MODEL_TYPES)}) and "
+                     f"upstream LLaVA checkpoints (model_type {', '.join(UPSTREAM_MODEL_TYPES)}, "
+                     "or any with mm_vision_tower)")
+
+
+def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=None, conv_mode=None,
                device="cpu", progress=True, model_base=None, tolerance=0.01):
     """Fit the recipe of the smallest tolerance alpha that removes ``reduction`` of the
-    visual-token FLOPs, write it to ``out`` (JSON) and return it."""
+    visual-token FLOPs, write it to ``out`` (JSON) and return it.
+
+    ``model_path``: an upstream LLaVA checkpoint (``conv_mode``, default ``llava_v1``, and
+    ``model_base`` apply) or a transformers LLaVA / LLaVA-NeXT checkpoint (its processor's
+    chat template builds the prompt)."""
     _check_reduction(reduction)
+    rounds_for(tolerance)
     started = time.time()
+    model_path = os.path.expanduser(model_path)
+    kind = checkpoint_kind(model_path)
+    if kind == TRANSFORMERS:
+        given = [name for name, value in (("conv_mode (--conv-mode)", conv_mode),
+                                          ("model_base (--model-base)", model_base)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to upstream LLaVA checkpoints only; {model_path} is a "
+                             "transformers checkpoint, whose prompt comes from its processor's chat template")
     questions = read_questions(question_file, image_folder, samples)
+    _refuse_applied_plugin()
+    if kind == TRANSFORMERS:
+        from .transformers_fit import fit_checkpoint
+
+        return fit_checkpoint(model_path, questions, question_file, image_folder, reduction, out, device,
+                              progress, tolerance, started)
 
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
 
-    model_path = os.path.expanduser(model_path)
     model_name = get_model_name_from_path(model_path)
-    conv_mode = _conv_mode(model_name, conv_mode)
+    conv_mode = _conv_mode(model_name, conv_mode or "llava_v1")
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, model_name,
                                                                  device_map=device, device=device)
     if model.get_vision_tower() is None:
@@ -189,28 +257,53 @@ def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=
 
 def fit_loaded(model, tokenizer, image_processor, model_name, questions, question_file, image_folder, reduction,
                out, conv_mode="llava_v1", progress=True, tolerance=0.01, started=None, metadata=None):
-    """:func:`fit_recipe` on a model already in memory (``questions`` from :func:`read_questions`);
-    ``wall_time_s`` counts from ``started`` (default: now)."""
+    """:func:`fit_recipe` on an upstream LLaVA model already in memory (``questions`` from
+    :func:`read_questions`); ``wall_time_s`` counts from ``started`` (default: now)."""
+    conv_mode = _conv_mode(model_name, conv_mode)
+
+    def encode(record):
+        return _encode_sample(model, tokenizer, image_processor, record, image_folder, conv_mode)
+
+    return fit_encoded(model.get_model(), encode, model_name, questions, question_file, reduction, out,
+                       progress, tolerance, started, dict(metadata or {}), {"conv_mode": conv_mode})
+
+
+def _refuse_applied_plugin():
+    """A recipe is fitted on the unpruned model: refuse while the plugin prunes."""
+    from .. import backends
+
+    if backends.is_applied() and backends.session().config.prunes:
+        raise ValueError(f"the plugin is applied and prunes (method {backends.session().config.method}); a "
+                         "FitPrune recipe is fitted on the unpruned model: unset the FREEPRUNER_* / FITPRUNE_* "
+                         "variables (or call llava_freepruner.remove()) before fitting")
+
+
+def fit_encoded(decoder, encode, model_name, questions, question_file, reduction, out, progress=True,
+                tolerance=0.01, started=None, metadata=None, prompt_metadata=None):
+    """The fit shared by every kind of checkpoint. ``encode(record) -> (embeds (1, L, d),
+    (start, end))``: one question's spliced decoder input and its visual span, computed once
+    per sample; ``decoder``: the language model's decoder (the module holding ``layers``),
+    run on the cached inputs in every bisection round. Writes the recipe to ``out`` and
+    returns it; ``wall_time_s`` counts from ``started`` (default: now)."""
     from tqdm import tqdm
 
     _check_reduction(reduction)
+    _refuse_applied_plugin()
     started = time.time() if started is None else started
-    conv_mode = _conv_mode(model_name, conv_mode)
-    config = model.config
+    config = decoder.config
     sizes = (config.hidden_size, config.intermediate_size)
     rounds = rounds_for(tolerance)
     bar = tqdm(total=len(questions) * (rounds + 3), desc="FitPrune fit", disable=not progress)
     cached = []
     for record in questions:
-        cached.append(_encode_sample(model, tokenizer, image_processor, record, image_folder, conv_mode))
+        cached.append(encode(record))
         bar.update(1)
     counts = [span[1] - span[0] for _, span in cached]
     num_visual = int(statistics.median(counts))
-    decoder = model.get_model()
 
     def run(policy, embeds, span):
-        attach(model, policy)
-        begin_prefill(model, [[span]])
+        attach(decoder, policy)
+        begin_prefill(decoder, [[span]])
         with torch.inference_mode():
             decoder(inputs_embeds=embeds, use_cache=False)
         bar.update(1)
@@ -234,13 +327,13 @@ def fit_loaded(model, tokenizer, image_processor, model_name, questions, questio
 
         alpha, (deletions, achieved) = smallest_passing_alpha(evaluate, rounds)
     finally:
-        detach(model)
+        detach(decoder)
         bar.close()
 
     metadata = dict(metadata or {}, target_reduction=reduction, achieved_reduction=round(achieved, 6))
     metadata.update({
         "alpha": alpha, "samples": len(questions), "calibration_file": os.path.abspath(question_file),
-        "calibration_sha256": _sha256(question_file), "conv_mode": conv_mode,
+        "calibration_sha256": _sha256(question_file), **(prompt_metadata or {}),
         "hidden_size": sizes[0], "intermediate_size": sizes[1],
         "wall_time_s": round(time.time() - started, 2)})
     recipe = Recipe(model_name, num_visual, deletions, metadata)

@@ -75,3 +75,31 @@ def test_patches_are_labelled_by_the_object_covering_them():
     assert torch.equal(objects[0].reshape(16, 16), labels >= 0)
     assert targets[0].reshape(16, 16)[1, 1] == 3.0 and targets[0].reshape(16, 16)[8, 8] == 30.0
     assert targets[0].reshape(16, 16)[0, 0] == -1.0
+
+
+def test_unfolding_the_standardisation_undoes_folding_it():
+    features = torch.randn(3, 5, 6) * 2 + 1
+    mean, std = projector_scale.feature_stats(features)
+    model = projector()
+    expected = model(projector_scale.standardize(features, mean, std))
+    projector_scale.fold_standardization(model[0], mean, std)
+    projector_scale.unfold_standardization(model[0], mean, std)
+    assert torch.allclose(model(projector_scale.standardize(features, mean, std)), expected, atol=1e-5)
+
+
+def test_stored_adapters_load_back_into_fresh_ones():
+    from llava_freepruner.toy import lora
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    first = lora.attach(base, rank=2, targets=["0", "1"])
+    for module in first.values():
+        nn.init.normal_(module.B)
+    x = torch.randn(4, 8)
+    expected = base(x)
+    stored = lora.state(first)
+    fresh = lora.attach(nn.Sequential(base[0].base, base[1].base), rank=2, targets=["0", "1"])
+    lora.load(fresh, stored)
+    torch.testing.assert_close(nn.Sequential(*[fresh[p] for p in ("0", "1")])(x), expected, atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="lack 1 adapters"):
+        lora.load(fresh, {k: v for k, v in stored.items() if not k.startswith("lora.1.")})

@@ -19,9 +19,13 @@ class Cell:
         return f"{self.method}@{self.ratio:g}"
 
 
+NO_RECIPE = "none"
+
+
 def parse_recipes(text: Optional[str]) -> Dict[Optional[float], str]:
     """``--fitprune-recipe``: one recipe for every ratio (``r.json``), or one per
-    ratio (``0.5=r50.json,0.25=r75.json``)."""
+    ratio (``0.5=r50.json,0.25=r75.json``); ``1.0=none`` runs FitPrune at that ratio
+    without deletions (the budget of an unpruned model)."""
     if not text:
         return {}
     if "=" not in text:
@@ -47,15 +51,18 @@ def grid(methods: Sequence[str], ratios: Sequence[float], recipes: Dict[Optional
     cells = []
     for method in methods:
         for ratio in ratios:
-            variables = {"FREEPRUNER_METHOD": method, "FREEPRUNER_RATIO": repr(float(ratio))}
             recipe = recipes.get(float(ratio), recipes.get(None))
-            if recipe is not None:
-                variables["FITPRUNE_RECIPE"] = recipe
-            elif recipes and "fitprune" in method:
+            if recipes and recipe is None and "fitprune" in method:
                 raise ConfigError(f"--fitprune-recipe gives no recipe for ratio {ratio:g} "
                                   f"(it has {', '.join(f'{r:g}' for r in recipes)})")
+            runs = method
+            if recipe == NO_RECIPE and "fitprune" in method.split("+"):
+                runs = "+".join(part for part in method.split("+") if part != "fitprune") or "none"
+            variables = {"FREEPRUNER_METHOD": runs, "FREEPRUNER_RATIO": repr(float(ratio))}
+            if recipe is not None and recipe != NO_RECIPE:
+                variables["FITPRUNE_RECIPE"] = recipe
             config = from_env(variables)
-            cells.append(Cell(config.method, float(ratio), config))
+            cells.append(Cell(config.method if runs == method else method, float(ratio), config))
     names = [c.name for c in cells]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

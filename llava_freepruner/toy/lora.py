@@ -58,6 +58,18 @@ def state(wrapped: Dict[str, LoRALinear], dtype: torch.dtype = torch.float16) ->
     return out
 
 
+def load(wrapped: Dict[str, LoRALinear], tensors: Dict[str, torch.Tensor]) -> None:
+    """Set attached adapters from their stored form (see :func:`state`)."""
+    missing = [path for path in wrapped if f"{PREFIX}{path}.A" not in tensors]
+    if missing:
+        raise ValueError(f"stored LoRA weights lack {len(missing)} adapters, e.g. {missing[0]!r} "
+                         "(trained with other --lora-targets?)")
+    with torch.no_grad():
+        for path, module in wrapped.items():
+            module.A.copy_(tensors[f"{PREFIX}{path}.A"].float())
+            module.B.copy_(tensors[f"{PREFIX}{path}.B"].float() / module.scale)
+
+
 def merge(model: nn.Module, tensors: Dict[str, torch.Tensor]) -> None:
     """Add every stored ``B @ A`` to its plain ``nn.Linear`` weight in ``model``."""
     modules = dict(model.named_modules())

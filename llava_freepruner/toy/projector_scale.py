@@ -34,6 +34,14 @@ def fold_standardization(first: nn.Linear, mean: torch.Tensor, std: torch.Tensor
     first.weight.copy_(weight)
 
 
+@torch.no_grad()
+def unfold_standardization(first: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """The inverse of :func:`fold_standardization`: rewrite ``first`` so that
+    ``first((x - mean) / std) == old_first(x)``."""
+    first.bias += first.weight @ mean
+    first.weight.mul_(std)
+
+
 def rms(x: torch.Tensor) -> float:
     return x.double().pow(2).mean().sqrt().item()
 

@@ -58,6 +58,10 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=20, help="optimizer steps of linear warm-up")
     parser.add_argument("--limit-minutes", type=float, default=50.0,
                         help="stop training after this many minutes (the schedule is shortened to match)")
+    parser.add_argument("--resume", metavar="WEIGHTS",
+                        help="start from saved weights (e.g. trained.safetensors) instead of a fresh projector "
+                             "and zero adapters; the scaling and grounding of a fresh start are skipped")
+    parser.add_argument("--heldout-seed", type=int, default=1, help="seed of the held-out check's questions")
     parser.add_argument("--heldout", type=int, default=100,
                         help="held-out questions scored at every checkpoint and at the end")
     parser.add_argument("--checkpoint-minutes", type=float, default=15.0,
@@ -69,8 +73,8 @@ def parse_args(argv=None):
 
 
 class Log:
-    def __init__(self, path: str):
-        self.file = open(path, "w", encoding="utf-8")
+    def __init__(self, path: str, append: bool = False):
+        self.file = open(path, "a" if append else "w", encoding="utf-8")
         self.start = time.time()
 
     def __call__(self, message: str) -> None:
@@ -234,7 +238,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    log = Log(args.log)
+    log = Log(args.log, append=bool(args.resume))
     log(f"toy LLaVA training: {vars(args)}")
     model, processor = assemble.build({})
     pad_id = model.generation_config.pad_token_id
@@ -251,20 +255,24 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     train_pool = PhotoPool(["train"])
     scenes = [train_pool.scene(rng) for _ in range(args.scenes)]
-    heldout = list(questions(args.seed + 1, PhotoPool(["heldout"]), args.heldout))
+    heldout = list(questions(args.heldout_seed, PhotoPool(["heldout"]), args.heldout))
     train_features = cached_features(model, processor, f"train|{args.seed}|{args.scenes}",
                                      [image for _, image in scenes], log)
-    heldout_features = cached_features(model, processor, f"heldout|{args.seed + 1}|{args.heldout}",
+    heldout_features = cached_features(model, processor, f"heldout|{args.heldout_seed}|{args.heldout}",
                                        [image for _, image, _ in heldout], log)
     heldout_items = [(image, q) for _, image, q in heldout]
     mean, std = projector_scale.feature_stats(train_features)
     train_inputs = projector_scale.standardize(train_features, mean, std)
-    embeddings = model.model.language_model.get_input_embeddings().weight[:-1]   # the last row is <image>
-    target = projector_scale.rms(embeddings)
-    before = projector_scale.match_output_rms(projector, projector.linear_2, train_inputs[:8], target)
-    log(f"projector output RMS {before:.4f} scaled to the token-embedding RMS {target:.4f}")
-    if args.ground_steps:
-        ground(args, model, processor, projector, [scene for scene, _ in scenes], train_inputs, log)
+    if args.resume:
+        resume(args.resume, projector, adapters, mean, std)
+        log(f"resumed from {args.resume}")
+    else:
+        embeddings = model.model.language_model.get_input_embeddings().weight[:-1]   # the last row is <image>
+        target = projector_scale.rms(embeddings)
+        before = projector_scale.match_output_rms(projector, projector.linear_2, train_inputs[:8], target)
+        log(f"projector output RMS {before:.4f} scaled to the token-embedding RMS {target:.4f}")
+        if args.ground_steps:
+            ground(args, model, processor, projector, [scene for scene, _ in scenes], train_inputs, log)
 
     optimizer = torch.optim.AdamW([
         {"params": list(projector.parameters()), "lr": args.lr_projector},
@@ -321,6 +329,16 @@ def main(argv=None) -> int:
         if out_of_time:
             break
     return 0
+
+
+def resume(path: str, projector, adapters, mean, std) -> None:
+    """Load saved weights into the training modules: the projector reads
+    standardised features here, so the folded standardisation is taken out again."""
+    trained = assemble.load_trained(path)
+    projector.load_state_dict({k[len(assemble.PROJECTOR_PREFIX):]: v for k, v in trained.items()
+                               if k.startswith(assemble.PROJECTOR_PREFIX)})
+    projector_scale.unfold_standardization(projector.linear_1, mean, std)
+    lora.load(adapters, trained)
 
 
 def save(args, projector, adapters, mean, std, step: int) -> None:

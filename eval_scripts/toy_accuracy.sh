@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Accuracy against visual tokens on the toy LLaVA, every method, as in the README:
+#
+#   bash eval_scripts/toy_accuracy.sh [OUT_DIR]      # default OUT_DIR: toy_accuracy
+#
+# Builds the checkpoint (toy-model), a held-out question set (held-out photos, seed 7,
+# 200 questions), a calibration set for FitPrune (training photos, seed 11, 40 questions),
+# fits one FitPrune recipe per ratio (FLOPs reduction 1 - ratio), then runs `accuracy` in
+# two processes of one thread each and writes the combined report (OUT_DIR/results.md,
+# results.json, accuracy.png). Every step resumes: a rerun skips what is already there.
+#
+# Environment: PYTHON (default .venv-transformers/bin/python), COUNT (held-out questions).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${1:-toy_accuracy}"
+py="${PYTHON:-.venv-transformers/bin/python}"
+count="${COUNT:-200}"
+ratios="1.0,0.5,0.25,0.11"
+vision_methods="none,freepruner,random,grid,cls_topk,visionzip"
+other_methods="divprune,vispruner,fastv,dart,fitprune"
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
+mkdir -p "$out"
+
+[[ -f "$out/model/config.json" ]] || "$py" -m llava_freepruner toy-model --out "$out/model"
+[[ -f "$out/heldout/questions.jsonl" ]] ||
+    "$py" -m llava_freepruner toy-questions --out "$out/heldout" --count "$count" --seed 7 --photos heldout
+[[ -f "$out/calibration/questions.jsonl" ]] ||
+    "$py" -m llava_freepruner toy-questions --out "$out/calibration" --count 40 --seed 11 --photos train
+
+recipes="1.0=none"
+for ratio in 0.5 0.25 0.11; do
+    recipe="$out/fitprune_$ratio.json"
+    reduction="$("$py" -c "print(round(1 - $ratio, 2))")"
+    [[ -f "$recipe" ]] || "$py" -m llava_freepruner fitprune-fit --model-path "$out/model" \
+        --question-file "$out/calibration/questions.jsonl" --image-folder "$out/calibration/images" \
+        --reduction "$reduction" --out "$recipe"
+    recipes="$recipes,$ratio=$recipe"
+done
+
+accuracy() {
+    "$py" -m llava_freepruner accuracy --model "$out/model" --questions "$out/heldout/questions.jsonl" \
+        --images "$out/heldout/images" --ratios "$ratios" --fitprune-recipe "$recipes" --out "$out" "$@"
+}
+# Two halves side by side (one thread each), then one pass over every cell: all answers
+# are on disk by then, so it only writes the combined report.
+accuracy --methods "$vision_methods" > "$out/first_half.log" 2>&1 &
+first=$!
+accuracy --methods "$other_methods" > "$out/second_half.log" 2>&1 || { wait "$first"; exit 1; }
+wait "$first" || { echo "toy_accuracy.sh: see $out/first_half.log" >&2; exit 1; }
+accuracy --methods "$vision_methods,$other_methods"

@@ -5,9 +5,10 @@
 #
 # Builds the checkpoint (toy-model), a held-out question set (held-out photos, seed 7,
 # 200 questions), a calibration set for FitPrune (training photos, seed 11, 40 questions),
-# fits one FitPrune recipe per ratio (FLOPs reduction 1 - ratio), then runs `accuracy` in
-# two processes of one thread each and writes the combined report (OUT_DIR/results.md,
-# results.json, accuracy.png). Every step resumes: a rerun skips what is already there.
+# fits one FitPrune recipe per ratio (FLOPs reduction 1 - ratio; at ratio 1.0 FitPrune
+# deletes nothing), runs `accuracy` in two processes of one thread each and writes the
+# combined report (OUT_DIR/results.md, results.json, accuracy.png). Every step resumes:
+# a rerun skips what is already there.
 #
 # Environment: PYTHON (default .venv-transformers/bin/python), COUNT (held-out questions).
 set -euo pipefail
@@ -27,24 +28,27 @@ mkdir -p "$out"
 [[ -f "$out/calibration/questions.jsonl" ]] ||
     "$py" -m llava_freepruner toy-questions --out "$out/calibration" --count 40 --seed 11 --photos train
 
-recipes="1.0=none"
-for ratio in 0.5 0.25 0.11; do
-    recipe="$out/fitprune_$ratio.json"
-    reduction="$("$py" -c "print(round(1 - $ratio, 2))")"
-    [[ -f "$recipe" ]] || "$py" -m llava_freepruner fitprune-fit --model-path "$out/model" \
-        --question-file "$out/calibration/questions.jsonl" --image-folder "$out/calibration/images" \
-        --reduction "$reduction" --out "$recipe"
-    recipes="$recipes,$ratio=$recipe"
-done
+fit_recipes() {
+    local ratio reduction
+    for ratio in 0.5 0.25 0.11; do
+        reduction="$("$py" -c "print(round(1 - $ratio, 2))")"
+        [[ -f "$out/fitprune_$ratio.json" ]] || "$py" -m llava_freepruner fitprune-fit --model-path "$out/model" \
+            --question-file "$out/calibration/questions.jsonl" --image-folder "$out/calibration/images" \
+            --reduction "$reduction" --out "$out/fitprune_$ratio.json"
+    done
+}
+recipes="1.0=none,0.5=$out/fitprune_0.5.json,0.25=$out/fitprune_0.25.json,0.11=$out/fitprune_0.11.json"
 
 accuracy() {
     "$py" -m llava_freepruner accuracy --model "$out/model" --questions "$out/heldout/questions.jsonl" \
         --images "$out/heldout/images" --ratios "$ratios" --fitprune-recipe "$recipes" --out "$out" "$@"
 }
-# Two halves side by side (one thread each), then one pass over every cell: all answers
-# are on disk by then, so it only writes the combined report.
+# Two halves side by side (one thread each; the second fits the FitPrune recipes first),
+# then one pass over every cell: all answers are on disk by then, so it only writes the
+# combined report.
 accuracy --methods "$vision_methods" > "$out/first_half.log" 2>&1 &
 first=$!
-accuracy --methods "$other_methods" > "$out/second_half.log" 2>&1 || { wait "$first"; exit 1; }
+{ fit_recipes && accuracy --methods "$other_methods"; } > "$out/second_half.log" 2>&1 ||
+    { wait "$first"; echo "toy_accuracy.sh: see $out/second_half.log" >&2; exit 1; }
 wait "$first" || { echo "toy_accuracy.sh: see $out/first_half.log" >&2; exit 1; }
 accuracy --methods "$vision_methods,$other_methods"

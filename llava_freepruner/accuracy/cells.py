@@ -51,12 +51,13 @@ def grid(methods: Sequence[str], ratios: Sequence[float], recipes: Dict[Optional
     cells = []
     for method in methods:
         for ratio in ratios:
-            recipe = recipes.get(float(ratio), recipes.get(None))
-            if recipes and recipe is None and "fitprune" in method:
+            uses_fitprune = "fitprune" in method.split("+")
+            recipe = recipes.get(float(ratio), recipes.get(None)) if uses_fitprune else None
+            if recipes and recipe is None and uses_fitprune:
                 raise ConfigError(f"--fitprune-recipe gives no recipe for ratio {ratio:g} "
                                   f"(it has {', '.join(f'{r:g}' for r in recipes)})")
             runs = method
-            if recipe == NO_RECIPE and "fitprune" in method.split("+"):
+            if recipe == NO_RECIPE:
                 runs = "+".join(part for part in method.split("+") if part != "fitprune") or "none"
             variables = {"FREEPRUNER_METHOD": runs, "FREEPRUNER_RATIO": repr(float(ratio))}
             if recipe is not None and recipe != NO_RECIPE:

@@ -27,7 +27,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -61,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", metavar="WEIGHTS",
                         help="start from saved weights (e.g. trained.safetensors) instead of a fresh projector "
                              "and zero adapters; the scaling and grounding of a fresh start are skipped")
+    parser.add_argument("--family-weights", default="",
+                        help="loss weight per question family, e.g. exists=2 (default: all 1)")
     parser.add_argument("--heldout-seed", type=int, default=1, help="seed of the held-out check's questions")
     parser.add_argument("--heldout", type=int, default=100,
                         help="held-out questions scored at every checkpoint and at the end")
@@ -116,9 +118,23 @@ def training_questions(rng: random.Random, scene: Scene) -> List[Question]:
     return asked + rng.sample(yes, each) + rng.sample(no, each) + [describe(scene)]
 
 
-def family_weights(asked: Sequence[Question]) -> List[float]:
+def family_weights(asked: Sequence[Question], scale: Dict[str, float] = None) -> List[float]:
+    """Every family asked weighs the same (times ``scale[family]``, default 1)."""
     per_family = Counter(q.family for q in asked)
-    return [1.0 / per_family[q.family] for q in asked]
+    return [(scale or {}).get(q.family, 1.0) / per_family[q.family] for q in asked]
+
+
+def parse_family_weights(text: str) -> Dict[str, float]:
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        family, _, value = part.partition("=")
+        if family not in FAMILIES + ("describe",):
+            raise SystemExit(f"--family-weights {part!r}: unknown family; accepted: {', '.join(FAMILIES)}, describe")
+        try:
+            weights[family] = float(value)
+        except ValueError:
+            raise SystemExit(f"--family-weights {part!r}: expected FAMILY=NUMBER, e.g. exists=2") from None
+    return weights
 
 
 def conversation(processor, image, question: Question, weight: float = 1.0) -> packing.Conversation:
@@ -236,6 +252,7 @@ def ground(args, model, processor, projector, scenes, inputs, log: Log) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    family_scale = parse_family_weights(args.family_weights)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     log = Log(args.log, append=bool(args.resume))
@@ -309,7 +326,7 @@ def main(argv=None) -> int:
             asked = training_questions(rng, scenes[i][0])
             answered += len(asked)
             packed.append(packed_scene(processor, scenes[i][1], asked, model.config.image_token_id,
-                                       family_weights(asked)))
+                                       family_weights(asked, family_scale)))
         loss, _ = answer_loss(model, train_inputs[chunk], *packing.collate(packed, pad_id))
         optimizer.zero_grad()
         loss.backward()

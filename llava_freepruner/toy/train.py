@@ -1,19 +1,24 @@
 """Train the toy LLaVA's projector and LoRA adapters on grounded questions.
 
     python -m llava_freepruner.toy.train            # writes trained.safetensors and train.log here
+    bash eval_scripts/toy_train.sh                  # the two stages behind the committed weights
 
-The vision tower and the language model stay frozen. DINOv2 features are
-computed once per scene (cached under ~/.cache/llava_freepruner). Each training
-sequence is one scene with up to seven question turns (up to two per family,
-'exists' once 'yes' and once 'no', in random order; every answer is supervised),
-which shares the 256 image tokens between questions. The projector learns on
-standardised features (folded into its first layer when saved), its output
-scaled to the token-embedding RMS and then fitted by the grounded regression of
-toy/grounding.py before the end-to-end steps. Training stops early at
+The vision tower and the language model stay frozen (LoRA adapters on its
+attention projections are trained). DINOv2 features are computed once per scene
+(cached under ~/.cache/llava_freepruner). Each training sequence is one scene
+with every question it has a unique answer to (balanced 'yes'/'no' for 'exists')
+plus a description of its objects, packed behind one copy of the image tokens
+as independent branches (toy/packing.py): each question is learnt exactly as it
+is asked at test time, alone, while the 256 image tokens are processed once.
+Every family weighs the same in the loss (--family-weights changes that). The
+projector learns on standardised features (folded into its first layer when
+saved), its output scaled to the token-embedding RMS and then fitted by the
+grounded regression of toy/grounding.py before the end-to-end steps (a fresh
+start only; --resume continues from saved weights). Training stops early at
 --limit-minutes; the cosine schedule follows whichever of steps or time is
-further along. A held-out set (other photos) is scored at the end by
-teacher-forced exact match of the answer tokens, which is what greedy decoding
-would produce.
+further along. Weights are written, and a held-out set (other photos) scored by
+teacher-forced exact match of the answer tokens (what greedy decoding would
+produce), every --checkpoint-minutes and at the end.
 """
 
 from __future__ import annotations

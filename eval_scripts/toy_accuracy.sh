@@ -5,18 +5,20 @@
 #
 # Builds the checkpoint (toy-model), a held-out question set (held-out photos, seed 7,
 # 200 questions), a calibration set for FitPrune (training photos, seed 11, 40 questions),
-# fits one FitPrune recipe per ratio (FLOPs reduction 1 - ratio; at ratio 1.0 FitPrune
-# deletes nothing), runs `accuracy` in two processes of one thread each and writes the
-# combined report (OUT_DIR/results.md, results.json, accuracy.png). Every step resumes:
-# a rerun skips what is already there.
+# fits one FitPrune recipe per ratio (FLOPs reduction 1 - ratio), runs `accuracy` on the
+# first LIMIT questions in two processes of one thread each (the unpruned model once, every
+# method at each ratio) and writes the combined report (OUT_DIR/results.md, results.json,
+# accuracy.png); then the unpruned model on all 200 questions (OUT_DIR/unpruned_200/).
+# Every step resumes: a rerun skips what is already there.
 #
-# Environment: PYTHON (default .venv-transformers/bin/python), COUNT (held-out questions).
+# Environment: PYTHON (default .venv-transformers/bin/python), LIMIT (default 100; about
+# one question per second per process on a 2-core CPU, 31 cells).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-toy_accuracy}"
 py="${PYTHON:-.venv-transformers/bin/python}"
-count="${COUNT:-200}"
-ratios="1.0,0.5,0.25,0.11"
+limit="${LIMIT:-100}"
+ratios="0.5,0.25,0.11"
 vision_methods="none,freepruner,random,grid,cls_topk,visionzip"
 other_methods="divprune,vispruner,fastv,dart,fitprune"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
@@ -24,7 +26,7 @@ mkdir -p "$out"
 
 [[ -f "$out/model/config.json" ]] || "$py" -m llava_freepruner toy-model --out "$out/model"
 [[ -f "$out/heldout/questions.jsonl" ]] ||
-    "$py" -m llava_freepruner toy-questions --out "$out/heldout" --count "$count" --seed 7 --photos heldout
+    "$py" -m llava_freepruner toy-questions --out "$out/heldout" --count 200 --seed 7 --photos heldout
 [[ -f "$out/calibration/questions.jsonl" ]] ||
     "$py" -m llava_freepruner toy-questions --out "$out/calibration" --count 40 --seed 11 --photos train
 
@@ -37,18 +39,19 @@ fit_recipes() {
             --reduction "$reduction" --out "$out/fitprune_$ratio.json"
     done
 }
-recipes="1.0=none,0.5=$out/fitprune_0.5.json,0.25=$out/fitprune_0.25.json,0.11=$out/fitprune_0.11.json"
+recipes="0.5=$out/fitprune_0.5.json,0.25=$out/fitprune_0.25.json,0.11=$out/fitprune_0.11.json"
 
 accuracy() {
     "$py" -m llava_freepruner accuracy --model "$out/model" --questions "$out/heldout/questions.jsonl" \
-        --images "$out/heldout/images" --ratios "$ratios" --fitprune-recipe "$recipes" --out "$out" "$@"
+        --images "$out/heldout/images" --ratios "$ratios" --fitprune-recipe "$recipes" "$@"
 }
 # Two halves side by side (one thread each; the second fits the FitPrune recipes first),
 # then one pass over every cell: all answers are on disk by then, so it only writes the
 # combined report.
-accuracy --methods "$vision_methods" > "$out/first_half.log" 2>&1 &
+accuracy --methods "$vision_methods" --limit "$limit" --out "$out" > "$out/first_half.log" 2>&1 &
 first=$!
-{ fit_recipes && accuracy --methods "$other_methods"; } > "$out/second_half.log" 2>&1 ||
+{ fit_recipes && accuracy --methods "$other_methods" --limit "$limit" --out "$out"; } > "$out/second_half.log" 2>&1 ||
     { wait "$first"; echo "toy_accuracy.sh: see $out/second_half.log" >&2; exit 1; }
 wait "$first" || { echo "toy_accuracy.sh: see $out/first_half.log" >&2; exit 1; }
-accuracy --methods "$vision_methods,$other_methods"
+accuracy --methods "$vision_methods,$other_methods" --limit "$limit" --out "$out"
+accuracy --methods none --out "$out/unpruned_200"

@@ -16,12 +16,11 @@ def test_one_recipe_serves_every_ratio_and_a_mapping_serves_each_ratio_its_own()
     assert [c.name for c in cells] == ["fitprune@0.5", "fitprune@0.25", "freepruner@0.5", "freepruner@0.25"]
 
 
-def test_fitprune_without_deletions_at_ratio_one_runs_the_unpruned_model():
-    cells = grid(["fitprune", "freepruner+fitprune"], [1.0, 0.5], parse_recipes("1.0=none,0.5=r50.json"))
-    by_name = {c.name: c.config for c in cells}
-    assert by_name["fitprune@1"].method == "none" and by_name["fitprune@1"].fitprune_recipe is None
-    assert by_name["freepruner+fitprune@1"].method == "freepruner"
-    assert by_name["fitprune@0.5"].fitprune_recipe == "r50.json"
+def test_the_unpruned_model_gets_one_cell_whatever_the_ratios():
+    cells = grid(["none", "freepruner"], [0.5, 0.25])
+    assert [c.name for c in cells] == ["none@1", "freepruner@0.5", "freepruner@0.25"]
+    assert cells[0].ratio == 1.0 and not cells[0].config.prunes
+    assert [c.name for c in grid(["freepruner"], [0.5, 1.0])] == ["freepruner@0.5", "freepruner@1"]
 
 
 def test_a_ratio_without_a_recipe_and_a_bad_mapping_are_refused_by_name():

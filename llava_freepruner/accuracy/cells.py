@@ -19,13 +19,9 @@ class Cell:
         return f"{self.method}@{self.ratio:g}"
 
 
-NO_RECIPE = "none"
-
-
 def parse_recipes(text: Optional[str]) -> Dict[Optional[float], str]:
     """``--fitprune-recipe``: one recipe for every ratio (``r.json``), or one per
-    ratio (``0.5=r50.json,0.25=r75.json``); ``1.0=none`` runs FitPrune at that ratio
-    without deletions (the budget of an unpruned model)."""
+    ratio (``0.5=r50.json,0.25=r75.json``)."""
     if not text:
         return {}
     if "=" not in text:
@@ -43,7 +39,8 @@ def parse_recipes(text: Optional[str]) -> Dict[Optional[float], str]:
 
 def grid(methods: Sequence[str], ratios: Sequence[float], recipes: Dict[Optional[float], str] = None) -> List[Cell]:
     """Cells in run order; every configuration is validated here (ConfigError
-    names the bad method or ratio) before any model is loaded. ``recipes``:
+    names the bad method or ratio) before any model is loaded. A method that does
+    not prune ('none') gets one cell, at ratio 1.0. ``recipes``:
     FITPRUNE_RECIPE per ratio (key None: every ratio), see :func:`parse_recipes`."""
     if not methods or not ratios:
         raise ConfigError("--methods and --ratios need at least one value each")
@@ -56,14 +53,15 @@ def grid(methods: Sequence[str], ratios: Sequence[float], recipes: Dict[Optional
             if recipes and recipe is None and uses_fitprune:
                 raise ConfigError(f"--fitprune-recipe gives no recipe for ratio {ratio:g} "
                                   f"(it has {', '.join(f'{r:g}' for r in recipes)})")
-            runs = method
-            if recipe == NO_RECIPE:
-                runs = "+".join(part for part in method.split("+") if part != "fitprune") or "none"
-            variables = {"FREEPRUNER_METHOD": runs, "FREEPRUNER_RATIO": repr(float(ratio))}
-            if recipe is not None and recipe != NO_RECIPE:
+            variables = {"FREEPRUNER_METHOD": method, "FREEPRUNER_RATIO": repr(float(ratio))}
+            if recipe is not None:
                 variables["FITPRUNE_RECIPE"] = recipe
             config = from_env(variables)
-            cells.append(Cell(config.method if runs == method else method, float(ratio), config))
+            if config.method == "none":      # it ignores the ratio: one unpruned cell
+                if any(c.method == "none" for c in cells):
+                    continue
+                ratio = 1.0
+            cells.append(Cell(config.method, float(ratio), config))
     names = [c.name for c in cells]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -14,11 +14,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", required=True, help="folder the questions' image names are relative to")
     parser.add_argument("--methods", default="none",
                         help="comma-separated FREEPRUNER_METHOD values, e.g. none,freepruner,random (default: none)")
-    parser.add_argument("--ratios", default="1.0", help="comma-separated fractions of visual tokens kept (default: 1.0)")
+    parser.add_argument("--ratios", default="1.0",
+                        help="comma-separated fractions of visual tokens kept (default: 1.0); "
+                             "'none' runs once, unpruned")
     parser.add_argument("--fitprune-recipe",
                         help="FITPRUNE_RECIPE for methods that include fitprune: one file for every ratio, "
-                             "or one per ratio as RATIO=FILE,... (e.g. 1.0=none,0.5=r50.json,0.25=r75.json; "
-                             "none: no deletions)")
+                             "or one per ratio as RATIO=FILE,... (e.g. 0.5=r50.json,0.25=r75.json)")
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")

@@ -29,14 +29,16 @@ def plot(rows: List[dict], path: str) -> None:
     from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(row["method"] for row in rows):
+    colors, markers = plt.get_cmap("tab20").colors, "os^vDP*Xhp<>"
+    for index, method in enumerate(dict.fromkeys(row["method"] for row in rows)):
         points = sorted((r["visual_tokens"], 100 * r["accuracy"]) for r in rows if r["method"] == method)
-        axes.plot(*zip(*points), marker="o", label=method)
+        axes.plot(*zip(*points), marker=markers[index % len(markers)], color=colors[2 * index % 20 + index // 10 % 2],
+                  label=method)
     axes.set_xlabel("visual tokens per image")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

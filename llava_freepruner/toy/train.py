@@ -1,7 +1,7 @@
 """Train the toy LLaVA's projector and LoRA adapters on grounded questions.
 
     python -m llava_freepruner.toy.train            # writes trained.safetensors and train.log here
-    bash eval_scripts/toy_train.sh                  # the two stages behind the committed weights
+    bash eval_scripts/toy_train.sh                  # the run behind the committed weights
 
 The vision tower and the language model stay frozen (LoRA adapters on its
 attention projections are trained). DINOv2 features are computed once per scene
@@ -10,7 +10,9 @@ with every question it has a unique answer to (balanced 'yes'/'no' for 'exists')
 plus a description of its objects, packed behind one copy of the image tokens
 as independent branches (toy/packing.py): each question is learnt exactly as it
 is asked at test time, alone, while the 256 image tokens are processed once.
-Every family weighs the same in the loss (--family-weights changes that). The
+Every family weighs the same in the loss, 'exists' and 'count' twice as much
+by default (--family-weights: binding a colour to a shape and counting are learnt
+last). The
 projector learns on standardised features (folded into its first layer when
 saved), its output scaled to the token-embedding RMS and then fitted by the
 grounded regression of toy/grounding.py before the end-to-end steps (a fresh
@@ -49,7 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m llava_freepruner.toy.train", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scenes", type=int, default=2000, help="training scenes (one sequence per scene and epoch)")
+    parser.add_argument("--scenes", type=int, default=2800, help="training scenes (one sequence per scene and epoch)")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the scenes, with new questions each time")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr-projector", type=float, default=2e-3)
@@ -66,12 +68,12 @@ def parse_args(argv=None):
     parser.add_argument("--resume", metavar="WEIGHTS",
                         help="start from saved weights (e.g. trained.safetensors) instead of a fresh projector "
                              "and zero adapters; the scaling and grounding of a fresh start are skipped")
-    parser.add_argument("--family-weights", default="",
-                        help="loss weight per question family, e.g. exists=2 (default: all 1)")
+    parser.add_argument("--family-weights", default="exists=2,count=2",
+                        help="loss weight per question family (unnamed families weigh 1; '' for all 1)")
     parser.add_argument("--heldout-seed", type=int, default=1, help="seed of the held-out check's questions")
     parser.add_argument("--heldout", type=int, default=100,
                         help="held-out questions scored at every checkpoint and at the end")
-    parser.add_argument("--checkpoint-minutes", type=float, default=15.0,
+    parser.add_argument("--checkpoint-minutes", type=float, default=12.0,
                         help="write the weights and score the held-out questions this often")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default=os.path.join(HERE, "trained.safetensors"))

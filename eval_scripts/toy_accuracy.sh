@@ -11,7 +11,8 @@
 # accuracy.png). Every step resumes: a rerun skips what is already there, and a larger
 # LIMIT only answers the new questions.
 #
-# Environment: PYTHON (default .venv-transformers/bin/python), LIMIT (default 200, all of
+# Environment: PYTHON (default .venv-transformers/bin/python), WEIGHTS (default: the committed
+# toy weights; a file from `python -m llava_freepruner.toy.train --out`), LIMIT (default 200, all of
 # them; 31 cells at 1-2.6 questions per second per process: about 50 minutes on a 2-core CPU).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,7 +25,7 @@ other_methods="divprune,vispruner,fastv,dart,fitprune"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 mkdir -p "$out"
 
-[[ -f "$out/model/config.json" ]] || "$py" -m llava_freepruner toy-model --out "$out/model"
+[[ -f "$out/model/config.json" ]] || "$py" -m llava_freepruner toy-model --out "$out/model" ${WEIGHTS:+--weights "$WEIGHTS"}
 [[ -f "$out/heldout/questions.jsonl" ]] ||
     "$py" -m llava_freepruner toy-questions --out "$out/heldout" --count 200 --seed 7 --photos heldout
 [[ -f "$out/calibration/questions.jsonl" ]] ||

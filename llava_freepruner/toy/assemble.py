@@ -119,11 +119,19 @@ def build(trained: Optional[Dict[str, torch.Tensor]] = None,
 
 
 def load_trained(path: str = TRAINED_WEIGHTS) -> Dict[str, torch.Tensor]:
+    """The projector and LoRA tensors that toy/train.py writes (its ``--out``)."""
     from safetensors.torch import load_file
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"trained toy weights {path!r} are missing: run `python -m llava_freepruner.toy.train`")
-    return load_file(path)
+    try:
+        trained = load_file(path)
+    except Exception as err:   # safetensors' own error type moved between releases
+        raise ValueError(f"trained toy weights {path!r} are not a readable safetensors file ({err})") from None
+    if not any(key.startswith(PROJECTOR_PREFIX) for key in trained):
+        raise ValueError(f"trained toy weights {path!r} hold no {PROJECTOR_PREFIX}* tensors: "
+                         "expected a file written by `python -m llava_freepruner.toy.train`")
+    return trained
 
 
 def save(out: str, trained: Optional[Dict[str, torch.Tensor]] = None) -> None:

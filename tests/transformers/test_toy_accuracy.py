@@ -3,7 +3,8 @@
 One checkpoint is assembled per session with ``toy-model``. Six held-out
 questions check that ratio 1.0 gives the unpatched answers and that reruns
 resume; 40 more (another seed) check the committed weights' unpruned accuracy
-next to freePruner at ratio 0.5.
+next to freePruner at ratio 0.5. ``toy-model --weights`` assembles other
+weights and refuses unreadable ones before writing.
 """
 
 from __future__ import annotations
@@ -143,3 +144,44 @@ def test_unknown_method_stops_before_output(tmp_path, question_dir, capsys):
                  "--images", str(question_dir / "images"), "--methods", "none,magic", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "FREEPRUNER_METHOD='magic'" in err and "freepruner" in err and not out.exists()
+
+
+def _projector_bias(folder):
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for shard in folder.glob("*.safetensors"):
+        tensors.update(load_file(shard))
+    return next(v for k, v in tensors.items() if k.endswith("multi_modal_projector.linear_2.bias"))
+
+
+def test_toy_model_assembles_retrained_weights(toy_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from llava_freepruner.toy import assemble
+
+    retrained = assemble.load_trained()
+    retrained["multi_modal_projector.linear_2.bias"] = retrained["multi_modal_projector.linear_2.bias"] + 0.5
+    save_file(retrained, str(tmp_path / "retrained.safetensors"))
+    out = tmp_path / "model"
+    assert main(["toy-model", "--out", str(out), "--weights", str(tmp_path / "retrained.safetensors")]) == 0
+    assert torch.allclose(_projector_bias(out), _projector_bias(toy_dir) + 0.5)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "are missing"),
+    (b"not safetensors", "not a readable safetensors file"),
+    ({"other.weight": torch.zeros(2)}, "hold no multi_modal_projector.* tensors"),
+])
+def test_toy_model_refuses_bad_weights_before_writing(tmp_path, capsys, content, message):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"
+    if isinstance(content, bytes):
+        weights.write_bytes(content)
+    elif content is not None:
+        save_file(content, str(weights))
+    out = tmp_path / "model"
+    assert main(["toy-model", "--out", str(out), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "--weights" in err and str(weights) in err and message in err and not out.exists()

@@ -10,11 +10,10 @@ with every question it has a unique answer to (balanced 'yes'/'no' for 'exists')
 plus a description of its objects, packed behind one copy of the image tokens
 as independent branches (toy/packing.py): each question is learnt exactly as it
 is asked at test time, alone, while the 256 image tokens are processed once.
-Every family weighs the same in the loss, 'exists' and 'count' twice as much
-by default (--family-weights: binding a colour to a shape and counting are learnt
-last). The
-projector learns on standardised features (folded into its first layer when
-saved), its output scaled to the token-embedding RMS and then fitted by the
+Every family weighs the same in the loss, 'exists' and 'count' twice as much by
+default (--family-weights: binding a colour to a shape and counting are learnt
+last). The projector learns on standardised features (folded into its first
+layer when saved), its output scaled to the token-embedding RMS and then fitted by the
 grounded regression of toy/grounding.py before the end-to-end steps (a fresh
 start only; --resume continues from saved weights). Training stops early at
 --limit-minutes; the cosine schedule follows whichever of steps or time is

@@ -15,7 +15,8 @@ limit_mib=60
 mkdir -p "$dest"
 "$python" -m pip download --disable-pip-version-check --quiet --no-deps --only-binary=:all: \
     --python-version 3.12 --implementation cp \
-    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_28_x86_64 \
     -d "$dest" -r "$repo_root/eval_scripts/gpu_requirements.txt"
 
 total=0

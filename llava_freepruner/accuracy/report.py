@@ -29,6 +29,7 @@ def plot(rows: List[dict], path: str) -> None:
     from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4))
+    # tab20 holds ten dark/light pairs: the first ten methods get the dark shades, the next ten the light
     colors, markers = plt.get_cmap("tab20").colors, "os^vDP*Xhp<>"
     for index, method in enumerate(dict.fromkeys(row["method"] for row in rows)):
         points = sorted((r["visual_tokens"], 100 * r["accuracy"]) for r in rows if r["method"] == method)

@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
                         help="comma-separated FREEPRUNER_METHOD values, e.g. none,freepruner,random (default: none)")
     parser.add_argument("--ratios", default="1.0",
                         help="comma-separated fractions of visual tokens kept (default: 1.0); "
-                             "'none' runs once, unpruned")
+                             "the method 'none' runs once, at 1.0, whatever the ratios")
     parser.add_argument("--fitprune-recipe",
                         help="FITPRUNE_RECIPE for methods that include fitprune: one file for every ratio, "
                              "or one per ratio as RATIO=FILE,... (e.g. 0.5=r50.json,0.25=r75.json)")

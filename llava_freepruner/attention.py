@@ -1,8 +1,11 @@
-"""Attention statistics computed from captured queries and keys.
+"""Attention statistics computed from captured queries and keys, for all crops at once.
 
 Everything here is pure tensor code in float32: the vision tower may run in
-fp16, statistics never do. Query rows are processed in chunks so no full
-``heads x tokens x tokens`` map is held for more than one chunk at a time.
+fp16, statistics never do. Inputs are (crops, heads, tokens, head_dim), queries
+already multiplied by the softmax scale. Work is batched over crops and heads,
+so the number of kernels does not grow with the batch; query rows go in chunks
+of a fixed size, so no full ``crops x heads x tokens x tokens`` map is held for
+more than one chunk at a time.
 """
 
 from __future__ import annotations
@@ -11,41 +14,60 @@ from typing import Optional
 
 import torch
 
-# Query rows per chunk: keeps the transient (heads x chunk x tokens) small.
+# Query rows per chunk: keeps the transient (crops x heads x chunk x tokens) small.
 CHUNK_ROWS = 256
+
+
+def _probabilities(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Head-mean softmax(q k^T): (crops, rows, tokens) fp32."""
+    return torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2)), dim=-1).mean(dim=1)
+
+
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of (crops, heads, tokens, dim) ``x`` at (crops, R) token indices: (crops, heads, R, dim)."""
+    crops, heads, _, dim = x.shape
+    return x.gather(2, rows[:, None, :, None].expand(crops, heads, rows.shape[1], dim))
 
 
 def head_mean_attention(q: torch.Tensor, k: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Post-softmax attention averaged over heads.
 
-    q, k: (heads, tokens, head_dim), q already multiplied by the softmax scale.
-    rows: query indices to compute (default: all). Returns (len(rows), tokens) fp32.
+    rows: (crops, R) query indices to compute (default: all). Returns (crops, R, tokens) fp32.
     """
-    q = q.float() if rows is None else q[:, rows].float()
-    logits = torch.matmul(q, k.float().transpose(-1, -2))
-    return torch.softmax(logits, dim=-1).mean(dim=0)
+    return _probabilities(q if rows is None else gather_rows(q, rows), k)
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """For every token j: sum over queries i != j of the head-mean attention A[i, j].
 
-    q, k: (heads, tokens, head_dim). Returns (tokens,) fp32.
+    Returns (crops, tokens) fp32.
     """
-    num_tokens = q.shape[1]
-    total = torch.zeros(num_tokens, dtype=torch.float32, device=q.device)
+    num_tokens = q.shape[2]
+    total = torch.zeros(q.shape[0], num_tokens, dtype=torch.float32, device=q.device)
     for start in range(0, num_tokens, CHUNK_ROWS):
-        rows = torch.arange(start, min(start + CHUNK_ROWS, num_tokens), device=q.device)
-        probs = head_mean_attention(q, k, rows)
-        total += probs.sum(dim=0)
-        total[rows] -= probs[torch.arange(len(rows), device=q.device), rows]
+        probs = _probabilities(q[:, :, start:start + CHUNK_ROWS], k)
+        total += probs.sum(dim=1)
+        # the chunk's own entries A[i, i] sit on its diagonal shifted by ``start``
+        total[:, start:start + probs.shape[1]] -= torch.diagonal(probs, offset=start, dim1=1, dim2=2)
     return total
 
 
-def attention_to_columns(q: torch.Tensor, k: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """For every query i: sum over the given key columns of A[i, column]. Returns (tokens,)."""
-    num_tokens = q.shape[1]
-    total = torch.empty(num_tokens, dtype=torch.float32, device=q.device)
+def attention_to_columns(q: torch.Tensor, k: torch.Tensor, columns: torch.Tensor,
+                         weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """For every query i: sum over the crop's key columns of weight x A[i, column].
+
+    columns: (crops, C) token indices; weights: (crops, C) or None (all ones).
+    Returns (crops, tokens) fp32.
+    """
+    num_tokens = q.shape[2]
+    total = torch.empty(q.shape[0], num_tokens, dtype=torch.float32, device=q.device)
     for start in range(0, num_tokens, CHUNK_ROWS):
-        rows = torch.arange(start, min(start + CHUNK_ROWS, num_tokens), device=q.device)
-        total[rows] = head_mean_attention(q, k, rows)[:, columns].sum(dim=1)
+        probs = _probabilities(q[:, :, start:start + CHUNK_ROWS], k)
+        total[:, start:start + probs.shape[1]] = weighted_columns(probs, columns, weights)
     return total
+
+
+def weighted_columns(maps: torch.Tensor, columns: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """(crops, rows, tokens) maps -> (crops, rows): each row's sum of weight x map[column]."""
+    picked = maps.gather(2, columns[:, None, :].expand(-1, maps.shape[1], -1))
+    return (picked if weights is None else picked * weights[:, None, :]).sum(dim=2)

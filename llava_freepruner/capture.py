@@ -17,7 +17,7 @@ from typing import List
 import torch
 from torch import nn
 
-from .methods.base import MapView, QueryKeyView, SelectionContext, VisionMethod
+from .methods.base import MapView, QueryKeyView, SelectionContext, VisionMethod, keeps_everything
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,11 @@ class AttentionCapture:
     ``method.observe`` as the tower runs. ``seconds`` accumulates the time spent
     in the hooks (the selection overhead inside the tower).
 
-    Where the layer computes its attention map itself in fp32 (CLIP's eager
-    attention in an fp32 tower, as LLaVA-1.5 loads it), the hook asks for that map
-    and reduces it over heads: no recomputation. Otherwise (fp16 towers, fused
-    attention) the statistics are recomputed in fp32 from the layer's queries and
-    keys. ``reuse_maps=False`` forces the recomputation.
+    Where the layer computes its attention map itself (CLIP's eager attention, as
+    upstream LLaVA runs it), the hook asks for that map and reduces it over heads
+    with fp32 accumulation: no recomputation. Otherwise (SDPA, FlashAttention)
+    the statistics are recomputed in fp32 from the layer's queries and keys,
+    batched over crops and heads. ``reuse_maps=False`` forces the recomputation.
     """
 
     def __init__(self, vision_model: nn.Module, method: VisionMethod, ctx: SelectionContext, reuse_maps: bool = True):
@@ -81,6 +81,8 @@ class AttentionCapture:
         self._handles = []
 
     def __enter__(self) -> "AttentionCapture":
+        if keeps_everything(self.ctx):     # nothing to choose: the tower runs untouched
+            return self
         layers = self.method.attention_layers(len(self.sites), self.ctx.feature_layer)
         for layer in layers:
             self._hook(layer, self.sites[layer])
@@ -114,10 +116,11 @@ class AttentionCapture:
         def observe(module, args, output):
             start = time.perf_counter()
             q, k = captured.pop("q"), captured.pop("k")
-            k = _split_heads(k, site.num_heads).float()
+            k = _split_heads(k, site.num_heads)
             maps = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if torch.is_tensor(maps) and maps.dtype == torch.float32 and maps.dim() == 4:
-                view = MapView(maps.mean(dim=1), k)
+            if torch.is_tensor(maps) and maps.dim() == 4:
+                # the layer made its map anyway: reduce it over heads, accumulating in fp32
+                view = MapView(maps.mean(dim=1, dtype=torch.float32), k)
             else:
                 q = _split_heads(q, site.num_heads).float()
                 view = QueryKeyView(q * q.shape[-1] ** -0.5, k)

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from .capture import AttentionCapture
-from .methods.base import CropRequest, Selection, SelectionContext, VisionMethod
+from .methods.base import CropRequest, Selection, SelectionContext, VisionMethod, select
 
 
 @dataclass
@@ -39,6 +39,27 @@ def sync(tensor: torch.Tensor) -> None:
         torch.cuda.synchronize(tensor.device)
 
 
+class Clock:
+    """Host time of a stretch of device work. It waits for the device at both
+    ends, so only a run that records times (a stats file, the benchmark) makes
+    one; an untimed clock reads 0 and never waits."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._start = 0.0
+
+    def start(self, tensor: torch.Tensor) -> None:
+        if self.enabled:
+            sync(tensor)
+            self._start = time.perf_counter()
+
+    def stop(self, tensor: torch.Tensor) -> float:
+        if not self.enabled:
+            return 0.0
+        sync(tensor)
+        return time.perf_counter() - self._start
+
+
 def grid_shape(tower) -> tuple:
     side = tower.config.image_size // tower.config.patch_size
     return side, side
@@ -48,11 +69,13 @@ def run_tower(
     tower, images: torch.Tensor, requests: Sequence[CropRequest], method: VisionMethod,
     projector: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     narrow: Optional[Callable[[torch.Tensor], Sequence[CropRequest]]] = None,
+    timed: bool = True,
 ) -> TowerRun:
     """Forward ``images`` through the tower, selecting tokens for each crop.
     ``projector`` is the model's (for methods that select on projected tokens);
     ``narrow(features)``, when given, replaces the requests after the tower ran and
-    before the selection (temporal video mode: candidates lose redundant patches)."""
+    before the selection (temporal video mode: candidates lose redundant patches).
+    ``timed=False`` leaves the clocks alone: no waiting for the device, times 0."""
     config = tower.config
     ctx = SelectionContext(
         requests=requests,
@@ -62,21 +85,32 @@ def run_tower(
         feature_layer=feature_layer(config.num_hidden_layers, tower.select_layer),
         projector=projector,
         tower_name=getattr(tower, "vision_tower_name", None),
+        device=images.device,
     )
-    sync(images)
-    start = time.perf_counter()
+    clock = Clock(timed)
+    clock.start(images)
     with AttentionCapture(tower.vision_tower, method, ctx) as capture:
         features = tower(images)
-    sync(features)
-    vision_seconds = time.perf_counter() - start
+    vision_seconds = clock.stop(features)
     ctx.output_dtype = features.dtype
-    start = time.perf_counter()
+    clock.start(features)
     if narrow is not None:
         ctx.requests = narrow(features)
-    selections = method.select(ctx)
-    sync(features)
-    select_seconds = capture.seconds + time.perf_counter() - start
+    selections = select(method, ctx)
+    select_seconds = capture.seconds + clock.stop(features)
     return TowerRun(features, selections, vision_seconds, select_seconds, ctx.projected_patches)
+
+
+def gather_batch(features: torch.Tensor, selections: Sequence[Selection], with_cls: bool) -> Optional[torch.Tensor]:
+    """:func:`gather_kept` for every crop in one gather, where every crop keeps
+    the same number of patches and no merged rows (else None)."""
+    counts = {int(s.indices.numel()) for s in selections}
+    if len(counts) != 1 or any(s.prefix is not None or s.merged is not None for s in selections):
+        return None
+    index = torch.stack([s.indices for s in selections]).to(features.device)
+    patches = features[:, 1:] if with_cls else features
+    kept = patches.gather(1, index[:, :, None].expand(-1, -1, features.shape[2]))
+    return torch.cat([features[:, :1], kept], dim=1) if with_cls else kept
 
 
 def gather_kept(features: torch.Tensor, selection: Selection, with_cls: bool) -> torch.Tensor:

@@ -5,10 +5,8 @@ import math
 import pytest
 import torch
 
-from llava_freepruner.methods.base import CropRequest, QueryKeyView, SelectionContext
-from llava_freepruner.methods.freepruner import (
-    FreePruner, complementary_tokens, default_contribution_layers, pivotal_tokens, spread_top,
-)
+from llava_freepruner.methods.base import CropRequest, QueryKeyView, SelectionContext, descending, keep_top
+from llava_freepruner.methods.freepruner import FreePruner, default_contribution_layers, pivot_counts, spread_top
 
 GRID = (6, 6)
 N = GRID[0] * GRID[1]
@@ -110,35 +108,62 @@ def test_invalid_patches_are_never_chosen():
     assert valid.sum() == 24     # the request's mask is not modified
 
 
+def pivotal_tokens(r, budget):
+    """One crop's pivots: the first ``pivot_counts`` of its ranking, ascending."""
+    count = int(pivot_counts(r[None], [budget])[0])
+    return torch.sort(descending(r[None])[0][:count]).values
+
+
 def test_pivots_are_iqr_outliers_capped_at_half_budget():
     r = torch.zeros(20)
     r[[3, 7, 11, 15]] = torch.tensor([5.0, 9.0, 7.0, 6.0])
-    everyone = torch.ones(20, dtype=torch.bool)
-    assert pivotal_tokens(r, budget=10, candidates=everyone).tolist() == [3, 7, 11, 15]
-    assert pivotal_tokens(r, budget=4, candidates=everyone).tolist() == [7, 11]      # cap 2: the highest
-    assert pivotal_tokens(torch.ones(20), budget=4, candidates=everyone).tolist() == [0]  # none: argmax, lowest index
+    assert pivotal_tokens(r, budget=10).tolist() == [3, 7, 11, 15]
+    assert pivotal_tokens(r, budget=4).tolist() == [7, 11]      # cap 2: the highest
+    assert pivotal_tokens(torch.ones(20), budget=4).tolist() == [0]  # none: argmax, lowest index
+
+
+def test_pivot_counts_read_only_candidates_and_each_crop_alone():
+    r = torch.zeros(2, 20)
+    r[:, [3, 7, 11, 15]] = torch.tensor([5.0, 9.0, 7.0, 6.0])
+    candidates = torch.ones(2, 20, dtype=torch.bool)
+    candidates[1, 10:] = False      # crop 1 sees only 3 and 7 among the high ones
+    assert pivot_counts(r, [10, 10], candidates).tolist() == [4, 2]
+    assert pivot_counts(r, [10, 2], candidates).tolist() == [4, 1]
 
 
 def test_pivots_do_not_depend_on_the_default_dtype():
     # transformers 4.37.2 leaves the default at float16 when a model's __init__ raises
     # inside from_pretrained; lmms-eval's `--model llava` does that on its first try.
     r = torch.rand(50, generator=torch.Generator().manual_seed(0))
-    everyone = torch.ones(50, dtype=torch.bool)
-    expected = pivotal_tokens(r, budget=20, candidates=everyone)
+    expected = pivotal_tokens(r, budget=20)
     torch.set_default_dtype(torch.float16)
     try:
-        assert torch.equal(pivotal_tokens(r, budget=20, candidates=everyone), expected)
+        assert torch.equal(pivotal_tokens(r, budget=20), expected)
     finally:
         torch.set_default_dtype(torch.float32)
 
 
 def test_complement_ties_take_lower_index_and_spreading():
-    scores = torch.tensor([1.0, 3.0, 3.0, 0.5, 3.0, 0.0])
-    everyone = torch.ones(6, dtype=torch.bool)
-    assert complementary_tokens(scores, 2, everyone, grid_width=6).tolist() == [1, 2]
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.5, 3.0, 0.0]])
+    ctx = SelectionContext(requests=[CropRequest(2)], grid=(1, 6), num_prefix=1, num_layers=LAYERS,
+                           feature_layer=FEATURE)
+    assert keep_top(scores, ctx)[0].indices.tolist() == [1, 2]
     # Radius 1 on a 2x3 grid: after 1, its neighbours 0, 2, 3, 4, 5 are skipped, then filled in ranking order.
     assert spread_top(torch.tensor([1, 2, 4, 0, 3, 5]), 3, grid_width=3, radius=1).tolist() == [1, 2, 4]
     assert spread_top(torch.tensor([0, 1, 5, 2]), 2, grid_width=3, radius=1).tolist() == [0, 5]
+
+
+@pytest.mark.parametrize("radius", [0, 1])
+def test_batch_of_mixed_budgets_and_masks_equals_single_crops(radius):
+    layers = random_layers(batch=3, seed=5)
+    valid = torch.zeros(N, dtype=torch.bool)
+    valid[6:30] = True
+    requests = [CropRequest(12), CropRequest(5, valid), CropRequest(20)]
+    batch = run_method(FreePruner(radius=radius), layers, requests)
+    for i, request in enumerate(requests):
+        single = run_method(FreePruner(radius=radius), [(q[i:i + 1], k[i:i + 1]) for q, k in layers], [request])[0]
+        assert torch.equal(single.indices, batch[i].indices) and torch.equal(single.pivotal, batch[i].pivotal)
+        assert batch[i].indices.numel() == request.budget
 
 
 def test_default_band():

@@ -22,7 +22,7 @@ from ..instruction import image_instructions
 from ..methods.base import CropRequest
 from ..session import Session
 from ..stats import crop_record
-from ..tower import gather_kept, gather_projected, run_tower
+from ..tower import gather_batch, gather_kept, gather_projected, run_tower
 
 _ORIGINALS = {}
 _session: Optional[Session] = None
@@ -52,13 +52,16 @@ def encode_images(self, images):
 
     requests = [CropRequest(budget, instruction=text) for text in session.take_instructions(images.shape[0])]
     projector = self.get_model().mm_projector
-    run = run_tower(tower, images, requests, session.vision, projector)
+    run = run_tower(tower, images, requests, session.vision, projector, timed=session.stats is not None)
     with_cls = tower.select_feature == "cls_patch"
     for selection in run.selections:
         session.record({**crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
     if run.projected is not None:   # the method projected every patch: gather from those
         return torch.stack([gather_projected(run, crop, with_cls, projector) for crop in range(len(run.selections))])
-    return projector(torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)]))
+    kept = gather_batch(run.features, run.selections, with_cls)
+    if kept is None:                # crops keep different numbers of rows
+        kept = torch.stack([gather_kept(f, s, with_cls) for f, s in zip(run.features, run.selections)])
+    return projector(kept)
 
 
 def _merged_rows(selection, key: str, projector) -> List[torch.Tensor]:
@@ -112,7 +115,7 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
             valid_tokens = crop_tokens if valid is None else int(valid.sum())
             requests.append(CropRequest(session.config.crop_budget(valid_tokens, crop_tokens), valid, text))
     projector = model.get_model().mm_projector
-    run = run_tower(tower, crops, requests, session.vision, projector)
+    run = run_tower(tower, crops, requests, session.vision, projector, timed=session.stats is not None)
     # Project every token as upstream does, then gather: with all tokens kept
     # the result is bit-identical to upstream's.
     projected = projector(run.features) if run.projected is None else run.projected

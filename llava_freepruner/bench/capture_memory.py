@@ -6,7 +6,7 @@ replays the capture of a selection method exactly as the hooks do (fp32
 queries scaled by 1/sqrt(head_dim), ``method.observe`` on every layer the
 method asks for, then ``method.select``). Reported per size: the peak resident
 memory above what the process held with q and k already allocated, what the
-method keeps between layers (``ctx.memo``), and what keeping every requested
+method keeps between layers (``ctx.state``), and what keeping every requested
 layer's full attention map would take instead.
 """
 
@@ -51,7 +51,7 @@ def capture_peak(method_name: str, patches: int, heads: int, head_dim: int,
         del q, k
     method.select(ctx)
     seconds = time.perf_counter() - start
-    memo = sum(t.numel() * t.element_size() for m in ctx.memo for t in m.values() if torch.is_tensor(t))
+    memo = sum(t.numel() * t.element_size() for t in ctx.state.values() if torch.is_tensor(t))
     return {
         "method": method_name, "patches": patches, "layers_captured": len(layers),
         "peak_extra_mb": round(tracker.peak_mb() - before, 3),

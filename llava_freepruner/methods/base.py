@@ -32,15 +32,25 @@ class CropRequest:
 class Selection:
     """Kept patch indices (ascending: raster order) and which of them are pivots.
 
+    ``pivot_mask`` (bool, one flag per kept index; None: no pivots) stays on the
+    device: reading :attr:`pivotal` waits for it, so only statistics and overlays do.
+
     A merging method adds rows that are no single patch: ``prefix`` goes before
     the kept patches, ``merged`` after them. Both hold feature-layer (pre-projector)
     rows, so the projector treats them like any token; None for selecting methods.
     """
 
     indices: torch.Tensor
-    pivotal: torch.Tensor
+    pivot_mask: Optional[torch.Tensor] = None
     prefix: Optional[torch.Tensor] = None
     merged: Optional[torch.Tensor] = None
+
+    @property
+    def pivotal(self) -> torch.Tensor:
+        """Indices of the pivotal patches (ascending)."""
+        if self.pivot_mask is None:
+            return self.indices[:0]
+        return self.indices[self.pivot_mask]
 
     @property
     def num_tokens(self) -> int:
@@ -50,7 +60,7 @@ class Selection:
 
     @property
     def num_pivotal(self) -> int:
-        return int(self.pivotal.numel())
+        return 0 if self.pivot_mask is None else int(self.pivot_mask.sum())
 
     @property
     def num_complementary(self) -> int:
@@ -66,7 +76,8 @@ class SelectionContext:
     num_prefix: int                  # tokens before the patches ([CLS], registers)
     num_layers: int
     feature_layer: int               # encoder layer whose output is the feature map
-    memo: List[Dict[str, torch.Tensor]] = field(default_factory=list)
+    # What the method's observe() reduced the attention to, batched over crops.
+    state: Dict[str, torch.Tensor] = field(default_factory=dict)
     # Output of the feature layer, prefix tokens included: (crops, tokens, dim);
     # filled by the capture for methods with ``needs_hidden``.
     hidden: Optional[torch.Tensor] = None
@@ -76,21 +87,31 @@ class SelectionContext:
     projected_patches: Optional[torch.Tensor] = None
     tower_name: Optional[str] = None   # the vision tower's checkpoint (where its CLIP text half lives)
     output_dtype: Optional[torch.dtype] = None   # dtype of the tower's output (what the projector receives)
-
-    def __post_init__(self):
-        if not self.memo:
-            self.memo = [{} for _ in self.requests]
+    device: torch.device = torch.device("cpu")   # where the tower runs: selections are made there
 
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def candidates(self, sample: int, device) -> torch.Tensor:
-        """Bool mask over patches that may be kept for this crop."""
-        valid = self.requests[sample].valid
+    def budgets(self) -> List[int]:
+        """Tokens each crop keeps, at most its valid patches: known on the host
+        (valid masks live there), so no selection waits for the device to count."""
+        return [min(r.budget, self.num_patches if r.valid is None else int(r.valid.sum())) for r in self.requests]
+
+    def candidate_mask(self, device) -> Optional[torch.Tensor]:
+        """(crops, patches) bool of the patches that may be kept; None when all may."""
+        if all(r.valid is None for r in self.requests):
+            return None
+        every = torch.ones(self.num_patches, dtype=torch.bool)
+        mask = torch.stack([every if r.valid is None else r.valid.to("cpu", torch.bool) for r in self.requests])
+        return to_device(mask, device)
+
+    def candidates(self, crop: int, device) -> torch.Tensor:
+        """(patches,) bool mask of the patches one crop may keep (for methods that walk crops one by one)."""
+        valid = self.requests[crop].valid
         if valid is None:
             return torch.ones(self.num_patches, dtype=torch.bool, device=device)
-        return valid.to(device=device, dtype=torch.bool).clone()
+        return to_device(valid.to(torch.bool), device)
 
     def patches(self) -> torch.Tensor:
         """Feature-layer patch rows of every crop, prefix dropped: (crops, patches, dim)."""
@@ -109,72 +130,81 @@ class SelectionContext:
 
 
 class AttentionView:
-    """Head-mean attention of one encoder layer for a batch of crops, in fp32.
+    """Head-mean attention of one encoder layer for every crop of a call, in fp32.
 
-    Methods use only this interface; :class:`QueryKeyView` computes what is asked
-    from queries and keys, :class:`MapView` reads a map the layer already made.
+    Methods use only this interface, batched over crops (token indices are
+    (crops, R) tensors); :class:`QueryKeyView` computes what is asked from
+    queries and keys, :class:`MapView` reads a map the layer already made.
     """
 
     device: torch.device
     batch_size: int
+    k: Optional[torch.Tensor] = None
 
-    def rows(self, sample: int, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Attention rows of one crop: (len(rows), tokens)."""
+    def rows(self, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention rows of every crop: (crops, R or tokens, tokens)."""
         raise NotImplementedError
 
-    def received(self, sample: int) -> torch.Tensor:
-        """Attention each token receives from the others (self excluded): (tokens,)."""
+    def received(self) -> torch.Tensor:
+        """Attention each token receives from the others (self excluded): (crops, tokens)."""
         raise NotImplementedError
 
-    def paid_to(self, sample: int, columns: torch.Tensor) -> torch.Tensor:
-        """Attention each token pays to the given tokens: (tokens,)."""
+    def paid_to(self, columns: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention each token pays to the given (crops, C) tokens, optionally
+        weighted per column: (crops, tokens)."""
         raise NotImplementedError
 
-    def mean_keys(self, sample: int) -> torch.Tensor:
-        """The layer's keys averaged over heads: (tokens, head_dim) fp32."""
-        if getattr(self, "k", None) is None:
+    def mean_keys(self) -> torch.Tensor:
+        """The layer's keys averaged over heads: (crops, tokens, head_dim) fp32."""
+        if self.k is None:
             raise RuntimeError("this attention view was made without the layer's keys")
-        return self.k[sample].float().mean(dim=0)
+        return self.k.float().mean(dim=1)
 
 
 class QueryKeyView(AttentionView):
-    """From queries and keys, (batch, heads, tokens, head_dim), q already scaled."""
+    """From queries and keys, (crops, heads, tokens, head_dim), q already scaled."""
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor):
         self.q, self.k = q, k
         self.device, self.batch_size = q.device, q.shape[0]
 
-    def rows(self, sample, rows=None):
-        return attention.head_mean_attention(self.q[sample], self.k[sample], rows)
+    def rows(self, rows=None):
+        return attention.head_mean_attention(self.q, self.k, rows)
 
-    def received(self, sample):
-        return attention.received_attention(self.q[sample], self.k[sample])
+    def received(self):
+        return attention.received_attention(self.q, self.k)
 
-    def paid_to(self, sample, columns):
-        return attention.attention_to_columns(self.q[sample], self.k[sample], columns)
+    def paid_to(self, columns, weights=None):
+        return attention.attention_to_columns(self.q, self.k, columns, weights)
 
 
 class MapView(AttentionView):
-    """From head-mean attention maps the layer computed anyway: (batch, tokens, tokens) fp32,
-    and the layer's keys (batch, heads, tokens, head_dim)."""
+    """From the head-mean attention maps the layer computed anyway: (crops, tokens, tokens)
+    fp32, and the layer's keys (crops, heads, tokens, head_dim)."""
 
     def __init__(self, maps: torch.Tensor, k: Optional[torch.Tensor] = None):
         self.maps, self.k = maps, k
         self.device, self.batch_size = maps.device, maps.shape[0]
 
-    def rows(self, sample, rows=None):
-        return self.maps[sample] if rows is None else self.maps[sample][rows]
+    def rows(self, rows=None):
+        if rows is None:
+            return self.maps
+        return self.maps.gather(1, rows[:, :, None].expand(-1, -1, self.maps.shape[2]))
 
-    def received(self, sample):
-        a = self.maps[sample]
-        return a.sum(dim=0) - torch.diagonal(a)
+    def received(self):
+        return self.maps.sum(dim=1) - torch.diagonal(self.maps, dim1=1, dim2=2)
 
-    def paid_to(self, sample, columns):
-        return self.maps[sample][:, columns].sum(dim=1)
+    def paid_to(self, columns, weights=None):
+        return attention.weighted_columns(self.maps, columns, weights)
 
 
 class VisionMethod:
-    """Base of the vision-side methods: no attention needed, nothing observed."""
+    """Base of the vision-side methods: no attention needed, nothing observed.
+
+    ``observe`` and ``select`` see every crop of the call at once and return
+    without waiting for the device: budgets are host integers
+    (:meth:`SelectionContext.budgets`), choices stay device tensors.
+    """
 
     name = ""
     needs_hidden = False        # reads the feature layer's output (ctx.hidden) in select
@@ -190,7 +220,7 @@ class VisionMethod:
         return ()
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        """Reduce one layer's attention into ``ctx.memo`` on the spot."""
+        """Reduce one layer's attention into ``ctx.state`` on the spot."""
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         raise NotImplementedError
@@ -198,41 +228,87 @@ class VisionMethod:
 
 class ClsAttentionMethod(VisionMethod):
     """A method that reads the [CLS] query's attention at the feature layer,
-    into ``memo["cls_attention"]`` (see :func:`cls_scores`)."""
+    into ``ctx.state["cls_attention"]`` (crops, patches) (see :func:`cls_scores`)."""
 
     def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
         return (feature_layer,)
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        for sample, memo in enumerate(ctx.memo):
-            memo["cls_attention"] = cls_scores(view, sample, ctx.num_prefix)
+        ctx.state["cls_attention"] = cls_scores(view, ctx.num_prefix)
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the device's queue."""
+    return tensor.to(device, non_blocking=True)
+
+
+def descending(scores: torch.Tensor, candidates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(crops, patches) indices by descending score, candidates first (a
+    (crops, patches) bool mask; None: all); ties keep the lower index first."""
+    if candidates is not None:
+        scores = scores.masked_fill(~candidates, float("-inf"))
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def raster_heads(order: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """The first ``counts[c]`` entries of each row of ``order`` (crops, patches),
+    ascending, in one sort for all crops: (crops, max count), a crop's entries
+    past its count filled with ``patches`` (past every index)."""
+    top = max(counts, default=0)
+    head = order[:, :top]
+    if min(counts, default=0) < top:
+        rank = torch.arange(top, device=order.device)
+        limit = to_device(torch.tensor(counts), order.device)
+        head = torch.where(rank < limit[:, None], head, order.shape[1])
+    return torch.sort(head, dim=1).values
+
+
+def per_crop(rows: torch.Tensor, counts: Sequence[int]) -> List[torch.Tensor]:
+    """Views of the first ``counts[c]`` entries of each row."""
+    return [rows[c, :count] for c, count in enumerate(counts)]
+
+
+def keep_top(scores: torch.Tensor, ctx: SelectionContext) -> List[Selection]:
+    """Each crop's budget of its highest-scoring candidates, in raster order."""
+    budgets = ctx.budgets()
+    kept = raster_heads(descending(scores, ctx.candidate_mask(scores.device)), budgets)
+    return [Selection(indices) for indices in per_crop(kept, budgets)]
 
 
 def ranked(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Candidate indices by descending score; ties keep the lower index first."""
-    idx = torch.nonzero(candidates, as_tuple=False).flatten()
-    order = torch.sort(scores[idx], descending=True, stable=True).indices
-    return idx[order]
+    """One crop's candidate indices by descending score; ties keep the lower index first."""
+    return descending(scores[None], candidates[None])[0][:int(candidates.sum())]
 
 
 def make_selection(indices: torch.Tensor, pivotal: Optional[torch.Tensor] = None, **extra_rows) -> Selection:
+    """A selection of one crop from unsorted indices (and pivots among them)."""
     indices = torch.sort(indices.long()).values
-    if pivotal is None:
-        pivotal = indices.new_empty(0)
-    return Selection(indices=indices, pivotal=torch.sort(pivotal.long()).values, **extra_rows)
+    pivot_mask = None if pivotal is None else torch.isin(indices, pivotal)
+    return Selection(indices=indices, pivot_mask=pivot_mask, **extra_rows)
 
 
-def cls_scores(view: AttentionView, sample: int, num_prefix: int) -> torch.Tensor:
-    """Head-mean attention of the [CLS] query to every patch: (num_patches,).
+def cls_scores(view: AttentionView, num_prefix: int) -> torch.Tensor:
+    """Head-mean attention of the [CLS] query to every patch: (crops, num_patches).
 
     A tower without [CLS] (``num_prefix == 0``, SigLIP) has no such row; the
     attention each patch receives from all queries stands in for it."""
     if num_prefix == 0:
-        return view.received(sample)
-    first = torch.zeros(1, dtype=torch.long, device=view.device)
-    return view.rows(sample, first)[0, num_prefix:]
+        return view.received()
+    first = torch.zeros(view.batch_size, 1, dtype=torch.long, device=view.device)
+    return view.rows(first)[:, 0, num_prefix:]
 
 
-def budget_of(ctx: SelectionContext, sample: int, candidates: torch.Tensor) -> int:
-    """The crop's budget, at most its number of candidates."""
-    return min(ctx.requests[sample].budget, int(candidates.sum()))
+def keeps_everything(ctx: SelectionContext) -> bool:
+    """Every crop keeps all its valid patches (ratio 1.0): nothing to choose."""
+    return all(b == (ctx.num_patches if r.valid is None else int(r.valid.sum()))
+               for b, r in zip(ctx.budgets(), ctx.requests))
+
+
+def select(method: VisionMethod, ctx: SelectionContext) -> List[Selection]:
+    """``method.select``, or every valid patch when every crop keeps all of them
+    (then the capture attached nothing, see :func:`keeps_everything`)."""
+    if not keeps_everything(ctx):
+        return method.select(ctx)
+    every = torch.arange(ctx.num_patches, device=ctx.device)
+    return [Selection(every if r.valid is None else to_device(torch.nonzero(r.valid).flatten(), ctx.device))
+            for r in ctx.requests]

@@ -8,34 +8,44 @@ the other crops of the batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from .base import (
-    ClsAttentionMethod, SelectionContext, Selection, VisionMethod, budget_of, make_selection, ranked,
-)
+from .base import ClsAttentionMethod, SelectionContext, Selection, VisionMethod, keep_top, per_crop, to_device
 
 
 # --- random -------------------------------------------------------------------
 
+_MASK64 = (1 << 64) - 1
 
-def crop_seed(seed: int, candidates: torch.Tensor, budget: int) -> int:
-    """A 63-bit generator seed from the run seed and what is asked of the crop."""
-    digest = hashlib.sha256()
-    digest.update(f"{seed}:{budget}:".encode())
-    digest.update(candidates.to(device="cpu", dtype=torch.uint8).numpy().tobytes())
+
+def crop_key(seed: int, budget: int, valid: Optional[torch.Tensor]) -> int:
+    """A 63-bit key from the run seed and what is asked of the crop (host only:
+    ``valid`` masks live on the host)."""
+    digest = hashlib.sha256(f"{seed}:{budget}:".encode())
+    if valid is not None:
+        digest.update(valid.to(dtype=torch.uint8).numpy().tobytes())
     return int.from_bytes(digest.digest()[:8], "little") >> 1
 
 
-def random_tokens(candidates: torch.Tensor, budget: int, seed: int) -> torch.Tensor:
-    """``budget`` candidates drawn uniformly without replacement (ascending)."""
-    pool = torch.nonzero(candidates.cpu(), as_tuple=False).flatten()
-    generator = torch.Generator().manual_seed(crop_seed(seed, candidates, budget))
-    chosen = pool[torch.randperm(pool.numel(), generator=generator)[:budget]]
-    return torch.sort(chosen).values.to(candidates.device)
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch shifts arithmetically)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def hashed_scores(keys: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """(crops,) int64 keys -> (crops, patches) pseudo-random scores in [0, 2^53): the
+    splitmix64 finaliser of key + golden-ratio step x patch, computed on the keys'
+    device in a fixed number of kernels; a crop's scores depend on its key only."""
+    step = 0x9E3779B97F4A7C15 - (1 << 64)       # as a signed int64
+    x = keys[:, None] + torch.arange(1, num_patches + 1, device=keys.device) * step
+    x = (x ^ _shift_right(x, 30)) * (0xBF58476D1CE4E5B9 - (1 << 64))
+    x = (x ^ _shift_right(x, 27)) * (0x94D049BB133111EB - (1 << 64))
+    return _shift_right(x ^ _shift_right(x, 31), 11).double()
 
 
 class RandomTokens(VisionMethod):
@@ -51,12 +61,9 @@ class RandomTokens(VisionMethod):
         return cls(config.seed)
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        selections = []
-        for sample in range(len(ctx.requests)):
-            candidates = ctx.candidates(sample, "cpu")
-            budget = budget_of(ctx, sample, candidates)
-            selections.append(make_selection(random_tokens(candidates, budget, self.seed)))
-        return selections
+        keys = torch.tensor([crop_key(self.seed, r.budget, r.valid) for r in ctx.requests])
+        device = ctx.device
+        return keep_top(hashed_scores(to_device(keys, device), ctx.num_patches), ctx)
 
 
 # --- grid -----------------------------------------------------------------------
@@ -104,18 +111,32 @@ def grid_tokens(candidates: torch.Tensor, budget: int, grid_width: int) -> torch
     return torch.sort(pool[chosen]).values.to(candidates.device)
 
 
+@functools.lru_cache(maxsize=256)
+def _grid_rows(requests: Tuple[Tuple[int, Optional[bytes]], ...], num_patches: int, grid_width: int) -> torch.Tensor:
+    """(crops, max budget) grid choices of every crop, ascending, padded with
+    ``num_patches``; made on the host once per distinct set of requests."""
+    rows = torch.full((len(requests), max((b for b, _ in requests), default=0)), num_patches, dtype=torch.long)
+    for crop, (budget, valid) in enumerate(requests):
+        mask = torch.ones(num_patches, dtype=torch.bool) if valid is None else torch.frombuffer(
+            bytearray(valid), dtype=torch.bool)
+        rows[crop, :budget] = grid_tokens(mask, budget, grid_width)
+    return rows
+
+
 class GridTokens(VisionMethod):
-    """A uniform 2-D subsample of the valid patches (no attention needed)."""
+    """A uniform 2-D subsample of the valid patches (no attention needed).
+
+    The choice depends only on the requests, so it is made on the host, once per
+    distinct set of requests, and reaches the device in one copy."""
 
     name = "grid"
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        selections = []
-        for sample in range(len(ctx.requests)):
-            candidates = ctx.candidates(sample, "cpu")
-            budget = budget_of(ctx, sample, candidates)
-            selections.append(make_selection(grid_tokens(candidates, budget, ctx.grid[1])))
-        return selections
+        budgets = ctx.budgets()
+        requests = tuple((b, None if r.valid is None else r.valid.to(torch.bool).numpy().tobytes())
+                         for b, r in zip(budgets, ctx.requests))
+        rows = to_device(_grid_rows(requests, ctx.num_patches, ctx.grid[1]), ctx.device)
+        return [Selection(indices) for indices in per_crop(rows, budgets)]
 
 
 # --- [CLS] attention top-k ---------------------------------------------------------
@@ -130,10 +151,4 @@ class ClsTopK(ClsAttentionMethod):
     name = "cls_topk"
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        selections = []
-        for sample, memo in enumerate(ctx.memo):
-            scores = memo["cls_attention"]
-            candidates = ctx.candidates(sample, scores.device)
-            budget = budget_of(ctx, sample, candidates)
-            selections.append(make_selection(ranked(scores, candidates)[:budget]))
-        return selections
+        return keep_top(ctx.state["cls_attention"], ctx)

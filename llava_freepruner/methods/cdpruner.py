@@ -35,7 +35,7 @@ from typing import List, Optional
 import torch
 
 from .. import clip_text
-from .base import Selection, SelectionContext, VisionMethod, budget_of, make_selection
+from .base import Selection, SelectionContext, VisionMethod, make_selection
 
 
 def relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class CDPruner(VisionMethod):
         for sample, request in enumerate(ctx.requests):
             candidates = ctx.candidates(sample, ctx.hidden.device)
             pool = candidates.nonzero().flatten()
-            budget = budget_of(ctx, sample, candidates)
+            budget = ctx.budgets()[sample]
             if budget >= pool.numel():
                 selections.append(make_selection(pool))
                 continue

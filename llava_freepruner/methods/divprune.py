@@ -29,7 +29,7 @@ from typing import List
 
 import torch
 
-from .base import Selection, SelectionContext, VisionMethod, budget_of, make_selection
+from .base import Selection, SelectionContext, VisionMethod, make_selection
 
 
 def cosine_distance(features: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ class DivPrune(VisionMethod):
         for sample in range(len(ctx.requests)):
             candidates = ctx.candidates(sample, tokens.device)
             pool = candidates.nonzero().flatten()
-            budget = budget_of(ctx, sample, candidates)
+            budget = ctx.budgets()[sample]
             if budget >= pool.numel():
                 selections.append(make_selection(pool))
                 continue

@@ -10,11 +10,13 @@ are returned unmerged, in raster order.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .base import AttentionView, SelectionContext, Selection, VisionMethod, make_selection, ranked
+from .base import (
+    AttentionView, SelectionContext, Selection, VisionMethod, descending, make_selection, per_crop, raster_heads, to_device,
+)
 
 
 def default_contribution_layers(num_layers: int, feature_layer: int) -> Tuple[int, ...]:
@@ -26,27 +28,29 @@ def default_contribution_layers(num_layers: int, feature_layer: int) -> Tuple[in
     return tuple(range(start, max(feature_layer, start + 1)))
 
 
-def pivotal_tokens(
+def pivot_counts(
     contribution: torch.Tensor,
-    budget: int,
-    candidates: torch.Tensor,
+    budgets: Sequence[int],
+    candidates: Optional[torch.Tensor] = None,
     iqr_multiplier: float = 1.5,
     cap_fraction: float = 0.5,
 ) -> torch.Tensor:
-    """Indices of the pivotal patches (ascending).
+    """How many pivots each crop has: (crops,) long, on the device.
 
-    contribution: (num_patches,) contribution degree; candidates: bool mask.
-    Pivots are the candidates above Q3 + m * IQR, at most floor(cap * budget)
-    of them (the highest), and at least the single highest one.
+    contribution: (crops, patches) contribution degree; candidates: (crops,
+    patches) bool or None (all). Pivots are the candidates above Q3 + m * IQR
+    of the crop's candidates, at most floor(cap * budget) of them (the
+    highest), and at least the single highest one. The outliers are a prefix
+    of the descending ranking, so a count says which they are.
     """
-    order = ranked(contribution, candidates)
-    values = contribution[order].float()
+    values = contribution.float()
+    if candidates is not None:
+        values = values.masked_fill(~candidates, float("nan"))
     # dtype given: a host may leave torch's default dtype at float16 (see the test)
-    q1, q3 = torch.quantile(values, torch.tensor([0.25, 0.75], dtype=values.dtype, device=values.device))
-    outliers = order[values > q3 + iqr_multiplier * (q3 - q1)]
-    cap = max(1, math.floor(cap_fraction * budget))
-    pivots = outliers[:cap] if outliers.numel() else order[:1]
-    return torch.sort(pivots).values
+    q1, q3 = torch.nanquantile(values, torch.tensor([0.25, 0.75], dtype=values.dtype, device=values.device), dim=1)
+    outliers = (values > (q3 + iqr_multiplier * (q3 - q1))[:, None]).sum(dim=1)   # NaN compares False
+    caps = to_device(torch.tensor([max(1, math.floor(cap_fraction * b)) for b in budgets]), values.device)
+    return torch.minimum(outliers, caps).clamp_min(1)
 
 
 def spread_top(ranking: torch.Tensor, count: int, grid_width: int, radius: int) -> torch.Tensor:
@@ -74,32 +78,21 @@ def spread_top(ranking: torch.Tensor, count: int, grid_width: int, radius: int) 
     return torch.tensor(taken, dtype=torch.long, device=ranking.device)
 
 
-def complementary_tokens(
-    relation: torch.Tensor,
-    count: int,
-    candidates: torch.Tensor,
-    grid_width: int,
-    radius: int = 0,
-) -> torch.Tensor:
-    """The ``count`` candidates with the strongest relation to the pivots (ascending)."""
-    if count <= 0:
-        return relation.new_empty(0, dtype=torch.long)
-    chosen = spread_top(ranked(relation, candidates), count, grid_width, radius)
-    return torch.sort(chosen).values
+def pivot_relation(view: AttentionView, pivots: torch.Tensor, weights: torch.Tensor,
+                   num_prefix: int, direction: str) -> torch.Tensor:
+    """Attention relation of every patch to its crop's pivots at one layer: (crops, patches).
 
-
-def pivot_relation(view: AttentionView, sample: int, pivots: torch.Tensor, num_prefix: int, direction: str) -> torch.Tensor:
-    """Attention relation of every patch to the pivots at one layer: (num_patches,).
-
-    from_pivots: attention the pivots pay to j (only the pivots' query rows are
-    computed); to_pivots: attention j pays to the pivots; both: their sum.
+    pivots: (crops, P) patch indices, ascending among the real ones; weights:
+    (crops, P) 1.0 for a real pivot, 0.0 for padding. from_pivots: attention the
+    pivots pay to j (only the pivots' query rows are computed); to_pivots:
+    attention j pays to the pivots; both: their sum.
     """
     positions = pivots + num_prefix
     relation = 0
     if direction in ("from_pivots", "both"):
-        relation = relation + view.rows(sample, positions).sum(dim=0)[num_prefix:]
+        relation = relation + (view.rows(positions) * weights[:, :, None]).sum(dim=1)[:, num_prefix:]
     if direction in ("to_pivots", "both"):
-        relation = relation + view.paid_to(sample, positions)[num_prefix:]
+        relation = relation + view.paid_to(positions, weights)[:, num_prefix:]
     return relation
 
 
@@ -138,36 +131,46 @@ class FreePruner(VisionMethod):
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
         band = self.contribution_layers(ctx.num_layers, ctx.feature_layer)
-        for sample, memo in enumerate(ctx.memo):
-            if layer in band:
-                received = view.received(sample)[ctx.num_prefix:] / ctx.num_patches
-                memo["contribution"] = memo.get("contribution", 0) + received / len(band)
-            if layer == ctx.feature_layer:
-                candidates = ctx.candidates(sample, view.device)
-                if ctx.requests[sample].budget == 0 or not candidates.any():
-                    memo["pivots"] = candidates.new_empty(0, dtype=torch.long)
-                    continue
-                pivots = pivotal_tokens(
-                    memo["contribution"], ctx.requests[sample].budget, candidates,
-                    self.iqr_multiplier, self.cap_fraction,
-                )
-                memo["pivots"] = pivots
-                memo["relation"] = pivot_relation(view, sample, pivots, ctx.num_prefix, self.direction)
+        state = ctx.state
+        if layer in band:
+            received = view.received()[:, ctx.num_prefix:] / ctx.num_patches
+            state["contribution"] = state.get("contribution", 0) + received / len(band)
+        if layer == ctx.feature_layer:
+            budgets = ctx.budgets()
+            candidates = ctx.candidate_mask(view.device)
+            order = descending(state["contribution"], candidates)
+            counts = pivot_counts(state["contribution"], budgets, candidates, self.iqr_multiplier, self.cap_fraction)
+            # the first ``counts`` of the ranking, ascending, padded to the largest cap
+            cap = max(max(1, math.floor(self.cap_fraction * b)) for b in budgets)
+            rank = torch.arange(cap, device=order.device)
+            pivots = torch.sort(order[:, :cap] + ctx.num_patches * (rank >= counts[:, None]), dim=1).values
+            is_real = pivots < ctx.num_patches
+            state["relation"] = pivot_relation(
+                view, pivots % ctx.num_patches, is_real.float(), ctx.num_prefix, self.direction)
+            # each patch's place in the ranking: the pivots are the places below their count
+            places = torch.arange(order.shape[1], device=order.device).expand_as(order)
+            state["is_pivot"] = torch.empty_like(order).scatter_(1, order, places) < counts[:, None]
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        selections = []
-        for sample, memo in enumerate(ctx.memo):
-            candidates = ctx.candidates(sample, memo["pivots"].device)
-            # candidates may have narrowed since the tower ran (temporal video mode):
-            # pivots left outside them go, their relation still ranks the rest
-            pivots = memo["pivots"][candidates[memo["pivots"]]]
-            budget = min(ctx.requests[sample].budget, int(candidates.sum()))
-            if budget == 0:             # nothing to keep from this crop
-                selections.append(make_selection(pivots[:0]))
-                continue
-            candidates[pivots] = False
-            complement = complementary_tokens(
-                memo["relation"], budget - pivots.numel(), candidates, ctx.grid[1], self.radius
-            )
-            selections.append(make_selection(torch.cat([pivots, complement]), pivots))
-        return selections
+        state = ctx.state
+        budgets = ctx.budgets()
+        # candidates may have narrowed since the tower ran (temporal video mode):
+        # pivots left outside them go, their relation still ranks the rest
+        candidates = ctx.candidate_mask(state["relation"].device)
+        is_pivot = state["is_pivot"] if candidates is None else state["is_pivot"] & candidates
+        if self.radius > 0:
+            return [self._spread(ctx, c, budget, is_pivot[c], candidates) for c, budget in enumerate(budgets)]
+        order = descending(state["relation"].masked_fill(is_pivot, float("inf")), candidates)
+        kept = raster_heads(order, budgets)
+        flags = is_pivot.gather(1, kept.clamp(max=ctx.num_patches - 1))
+        return [Selection(indices, pivot_mask) for indices, pivot_mask
+                in zip(per_crop(kept, budgets), per_crop(flags, budgets))]
+
+    def _spread(self, ctx: SelectionContext, crop: int, budget: int, is_pivot: torch.Tensor,
+                candidates: Optional[torch.Tensor]) -> Selection:
+        """The spreading extension for one crop: a walk over its ranking, on the host."""
+        pivots = torch.nonzero(is_pivot).flatten()
+        complement = ~is_pivot if candidates is None else candidates[crop] & ~is_pivot
+        ranking = descending(ctx.state["relation"][crop:crop + 1], complement[None])[0][:int(complement.sum())]
+        chosen = spread_top(ranking, max(budget - pivots.numel(), 0), ctx.grid[1], self.radius)
+        return make_selection(torch.cat([pivots, chosen]), pivots) if budget else make_selection(pivots[:0])

@@ -17,11 +17,11 @@ cell grid through :class:`PooledMethod`.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from .base import AttentionView, Selection, SelectionContext, VisionMethod
+from .base import AttentionView, MapView, Selection, SelectionContext, VisionMethod
 
 
 def _with_prefix(weights: torch.Tensor, num_prefix: int) -> torch.Tensor:
@@ -33,7 +33,7 @@ def _with_prefix(weights: torch.Tensor, num_prefix: int) -> torch.Tensor:
 
 
 class PooledView(AttentionView):
-    """Head-mean attention between prefix tokens and pooled cells; one map per crop, made when first asked."""
+    """Head-mean attention between prefix tokens and pooled cells, for every crop; made when first asked."""
 
     def __init__(self, base: AttentionView, pool: torch.Tensor, num_prefix: int):
         self.base = base
@@ -41,22 +41,21 @@ class PooledView(AttentionView):
         pool = pool.to(base.device)
         self.query = _with_prefix(pool, num_prefix)
         self.key = _with_prefix(pool / pool.sum(dim=0, keepdim=True).clamp_min(1e-12), num_prefix)
-        self._maps: Dict[int, torch.Tensor] = {}
+        self._maps: Optional[MapView] = None
 
-    def _map(self, sample: int) -> torch.Tensor:
-        if sample not in self._maps:
-            self._maps[sample] = self.query @ self.base.rows(sample) @ self.key.T
-        return self._maps[sample]
+    def _view(self) -> MapView:
+        if self._maps is None:
+            self._maps = MapView(self.query @ self.base.rows() @ self.key.T)
+        return self._maps
 
-    def rows(self, sample, rows=None):
-        return self._map(sample) if rows is None else self._map(sample)[rows]
+    def rows(self, rows=None):
+        return self._view().rows(rows)
 
-    def received(self, sample):
-        a = self._map(sample)
-        return a.sum(dim=0) - torch.diagonal(a)
+    def received(self):
+        return self._view().received()
 
-    def paid_to(self, sample, columns):
-        return self._map(sample)[:, columns].sum(dim=1)
+    def paid_to(self, columns, weights=None):
+        return self._view().paid_to(columns, weights)
 
 
 class PooledMethod(VisionMethod):

@@ -37,7 +37,7 @@ from typing import List, Tuple
 
 import torch
 
-from .base import AttentionView, ClsAttentionMethod, Selection, SelectionContext, budget_of, make_selection, ranked
+from .base import AttentionView, ClsAttentionMethod, Selection, SelectionContext, make_selection, ranked
 
 
 def split_budget(budget: int) -> Tuple[int, int]:
@@ -72,27 +72,26 @@ class VisionZip(ClsAttentionMethod):
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
         super().observe(layer, view, ctx)
-        for sample, memo in enumerate(ctx.memo):
-            memo["keys"] = view.mean_keys(sample)[ctx.num_prefix:]
+        ctx.state["keys"] = view.mean_keys()[:, ctx.num_prefix:]
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         return [self._select_crop(ctx, sample) for sample in range(len(ctx.requests))]
 
     def _select_crop(self, ctx: SelectionContext, sample: int) -> Selection:
-        memo = ctx.memo[sample]
-        candidates = ctx.candidates(sample, memo["keys"].device)
-        budget = budget_of(ctx, sample, candidates)
+        keys, cls_attention = ctx.state["keys"][sample], ctx.state["cls_attention"][sample]
+        candidates = ctx.candidates(sample, keys.device)
+        budget = ctx.budgets()[sample]
         if budget >= int(candidates.sum()):
             return make_selection(candidates.nonzero().flatten())
         hidden = ctx.patches()[sample]
         dominant, contextual = split_budget(budget)
         has_cls = ctx.num_prefix > 0
-        kept = ranked(memo["cls_attention"], candidates)[:dominant - int(has_cls)]
+        kept = ranked(cls_attention, candidates)[:dominant - int(has_cls)]
         prefix = ctx.hidden[sample, :1] if has_cls else None
         if contextual == 0:
             return make_selection(kept, prefix=prefix)
         rest = candidates.clone()
         rest[kept] = False
         rest = rest.nonzero().flatten().to(hidden.device)
-        merged = merge_contextual(hidden[rest], memo["keys"][rest.to(memo["keys"].device)].to(hidden.device), contextual)
+        merged = merge_contextual(hidden[rest], keys[rest.to(keys.device)].to(hidden.device), contextual)
         return make_selection(kept, prefix=prefix, merged=merged.to(hidden.dtype))

@@ -32,7 +32,7 @@ from typing import List
 
 import torch
 
-from .base import ClsAttentionMethod, Selection, SelectionContext, budget_of, make_selection, ranked
+from .base import ClsAttentionMethod, Selection, SelectionContext, make_selection, ranked
 
 IMPORTANT_RATIO = 0.5
 DROP_PER_ROUND = 8
@@ -64,10 +64,10 @@ class VisPruner(ClsAttentionMethod):
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         selections = []
-        for sample, memo in enumerate(ctx.memo):
-            candidates = ctx.candidates(sample, memo["cls_attention"].device)
-            budget = budget_of(ctx, sample, candidates)
-            order = ranked(memo["cls_attention"], candidates)
+        for sample, cls_attention in enumerate(ctx.state["cls_attention"]):
+            candidates = ctx.candidates(sample, cls_attention.device)
+            budget = ctx.budgets()[sample]
+            order = ranked(cls_attention, candidates)
             important = int(budget * self.important_ratio)
             if budget >= order.numel() or budget == important:
                 selections.append(make_selection(order[:budget]))

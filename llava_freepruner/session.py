@@ -156,13 +156,15 @@ def watch_prefill(session: Session, model) -> None:
     def before(module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
         if embeds is not None and embeds.shape[1] > 1:
-            sync(embeds)
+            if session.stats is not None:       # only a stats file waits for the device
+                sync(embeds)
             started["t"] = time.perf_counter()
 
     def after(module, args, kwargs, output):
         if "t" not in started:
             return
-        sync(output[0])
+        if session.stats is not None:
+            sync(output[0])
         elapsed_ms = 1000 * (time.perf_counter() - started.pop("t"))
         record = llm_runtime.last_record(model) if model in session.llm_models else None
         for note in record.notes if record is not None else ():

@@ -34,11 +34,11 @@ from .. import anyres, quantization
 from .. import llm as llm_runtime
 from ..capture import AttentionCapture
 from ..config import ConfigError
-from ..methods.base import CropRequest, SelectionContext
+from ..methods.base import CropRequest, SelectionContext, select
 from ..sequence import Compression
 from ..session import Session
 from ..stats import crop_record
-from ..tower import feature_layer, sync
+from ..tower import Clock, feature_layer, sync
 
 SUPPORTED_VERSIONS = "4.57.x, or 5.17 and newer 5.x"
 # host module -> the model class that merges image features
@@ -210,9 +210,9 @@ def _wrap_image_features(original):
         ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),
                                num_layers=vision.num_hidden_layers,
                                feature_layer=feature_layer(vision.num_hidden_layers, layer),
-                               projector=self.multi_modal_projector)
-        sync(pixel_values)
-        start = time.perf_counter()
+                               projector=self.multi_modal_projector, device=pixel_values.device)
+        clock = Clock(session.stats is not None)
+        clock.start(pixel_values)
         if session.vision is None:
             output, selections, select_seconds = original(self, *args, **kwargs), None, 0.0
         else:
@@ -220,11 +220,10 @@ def _wrap_image_features(original):
             with AttentionCapture(getattr(self, "image_tower", None) or self.vision_tower, session.vision, ctx) as capture:
                 output = original(self, *args, **kwargs)
             ctx.output_dtype = pooled_features(output)[0].dtype
-            selections = session.vision.select(ctx)
+            selections = select(session.vision, ctx)
             select_seconds = capture.seconds
         features = pooled_features(output)
-        sync(features[0])
-        seconds = time.perf_counter() - start
+        seconds = clock.stop(features[0])
         pending, packed = [], []
         for image, feats in zip(images, features):
             n = feats.shape[0]
@@ -264,20 +263,21 @@ def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projecto
     patches, its merged rows), then the map's kept tokens with their newlines, then
     the tiles' prefix and merged rows (VisionZip's official order)."""
     crops = selections[image.first_crop:image.first_crop + image.num_crops]
-    base = crops[0].indices.cpu()
-    if image.layout is not None:
+    device = feats.device
+    base = crops[0].indices
+    if image.layout is not None:    # the tile map is packed on the host
+        base = base.cpu()
         positions = anyres.packed_positions(image.layout, base, [s.indices.cpu() for s in crops[1:]], image.newline)
         base_part, rest = positions[:base.numel()], positions[base.numel():]
-    else:
+    else:                           # one crop: positions stay on the device
         lead = feats.shape[0] - grid[0] * grid[1] - int(image.newline)
-        base_part = torch.cat([torch.arange(lead), lead + base])
-        rest = torch.tensor([feats.shape[0] - 1]) if image.newline else torch.zeros(0, dtype=torch.long)
+        base_part = lead + base.to(device) if lead == 0 else torch.cat([torch.arange(lead, device=device), lead + base.to(device)])
+        rest = torch.arange(feats.shape[0] - int(image.newline), feats.shape[0], device=device)
 
     def rows(selection, key):
         extra = getattr(selection, key)
         return [] if extra is None else [projector(extra.to(feats.dtype)[None])[0].to(feats)]
 
-    device = feats.device
     pieces = (rows(crops[0], "prefix") + [feats[base_part.to(device)]] + rows(crops[0], "merged")
               + [feats[rest.to(device)]]
               + [r for key in ("prefix", "merged") for crop in crops[1:] for r in rows(crop, key)])
@@ -414,7 +414,8 @@ class _ShorteningHooks:
         embeds = call.get("inputs_embeds")
         timed = (session is not None and session.pending and embeds is not None and embeds.shape[1] > 1
                  and (armed is not None or getattr(cache, _ATTR, None) is None))
-        if timed:
+        clocked = timed and session.stats is not None     # only a stats file waits for the device
+        if clocked:
             sync(embeds)
         self.running = (compression, time.perf_counter() if timed else None)
         return (), call
@@ -423,7 +424,8 @@ class _ShorteningHooks:
         (compression, start), self.running = self.running, None
         session = _session
         if start is not None and session is not None:
-            sync(out[0])
+            if session.stats is not None:
+                sync(out[0])
             record = llm_runtime.last_record(self.decoder) if session.llm is not None else None
             for note in record.notes if record is not None else ():
                 session.say_once(f"freePruner: {note}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,9 +26,9 @@ import torch
 from .. import video
 from ..capture import AttentionCapture
 from ..config import ConfigError
-from ..methods.base import CropRequest, SelectionContext
+from ..methods.base import CropRequest, SelectionContext, select
 from ..methods.pooled import PooledMethod
-from ..tower import feature_layer, sync
+from ..tower import Clock, feature_layer
 from . import transformers_llava
 
 
@@ -112,9 +111,9 @@ def wrap_video_features(original):
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=layout.cells, num_prefix=transformers_llava._num_prefix(vision),
                                num_layers=vision.num_hidden_layers,
-                               feature_layer=feature_layer(vision.num_hidden_layers, layer))
-        sync(pixels)
-        start = time.perf_counter()
+                               feature_layer=feature_layer(vision.num_hidden_layers, layer), device=pixels.device)
+        clock = Clock(session.stats is not None)
+        clock.start(pixels)
         if session.vision is None:
             output, method, select_seconds = original(self, *args, **kwargs), None, 0.0
         else:
@@ -128,9 +127,8 @@ def wrap_video_features(original):
         if method is not None and config.video_mode == "temporal":
             redundant = torch.stack([video.temporal_redundancy(layout.frame_cells(f), config.tau) for f in features])
             ctx.requests = video.novel_requests(requests, redundant.flatten(0, 1))
-        selections = None if method is None else method.select(ctx)
-        sync(features)
-        share = 1000 * (time.perf_counter() - start) / videos
+        selections = None if method is None else select(method, ctx)
+        share = 1000 * clock.stop(features) / videos
         pending = []
         for v in range(videos):
             if selections is None:

@@ -89,7 +89,7 @@ def filtered(sequence, kept):
 
 
 @pytest.mark.parametrize("merge_type", ["spatial_unpad", "spatial", "flat"])
-@pytest.mark.parametrize("size", SIZES + EXTREME)
+@pytest.mark.parametrize("size", SIZES + EXTREME, ids=[f"{w}x{h}" for w, h in SIZES + EXTREME])
 def test_assemble_matches_upstream_merge_filtered(v16, size, merge_type):
     from llava.model.llava_arch import unpad_image
 

@@ -6,9 +6,9 @@ out as one big patch map, cuts the letterbox padding off that map
 (``spatial_unpad``), appends one ``image_newline`` per map row and flattens
 row-major, base tokens first. Here the same layout is computed for a *subset*
 of each crop's patches: kept tokens stay in raster order within the map and a
-row's newline goes only when pruning empties the row (at an extreme aspect
-ratio unpadding can leave rows of no patch, or no row at all: their newlines
-stay). With every token kept the result equals upstream's sequence exactly.
+row's newline goes only when pruning empties the row (unpadding an extreme
+aspect ratio can leave no row at all, or rows of no patch, which keep their
+newlines). With every token kept the result equals upstream's sequence exactly.
 
 Pure tensor code; upstream's ``unpad_image`` is passed in, not imported.
 """

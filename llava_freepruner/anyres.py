@@ -6,8 +6,9 @@ out as one big patch map, cuts the letterbox padding off that map
 (``spatial_unpad``), appends one ``image_newline`` per map row and flattens
 row-major, base tokens first. Here the same layout is computed for a *subset*
 of each crop's patches: kept tokens stay in raster order within the map and a
-row's newline is kept only when the row keeps a token. With every token kept
-the result equals upstream's sequence exactly.
+row's newline goes only when pruning empties the row (unpadding an extreme
+aspect ratio can leave no row at all, or rows of no patch, which keep their
+newlines). With every token kept the result equals upstream's sequence exactly.
 
 Pure tensor code; upstream's ``unpad_image`` is passed in, not imported.
 """
@@ -87,8 +88,9 @@ def tile_layout(
         return TileLayout(tiles_high, tiles_wide, side, (0, height), (0, width))
     index = torch.arange(height * width).view(1, height, width)
     kept = unpad(index, image_size)[0]
-    first = int(kept[0, 0])
-    r0, c0 = divmod(first, width)
+    # Unpadding cuts rows or columns, never both: at an extreme aspect ratio it
+    # can cut all of them, and the other axis is then kept whole from 0.
+    r0, c0 = divmod(int(kept[0, 0]), width) if kept.numel() else (0, 0)
     return TileLayout(tiles_high, tiles_wide, side, (r0, r0 + kept.shape[0]), (c0, c0 + kept.shape[1]))
 
 
@@ -127,7 +129,7 @@ def assemble(
     newline = newline.to(device=grid.device, dtype=grid.dtype)[None]
     for row in range(r0, r1):
         keep = mask[row, c0:c1]
-        if keep.any():
+        if keep.any() or c0 == c1:
             pieces += [grid[row, c0:c1][keep.to(grid.device)], newline]
     return torch.cat(pieces)
 
@@ -150,7 +152,8 @@ def packed_positions(layout: TileLayout, base: torch.Tensor, kept_tiles: Sequenc
                      newline: bool) -> torch.Tensor:
     """Positions of the kept tokens in the full ``spatial_unpad`` sequence of one image
     (base crop first, then the map the LLM sees row by row, a newline closing each row
-    when ``newline``). A row's newline is kept when the row keeps a token; in raster order.
+    when ``newline``). A row's newline is kept when the row keeps a token or has no
+    patch to keep (a map unpadded to zero columns); in raster order.
     """
     side, crop_tokens = layout.side, layout.side * layout.side
     row_of = {int(r): i for i, r in enumerate(layout.row_sources())}
@@ -166,5 +169,6 @@ def packed_positions(layout: TileLayout, base: torch.Tensor, kept_tiles: Sequenc
                 positions.append(crop_tokens + i * stride + j)
                 kept_rows.add(i)
     if newline:
-        positions += [crop_tokens + i * stride + stride - 1 for i in kept_rows]
+        rows = kept_rows if col_of else range(len(row_of))
+        positions += [crop_tokens + i * stride + stride - 1 for i in rows]
     return torch.sort(torch.tensor(positions, dtype=torch.long)).values

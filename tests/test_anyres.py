@@ -6,23 +6,35 @@ import torch
 
 import llava_freepruner
 from llava_freepruner import anyres
-from llava_freepruner.config import Config
+from llava_freepruner.config import VISION_METHODS, Config
 from llava_freepruner.stats import read_jsonl
 from llava_freepruner.tiny import TinySpec
 
 from conftest import load_llava as load
 
 SIZES = [(640, 480), (480, 640), (1000, 300), (300, 1000), (512, 512), (333, 777)]   # PIL (width, height)
+# Unpadding leaves the tile map of these no row, or rows of no patch (a newline each).
+EXTREME = [(4000, 50), (50, 4000), (1, 1000)]
 
 
 pytestmark = pytest.mark.usefixtures("unpatched")
 
 
+def float_v16(checkpoints, **spec):
+    """A tiny v1.6 model in fp32 (fp16 matmuls are slow on CPUs)."""
+    tokenizer, model, processor = load(checkpoints(TinySpec(anyres=True, **spec)))
+    return tokenizer, model.float(), processor
+
+
 @pytest.fixture(scope="module")
 def v16(checkpoints):
-    """The tiny v1.6 model in fp32 (fp16 matmuls are slow on CPUs)."""
-    tokenizer, model, processor = load(checkpoints(TinySpec(anyres=True)))
-    return tokenizer, model.float(), processor
+    return float_v16(checkpoints)
+
+
+@pytest.fixture(scope="module")
+def v16_clip_text(checkpoints):
+    """With the CLIP text tower that cdpruner reads."""
+    return float_v16(checkpoints, clip_text=True)
 
 
 def id_features(crops):
@@ -62,20 +74,22 @@ def as_pairs(features):
 
 
 def filtered(sequence, kept):
-    """Brute force: drop unkept tokens; a newline survives if its row keeps a token."""
-    out, row = [], []
+    """Brute force: drop unkept tokens; a newline goes only when its row had tokens and keeps none."""
+    out, row, had_tokens = [], [], False
     for pair in sequence:
         if pair == (-1, -1):
-            if row:
+            if row or not had_tokens:
                 out += row + [pair]
-            row = []
-        elif pair in kept:
-            row.append(pair)
+            row, had_tokens = [], False
+        else:
+            had_tokens = True
+            if pair in kept:
+                row.append(pair)
     return out + row
 
 
 @pytest.mark.parametrize("merge_type", ["spatial_unpad", "spatial", "flat"])
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", SIZES + EXTREME, ids=[f"{w}x{h}" for w, h in SIZES + EXTREME])
 def test_assemble_matches_upstream_merge_filtered(v16, size, merge_type):
     from llava.model.llava_arch import unpad_image
 
@@ -126,13 +140,24 @@ def splice(model, tokenizer, images, sizes):
     return out[4], out[2]
 
 
+def assert_batch_equals_singles(model, tokenizer, images, sizes):
+    """Splice the images as one batch, then one at a time: each image's rows must agree."""
+    embeds, mask = splice(model, tokenizer, images, sizes)
+    for i, (image, size) in enumerate(zip(images, sizes)):
+        single_embeds, single_mask = splice(model, tokenizer, [image], [size])
+        length = int(mask[i].sum())
+        assert length == int(single_mask.sum())
+        torch.testing.assert_close(embeds[i, :length], single_embeds[0, :length], rtol=1e-3, atol=1e-3)
+
+
 PHOTOS = [("astronaut", (512, 512)), ("coffee", (600, 400)), ("chelsea", (451, 300)), ("rocket", (427, 640)), ("coffee", (900, 250))]
+EXTREME_PHOTOS = [("coffee", size) for size in EXTREME]
 
 
 def test_ratio_one_is_bit_identical_to_upstream_with_fp16_tower(checkpoints, photo_dir):
     tokenizer, model, processor = load(checkpoints(TinySpec(anyres=True)))
     assert model.get_vision_tower().dtype == torch.float16      # as v1.6 checkpoints load
-    images, sizes = images_of(processor, model, photo_dir, [PHOTOS[1], PHOTOS[3]])
+    images, sizes = images_of(processor, model, photo_dir, [PHOTOS[1], PHOTOS[3]] + EXTREME_PHOTOS)
     reference = splice(model, tokenizer, images, sizes)
     llava_freepruner.apply(Config(ratio=1.0))
     patched = splice(model, tokenizer, images, sizes)
@@ -144,19 +169,29 @@ def test_half_ratio_per_image_fraction_and_batch_equals_single(v16, photo_dir, t
     images, sizes = images_of(processor, model, photo_dir, PHOTOS)
     stats = tmp_path / "stats.jsonl"
     llava_freepruner.apply(Config(ratio=0.5, stats=str(stats)))
-    embeds, mask = splice(model, tokenizer, images, sizes)
-    singles = [splice(model, tokenizer, [im], [s]) for im, s in zip(images, sizes)]
+    assert_batch_equals_singles(model, tokenizer, images, sizes)
     llava_freepruner.remove()
-    records = read_jsonl(stats)[: len(images)]
-    for i, record in enumerate(records):
+    for record in read_jsonl(stats)[: len(images)]:
         assert 0.45 <= record["tokens_out"] / record["tokens_in"] <= 0.56
         assert record["crops"][0] == {**record["crops"][0], "tokens_in": 576, "tokens_out": 288}
         for crop in record["crops"][1:]:
             assert crop["tokens_out"] == int(crop["tokens_in"] * 0.5 + 0.5)
-        length = int(mask[i].sum())
-        single_embeds, single_mask = singles[i]
-        assert length == int(single_mask.sum())
-        torch.testing.assert_close(embeds[i, :length], single_embeds[0, :length], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", VISION_METHODS)
+def test_extreme_aspect_ratios_keep_their_budget_with_batch_equal_to_single(method, v16_clip_text, photo_dir,
+                                                                             tmp_path):
+    tokenizer, model, processor = v16_clip_text
+    images, sizes = images_of(processor, model, photo_dir, EXTREME_PHOTOS + [PHOTOS[1]])
+    stats = tmp_path / "stats.jsonl"
+    llava_freepruner.apply(Config(vision_method=method, ratio=0.5, stats=str(stats)))
+    assert_batch_equals_singles(model, tokenizer, images, sizes)
+    llava_freepruner.remove()
+    records = read_jsonl(stats)[: len(EXTREME)]
+    # (tokens in, out) per image: the base crop keeps 288 of 576 and the tiles have no patch
+    # left by unpadding; 50x4000 and 1x1000 keep the newlines of their 72 patchless rows.
+    assert [(r["tokens_in"], r["tokens_out"]) for r in records] == [(576, 288), (648, 360), (648, 360)]
+    assert all(crop["tokens_in"] == crop["tokens_out"] == 0 for r in records for crop in r["crops"][1:])
 
 
 def test_tokens_mean_per_full_crop_scaled_to_tiles(v16, photo_dir, tmp_path):

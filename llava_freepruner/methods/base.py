@@ -96,7 +96,7 @@ class SelectionContext:
     def budgets(self) -> List[int]:
         """Tokens each crop keeps, at most its valid patches: known on the host
         (valid masks live there), so no selection waits for the device to count."""
-        return [min(r.budget, self.num_patches if r.valid is None else int(r.valid.sum())) for r in self.requests]
+        return [min(r.budget, valid) for r, valid in zip(self.requests, self.valid_counts())]
 
     def candidate_mask(self, device) -> Optional[torch.Tensor]:
         """(crops, patches) bool of the patches that may be kept; None when all may."""
@@ -106,12 +106,23 @@ class SelectionContext:
         mask = torch.stack([every if r.valid is None else r.valid.to("cpu", torch.bool) for r in self.requests])
         return to_device(mask, device)
 
-    def candidates(self, crop: int, device) -> torch.Tensor:
-        """(patches,) bool mask of the patches one crop may keep (for methods that walk crops one by one)."""
-        valid = self.requests[crop].valid
-        if valid is None:
-            return torch.ones(self.num_patches, dtype=torch.bool, device=device)
-        return to_device(valid.to(torch.bool), device)
+    def valid_counts(self) -> List[int]:
+        """Patches each crop may keep (host integers)."""
+        return [self.num_patches if r.valid is None else int(r.valid.sum()) for r in self.requests]
+
+    def groups(self) -> List[Tuple[int, int, List[int]]]:
+        """(budget, valid patches, crops) for each set of crops that share both:
+        a method whose steps depend on those numbers runs once per group, batched."""
+        found: Dict[Tuple[int, int], List[int]] = {}
+        for crop, key in enumerate(zip(self.budgets(), self.valid_counts())):
+            found.setdefault(key, []).append(crop)
+        return [(budget, valid, crops) for (budget, valid), crops in found.items()]
+
+    def rows_of(self, crops: List[int], device):
+        """An index for the rows of a group's crops in (crops, ...) tensors (all rows: a slice)."""
+        if len(crops) == len(self.requests):
+            return slice(None)
+        return to_device(torch.tensor(crops), device)
 
     def patches(self) -> torch.Tensor:
         """Feature-layer patch rows of every crop, prefix dropped: (crops, patches, dim)."""
@@ -250,16 +261,19 @@ def descending(scores: torch.Tensor, candidates: Optional[torch.Tensor] = None) 
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
+PAST_EVERY_INDEX = torch.iinfo(torch.long).max
+
+
 def raster_heads(order: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-    """The first ``counts[c]`` entries of each row of ``order`` (crops, patches),
-    ascending, in one sort for all crops: (crops, max count), a crop's entries
-    past its count filled with ``patches`` (past every index)."""
+    """The first ``counts[c]`` entries of each row of ``order`` (crops, n) of
+    patch indices, ascending, in one sort for all crops: (crops, max count), a
+    crop's entries past its count filled with :data:`PAST_EVERY_INDEX`."""
     top = max(counts, default=0)
     head = order[:, :top]
     if min(counts, default=0) < top:
         rank = torch.arange(top, device=order.device)
         limit = to_device(torch.tensor(counts), order.device)
-        head = torch.where(rank < limit[:, None], head, order.shape[1])
+        head = torch.where(rank < limit[:, None], head, PAST_EVERY_INDEX)
     return torch.sort(head, dim=1).values
 
 
@@ -273,11 +287,6 @@ def keep_top(scores: torch.Tensor, ctx: SelectionContext) -> List[Selection]:
     budgets = ctx.budgets()
     kept = raster_heads(descending(scores, ctx.candidate_mask(scores.device)), budgets)
     return [Selection(indices) for indices in per_crop(kept, budgets)]
-
-
-def ranked(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """One crop's candidate indices by descending score; ties keep the lower index first."""
-    return descending(scores[None], candidates[None])[0][:int(candidates.sum())]
 
 
 def make_selection(indices: torch.Tensor, pivotal: Optional[torch.Tensor] = None, **extra_rows) -> Selection:
@@ -300,8 +309,7 @@ def cls_scores(view: AttentionView, num_prefix: int) -> torch.Tensor:
 
 def keeps_everything(ctx: SelectionContext) -> bool:
     """Every crop keeps all its valid patches (ratio 1.0): nothing to choose."""
-    return all(b == (ctx.num_patches if r.valid is None else int(r.valid.sum()))
-               for b, r in zip(ctx.budgets(), ctx.requests))
+    return ctx.budgets() == ctx.valid_counts()
 
 
 def select(method: VisionMethod, ctx: SelectionContext) -> List[Selection]:

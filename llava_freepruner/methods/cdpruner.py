@@ -30,54 +30,67 @@ tower is loaded then).
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from .. import clip_text
-from .base import Selection, SelectionContext, VisionMethod, make_selection
+from .base import Selection, SelectionContext, VisionMethod, descending, per_crop, raster_heads
 
 
-def relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-    """(n,) min-max normalised negated mean cosine of each patch to the text segments."""
+def relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
+              candidates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(crops, n) negated mean cosine of each patch to the text segments,
+    min-max normalised over each crop's candidates.
+
+    image_embeds: (crops, n, dim); text_embeds: (segments, dim), the same text for every crop."""
     image = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
     text = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
     rel = (-(image @ text.T)).mean(dim=-1)
-    return (rel - rel.min() + 1e-6) / (rel.max() - rel.min())
+    low = rel if candidates is None else rel.masked_fill(~candidates, float("inf"))
+    high = rel if candidates is None else rel.masked_fill(~candidates, float("-inf"))
+    low, high = low.min(dim=1, keepdim=True).values, high.max(dim=1, keepdim=True).values
+    return (rel - low + 1e-6) / (high - low)
 
 
-def dpp_greedy(kernel: torch.Tensor, count: int, fallback: torch.Tensor) -> torch.Tensor:
-    """``count`` indices by fast greedy MAP inference on ``kernel`` (n, n), in pick order.
-
-    ``fallback`` (n,) orders the rest once no pick adds a positive gain."""
-    n = kernel.shape[0]
-    rows = torch.zeros(count, n, dtype=kernel.dtype, device=kernel.device)
-    gains = torch.diagonal(kernel).clone()
-    picks: List[int] = []
+def dpp_greedy(kernel: torch.Tensor, count: int, fallback: torch.Tensor,
+               candidates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fast greedy MAP inference on ``kernel`` (crops, n, n) for every crop at
+    once, on the device: (crops, n) priorities whose descending order is the
+    pick order (a crop stops picking once no pick adds a positive gain), then
+    the rest by ``fallback`` (crops, n), which lies in (0, 1]."""
+    crops, n = fallback.shape
+    rows = torch.zeros(crops, count, n, dtype=kernel.dtype, device=kernel.device)
+    gains = torch.diagonal(kernel, dim1=1, dim2=2).clone()
+    if candidates is not None:
+        gains = gains.masked_fill(~candidates, float("-inf"))
+    priority = fallback.clone()
+    picking = torch.ones(crops, dtype=torch.bool, device=kernel.device)
     for i in range(count):
-        best = int(torch.argmax(gains))
-        if not gains[best] > 0:
-            break
-        picks.append(best)
-        row = (kernel[best] - rows[:i, best] @ rows[:i]) / torch.sqrt(gains[best])
-        rows[i] = row
-        gains -= row.square()
-        gains[best] = -torch.inf
-    if len(picks) < count:
-        free = torch.ones(n, dtype=torch.bool, device=kernel.device)
-        free[picks] = False
-        rest = free.nonzero().flatten()
-        rest = rest[torch.sort(fallback[rest], descending=True, stable=True).indices]
-        picks += rest[: count - len(picks)].tolist()
-    return torch.tensor(picks, dtype=torch.long, device=kernel.device)
+        best = torch.argmax(gains, dim=1)
+        gain = gains.gather(1, best[:, None])[:, 0]
+        picking = picking & (gain > 0)
+        scale = torch.where(picking, gain, torch.ones_like(gain)).sqrt()
+        earlier = rows[:, :i].gather(2, best[:, None, None].expand(-1, i, 1)).transpose(1, 2)   # (crops, 1, i)
+        row = (kernel.gather(1, best[:, None, None].expand(-1, 1, n)) - earlier @ rows[:, :i])[:, 0] / scale[:, None]
+        row = row * picking[:, None]        # a crop that stopped picking changes nothing more
+        rows[:, i] = row
+        gains = (gains - row.square()).scatter(
+            1, best[:, None], torch.where(picking, float("-inf"), gain)[:, None])
+        # picks rank above every fallback value, earlier picks higher
+        priority = priority.scatter(1, best[:, None], torch.where(
+            picking, float(2 + count - i), priority.gather(1, best[:, None])[:, 0])[:, None])
+    return priority
 
 
-def conditional_dpp(projected: torch.Tensor, rel: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of ``count`` tokens of ``projected`` (n, dim) weighted by ``rel`` (n,)."""
+def conditional_dpp(projected: torch.Tensor, rel: torch.Tensor, count: int,
+                    candidates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(crops, n) priorities of the tokens of ``projected`` (crops, n, dim)
+    weighted by ``rel`` (crops, n): the first ``count`` in descending order are CDPruner's."""
     normed = projected.float()
     normed = normed / normed.norm(dim=-1, keepdim=True)
-    kernel = rel[:, None] * (normed @ normed.T) * rel[None, :]
-    return dpp_greedy(kernel, count, rel)
+    kernel = rel[:, :, None] * (normed @ normed.transpose(1, 2)) * rel[:, None, :]
+    return dpp_greedy(kernel, count, rel, candidates)
 
 
 class CDPruner(VisionMethod):
@@ -101,19 +114,22 @@ class CDPruner(VisionMethod):
         return self._clip
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        selections = []
-        for sample, request in enumerate(ctx.requests):
-            candidates = ctx.candidates(sample, ctx.hidden.device)
-            pool = candidates.nonzero().flatten()
-            budget = ctx.budgets()[sample]
-            if budget >= pool.numel():
-                selections.append(make_selection(pool))
-                continue
-            if request.instruction is None:
+        budgets = ctx.budgets()
+        device = ctx.hidden.device
+        candidates = ctx.candidate_mask(device)
+        priority = torch.empty(len(budgets), ctx.num_patches, device=device)
+        by_text: Dict[Optional[str], List[int]] = {}
+        for crop, request in enumerate(ctx.requests):
+            by_text.setdefault(request.instruction, []).append(crop)
+        for text, crops in by_text.items():     # one pass per distinct instruction
+            if text is None:
                 raise ValueError("FREEPRUNER_METHOD=cdpruner selects by the instruction, and this crop came "
                                  "without one (the prompt's text does not reach the vision tower here)")
+            rows = ctx.rows_of(crops, device)
+            mine = None if candidates is None else candidates[rows]
             clip = self.clip(ctx)
-            rel = relevance(clip.embed_patches(ctx.patches()[sample][pool]), clip.embed_text(request.instruction))
-            chosen = conditional_dpp(ctx.projected()[sample][pool].to(rel.device), rel, budget)
-            selections.append(make_selection(pool[chosen.to(pool.device)]))
-        return selections
+            rel = relevance(clip.embed_patches(ctx.patches()[rows]), clip.embed_text(text), mine)
+            priority[rows] = conditional_dpp(ctx.projected()[rows].to(rel.device), rel,
+                                             max(budgets[c] for c in crops), mine).to(device)
+        kept = raster_heads(descending(priority, candidates), budgets)
+        return [Selection(indices) for indices in per_crop(kept, budgets)]

@@ -19,37 +19,50 @@ no projector (a bare ViT in the fidelity report) the feature-layer patches are
 used. Differences from the official code, which prunes batch element 0 at a
 hard-coded offset of 35 prompt tokens in fp16 and, on LLaVA-NeXT, over the whole
 anyres sequence with its newlines: here every crop of every sample is pruned on
-its own, among its valid patches, in fp32; a chosen token is never chosen twice
-(the official loop could repeat one only among exact duplicates).
+its own, among its valid patches, in fp32, all crops of a call in one loop on
+the device; a chosen token is never chosen twice (the official loop could repeat
+one only among exact duplicates).
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 
-from .base import Selection, SelectionContext, VisionMethod, make_selection
+from .base import Selection, SelectionContext, VisionMethod, per_crop, raster_heads
 
 
 def cosine_distance(features: torch.Tensor) -> torch.Tensor:
-    """(n, n) fp32 matrix of 1 - cosine between the rows of ``features``."""
+    """(crops, n, n) fp32 matrices of 1 - cosine between the rows of ``features`` (crops, n, dim)."""
     normed = features.float()
-    normed = normed / normed.norm(dim=1, keepdim=True)
-    return 1.0 - normed @ normed.T
+    normed = normed / normed.norm(dim=-1, keepdim=True)
+    return 1.0 - normed @ normed.transpose(-1, -2)
 
 
-def max_min_diverse(distance: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` row indices chosen greedily by max-min distance (in choice order)."""
-    chosen = []
-    score = torch.topk(distance, 2, dim=0, largest=False).values[1]     # second smallest per column
+def max_min_diverse(distance: torch.Tensor, count: int, candidates: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(crops, count) row indices chosen greedily by max-min distance, in choice
+    order, for every crop at once and on the device (no per-choice read-back).
+
+    distance: (crops, n, n); candidates: (crops, n) bool or None (all). A crop
+    with fewer candidates than ``count`` repeats choices past its candidates."""
+    if candidates is not None:      # only candidates count as neighbours, only they can be chosen
+        distance = distance.masked_fill(~candidates[:, :, None], float("inf"))
+    score = torch.topk(distance, 2, dim=1, largest=False).values[:, 1]     # second smallest per column
+    if candidates is not None:
+        score = score.masked_fill(~candidates, float("-inf"))
+    chosen = torch.empty(distance.shape[0], count, dtype=torch.long, device=distance.device)
     for step in range(count):
-        best = int(torch.argmax(score))
-        chosen.append(best)
-        # Minimum distance to the chosen set, kept up to date one row at a time.
-        score = distance[best].clone() if step == 0 else torch.minimum(score, distance[best])
-        score[best] = -torch.inf
-    return torch.tensor(chosen, dtype=torch.long, device=distance.device)
+        best = torch.argmax(score, dim=1)       # the first of equal maxima, as a host loop would take
+        chosen[:, step] = best
+        # minimum distance to the chosen set, kept up to date one row at a time
+        row = distance.gather(1, best[:, None, None].expand(-1, 1, distance.shape[2]))[:, 0]
+        if step == 0:
+            score = row if candidates is None else row.masked_fill(~candidates, float("-inf"))
+        else:
+            score = torch.minimum(score, row)
+        score = score.scatter(1, best[:, None], float("-inf"))
+    return chosen
 
 
 class DivPrune(VisionMethod):
@@ -58,14 +71,7 @@ class DivPrune(VisionMethod):
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         tokens = ctx.projected()
-        selections = []
-        for sample in range(len(ctx.requests)):
-            candidates = ctx.candidates(sample, tokens.device)
-            pool = candidates.nonzero().flatten()
-            budget = ctx.budgets()[sample]
-            if budget >= pool.numel():
-                selections.append(make_selection(pool))
-                continue
-            chosen = max_min_diverse(cosine_distance(tokens[sample][pool]), budget)
-            selections.append(make_selection(pool[chosen]))
-        return selections
+        budgets = ctx.budgets()
+        candidates = ctx.candidate_mask(tokens.device)
+        chosen = max_min_diverse(cosine_distance(tokens), max(budgets, default=0), candidates)
+        return [Selection(indices) for indices in per_crop(raster_heads(chosen, budgets), budgets)]

@@ -5,6 +5,13 @@ other tokens pay it, averaged over a band of middle layers) and keeps the IQR
 outliers as pivots. Stage 2 ranks the remaining patches by their attention
 relation to the pivots at the feature layer and fills the budget. Kept tokens
 are returned unmerged, in raster order.
+
+Every crop of a call is handled at once on the device: the pivots are the first
+``pivot_counts`` of each crop's contribution ranking, only the rows of the
+largest pivot cap are computed at the feature layer (padding rows weigh 0), and
+one stable sort over "pivots first, then relation" fills each budget. Nothing
+waits for the device. The spreading extension (``radius`` > 0) walks each
+crop's ranking on the host instead.
 """
 
 from __future__ import annotations

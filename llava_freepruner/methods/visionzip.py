@@ -27,17 +27,20 @@ unpatched model. A tower without [CLS] (SigLIP) ranks patches by the attention
 they receive from all queries and has no [CLS] to keep (all ``dominant`` slots
 go to patches). With ``mm_vision_select_feature = cls_patch`` the model's own
 [CLS] row is this [CLS]: it is not fed twice and still counts toward K.
-Merging runs in fp32 and is cast back to the tower's dtype.
+Merging runs in fp32 and is cast back to the tower's dtype. Crops that share
+their budget and number of valid patches are pruned together, in one batched pass.
 """
 
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from .base import AttentionView, ClsAttentionMethod, Selection, SelectionContext, make_selection, ranked
+from .base import (
+    AttentionView, ClsAttentionMethod, Selection, SelectionContext, descending, gather_rows, raster_heads,
+)
 
 
 def split_budget(budget: int) -> Tuple[int, int]:
@@ -47,23 +50,26 @@ def split_budget(budget: int) -> Tuple[int, int]:
 
 
 def merge_contextual(hidden: torch.Tensor, keys: torch.Tensor, count: int) -> torch.Tensor:
-    """The ``count`` contextual tokens from the remaining patches.
+    """The ``count`` contextual tokens from the remaining patches of every crop.
 
-    hidden: (R, dim) features and keys: (R, head_dim) head-mean keys of the
-    remaining patches in raster order. Returns (count, dim) fp32.
+    hidden: (crops, R, dim) features and keys: (crops, R, head_dim) head-mean
+    keys of the remaining patches in raster order. Returns (crops, targets, dim)
+    fp32 (targets = ``count``, fewer only when R < ``count``).
     """
-    remaining = hidden.shape[0]
+    remaining = hidden.shape[1]
     step = max(1, remaining // count)
-    targets = torch.arange(0, remaining, step, device=hidden.device)[:count]
-    is_target = torch.zeros(remaining, dtype=torch.bool, device=hidden.device)
-    is_target[targets] = True
+    targets = list(range(0, remaining, step))[:count]
+    chosen = set(targets)
+    others = [i for i in range(remaining) if i not in chosen]
+    targets, others = (torch.tensor(i, dtype=torch.long).to(hidden.device, non_blocking=True) for i in (targets, others))
     normed = keys / keys.norm(dim=-1, keepdim=True)
-    others = (~is_target).nonzero().flatten()
-    assign = (normed[others] @ normed[targets].T).argmax(dim=1)          # (R - count,) target slot
-    sums = torch.zeros(count, hidden.shape[1], dtype=torch.float32, device=hidden.device)
-    sums.index_add_(0, assign, hidden[others].float())
-    joined = torch.bincount(assign, minlength=count).clamp(min=1).unsqueeze(1)
-    return hidden[targets].float() + sums / joined
+    assign = (normed[:, others] @ normed[:, targets].transpose(1, 2)).argmax(dim=2)      # (crops, R - T) target slot
+    dim = hidden.shape[2]
+    sums = torch.zeros(hidden.shape[0], targets.numel(), dim, dtype=torch.float32, device=hidden.device)
+    sums.scatter_add_(1, assign[:, :, None].expand(-1, -1, dim), hidden[:, others].float())
+    joined = torch.zeros(hidden.shape[0], targets.numel(), dtype=torch.float32, device=hidden.device)
+    joined.scatter_add_(1, assign, torch.ones_like(assign, dtype=torch.float32))
+    return hidden[:, targets].float() + sums / joined.clamp(min=1)[:, :, None]
 
 
 class VisionZip(ClsAttentionMethod):
@@ -75,23 +81,34 @@ class VisionZip(ClsAttentionMethod):
         ctx.state["keys"] = view.mean_keys()[:, ctx.num_prefix:]
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        return [self._select_crop(ctx, sample) for sample in range(len(ctx.requests))]
-
-    def _select_crop(self, ctx: SelectionContext, sample: int) -> Selection:
-        keys, cls_attention = ctx.state["keys"][sample], ctx.state["cls_attention"][sample]
-        candidates = ctx.candidates(sample, keys.device)
-        budget = ctx.budgets()[sample]
-        if budget >= int(candidates.sum()):
-            return make_selection(candidates.nonzero().flatten())
-        hidden = ctx.patches()[sample]
-        dominant, contextual = split_budget(budget)
+        scores, keys = ctx.state["cls_attention"], ctx.state["keys"]
+        candidates = ctx.candidate_mask(scores.device)
+        order = descending(scores, candidates)
         has_cls = ctx.num_prefix > 0
-        kept = ranked(cls_attention, candidates)[:dominant - int(has_cls)]
-        prefix = ctx.hidden[sample, :1] if has_cls else None
-        if contextual == 0:
-            return make_selection(kept, prefix=prefix)
-        rest = candidates.clone()
-        rest[kept] = False
-        rest = rest.nonzero().flatten().to(hidden.device)
-        merged = merge_contextual(hidden[rest], keys[rest.to(keys.device)].to(hidden.device), contextual)
-        return make_selection(kept, prefix=prefix, merged=merged.to(hidden.dtype))
+        selections: List[Optional[Selection]] = [None] * len(ctx.requests)
+        for budget, valid, crops in ctx.groups():     # the split and the merge depend on both
+            rows = ctx.rows_of(crops, scores.device)
+            if budget >= valid:                      # passed through unchanged
+                kept = raster_heads(order[rows], [valid] * len(crops))
+                selections = _place(selections, crops, [Selection(k) for k in kept])
+                continue
+            dominant, contextual = split_budget(budget)
+            kept = raster_heads(order[rows], [dominant - int(has_cls)] * len(crops))
+            prefix = ctx.hidden[rows, :1] if has_cls else [None] * len(crops)
+            if contextual == 0:
+                selections = _place(selections, crops, [Selection(k, prefix=p) for k, p in zip(kept, prefix)])
+                continue
+            # the remaining candidates, in raster order, after the dominant ones
+            rest = order[rows, kept.shape[1]:valid].sort(dim=1).values
+            hidden = ctx.patches()[rows]
+            merged = merge_contextual(gather_rows(hidden, rest), gather_rows(keys[rows].to(hidden.device), rest),
+                                      contextual).to(hidden.dtype)
+            selections = _place(selections, crops, [Selection(k, prefix=p, merged=m)
+                                                    for k, p, m in zip(kept, prefix, merged)])
+        return selections
+
+
+def _place(selections: List[Optional[Selection]], crops: List[int], made: List[Selection]) -> List[Optional[Selection]]:
+    for crop, selection in zip(crops, made):
+        selections[crop] = selection
+    return selections

@@ -23,35 +23,37 @@ has odd length (``R // 2`` is used where the even half has ``ceil(R / 2)``
 entries); here the even half's real size is used. Ties in both rankings go to
 the lower index (stable sorts). Cosines run in fp32. A tower without [CLS] ranks
 importance by the attention each patch receives from all queries. With a budget
-at or above the crop's valid patches every patch is kept.
+at or above the crop's valid patches every patch is kept. Crops that share their
+budget and number of valid patches are pruned together, in one batched pass.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 
-from .base import ClsAttentionMethod, Selection, SelectionContext, make_selection, ranked
+from .base import ClsAttentionMethod, Selection, SelectionContext, descending, gather_rows, raster_heads
 
 IMPORTANT_RATIO = 0.5
 DROP_PER_ROUND = 8
 
 
 def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, keep: int) -> torch.Tensor:
-    """Shrink the ordered ``candidates`` (patch indices) to ``keep`` by even/odd matching.
+    """Shrink the ordered ``candidates`` (crops, R) patch indices to ``keep`` per
+    crop by even/odd matching, every crop of the batch at once.
 
-    features: (num_patches, dim) L2-normalised. Returns the surviving indices in list order.
+    features: (crops, num_patches, dim) L2-normalised. Returns (crops, keep)
+    surviving indices in list order.
     """
     while keep > 0:
-        surplus = candidates.numel() - keep
-        drop = min(DROP_PER_ROUND, surplus)
+        drop = min(DROP_PER_ROUND, candidates.shape[1] - keep)
         if drop <= 0:
             break
-        evens, odds = candidates[0::2], candidates[1::2]
-        scores = (features[evens] @ features[odds].T).max(dim=1).values
-        survivors = torch.sort(scores, descending=True, stable=True).indices[drop:]
-        candidates = torch.cat([evens[survivors], odds])
+        evens, odds = candidates[:, 0::2], candidates[:, 1::2]
+        similar = gather_rows(features, evens) @ gather_rows(features, odds).transpose(1, 2)
+        survivors = torch.sort(similar.max(dim=2).values, dim=1, descending=True, stable=True).indices[:, drop:]
+        candidates = torch.cat([evens.gather(1, survivors), odds], dim=1)
     return candidates
 
 
@@ -63,17 +65,24 @@ class VisPruner(ClsAttentionMethod):
         self.important_ratio = important_ratio
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        selections = []
-        for sample, cls_attention in enumerate(ctx.state["cls_attention"]):
-            candidates = ctx.candidates(sample, cls_attention.device)
-            budget = ctx.budgets()[sample]
-            order = ranked(cls_attention, candidates)
+        scores = ctx.state["cls_attention"]
+        candidates = ctx.candidate_mask(scores.device)
+        order = descending(scores, candidates)
+        features: Optional[torch.Tensor] = None
+        selections: List[Optional[Selection]] = [None] * len(ctx.requests)
+        for budget, valid, crops in ctx.groups():     # the rounds depend on budget and valid count
+            rows = ctx.rows_of(crops, scores.device)
+            ranking = order[rows]
             important = int(budget * self.important_ratio)
-            if budget >= order.numel() or budget == important:
-                selections.append(make_selection(order[:budget]))
-                continue
-            features = ctx.patches()[sample].float()
-            features = features / features.norm(dim=-1, keepdim=True)
-            diverse = remove_duplicates(features, order[important:].to(features.device), budget - important)
-            selections.append(make_selection(torch.cat([order[:important], diverse.to(order.device)])))
+            if budget >= valid or budget == important:
+                kept = ranking[:, :budget]
+            else:
+                if features is None:
+                    features = ctx.patches().float()
+                    features = features / features.norm(dim=-1, keepdim=True)
+                diverse = remove_duplicates(features[rows], ranking[:, important:valid], budget - important)
+                kept = torch.cat([ranking[:, :important], diverse], dim=1)
+            kept = raster_heads(kept, [budget] * len(crops))
+            for row, crop in enumerate(crops):
+                selections[crop] = Selection(kept[row])
         return selections

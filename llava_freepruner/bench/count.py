@@ -143,7 +143,7 @@ def count_generate(bench: BenchModel, inputs: Inputs, new_tokens: int = 3, warmu
                            f"decode steps; expected {new_tokens - 1} after one prefill")
     tallies = counter.tallies
     return GenerateCounts(
-        phases={p: PhaseCounts.of(tallies[p]) if p in tallies else PhaseCounts() for p in PHASES},
+        phases={p: PhaseCounts.of(tallies[p]) for p in PHASES},
         decode_steps=marks.decode_steps,
         sync_sites={p: dict(t.sync_sites) for p, t in tallies.items() if t.sync_sites},
         plugin_op_names={p: {name: n for (owner, name), n in t.names.most_common() if owner == PLUGIN}

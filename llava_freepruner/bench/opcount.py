@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -114,7 +114,7 @@ class OpCounter(TorchDispatchMode):
     def __init__(self, phase: str = "all"):
         super().__init__()
         self.phase = phase
-        self.tallies: Dict[str, Tally] = {}
+        self.tallies: Dict[str, Tally] = defaultdict(Tally)
         self._owners: Dict[object, Optional[str]] = {}      # code object -> owner (None: skip the frame)
         self._saved = []
 
@@ -139,15 +139,9 @@ class OpCounter(TorchDispatchMode):
             frame = frame.f_back
         return HOST, None
 
-    def _tally(self) -> Tally:
-        tally = self.tallies.get(self.phase)
-        if tally is None:
-            tally = self.tallies[self.phase] = Tally()
-        return tally
-
     def _record(self, frame, name: str, op: bool, sync: bool) -> None:
         owner, caller = self._caller(frame)
-        tally = self._tally()
+        tally = self.tallies[self.phase]
         if op:
             tally.ops[owner] += 1
             tally.names[owner, name] += 1

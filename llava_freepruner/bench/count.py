@@ -5,13 +5,14 @@ counts both on any device. Hooks on the host's vision tower and LLM body
 (``host.HostParts``) cut one ``generate()`` into contiguous phases:
 
 - ``setup``: from the call to the tower's start (input preparation);
-- ``tower``: the vision tower's forward, the plugin's capture hooks included;
+- ``tower``: the vision tower's forward, the plugin's capture hooks and its
+  hooks on the tower module included;
 - ``between``: from the tower's end to the LLM's prompt forward (selection,
   gather, projector, splice into the prompt);
-- ``prefill``: the LLM body's forward over the prompt, then the LM head and the
-  first token's sampling;
-- ``decode``: each later step (one LLM forward of query length 1, its LM head,
-  sampling); reported per step.
+- ``prefill``: the LLM body's forward over the prompt (the plugin's hooks on it
+  included), then the LM head and the first token's sampling;
+- ``decode``: each later step (one LLM forward of query length 1 with its hooks,
+  its LM head, sampling); reported per step.
 
 A warm-up ``generate()`` runs uncounted first, so one-time work is left out.
 Threshold tests call :func:`count_row` (or :func:`count_generate` on a model the
@@ -95,10 +96,11 @@ class PhaseMarks:
         self.counter = counter
         self.prefilled = False
         self.decode_steps = 0
+        # first before a forward and last after it: the plugin's own hooks on these modules count inside
         self._handles = [
-            parts.vision_tower.register_forward_pre_hook(lambda *_: self._enter("tower")),
+            parts.vision_tower.register_forward_pre_hook(lambda *_: self._enter("tower"), prepend=True),
             parts.vision_tower.register_forward_hook(lambda *_: self._enter("between")),
-            parts.decoder.register_forward_pre_hook(self._llm, with_kwargs=True),
+            parts.decoder.register_forward_pre_hook(self._llm, with_kwargs=True, prepend=True),
         ]
 
     def _enter(self, phase: str) -> None:

@@ -159,3 +159,19 @@ def test_count_ops_cli_writes_a_row_per_method_ratio_and_batch_size(tmp_path, ca
 def test_bad_count_flags_are_named(flags, message, tmp_path, capsys):
     code = main(["bench", "--random-weights", "tiny-llava-v1.5", "--device", "cpu", "--out", str(tmp_path), *flags])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_keep_going_records_a_failing_row_and_counts_the_others(monkeypatch):
+    def fake_count_row(bench, inputs, method, ratio, new_tokens, seed):
+        if method == "grid":
+            raise RuntimeError("grid broke")
+        return count.GenerateCounts({p: count.PhaseCounts(plugin_ops=1) for p in count.PHASES}, decode_steps=1)
+
+    monkeypatch.setattr(count, "count_row", fake_count_row)
+    records = count.count_rows(None, {1: None}, ["grid", "random"], [0.5], 2, 0, lambda text: None, keep_going=True)
+    assert records[0] == {"method": "grid", "ratio": 0.5, "batch_size": 1, "error": "RuntimeError: grid broke"}
+    assert records[1]["between_plugin_ops"] == 1 and records[1]["decode_plugin_ops"] == 1
+    table = count.markdown({"model": "m", "backend": "b", "dtype": "d", "device": "cpu", "command": "c"}, records)
+    assert "| grid | 0.5 | 1 | failed: RuntimeError: grid broke |" in table
+    with pytest.raises(RuntimeError, match="grid broke"):
+        count.count_rows(None, {1: None}, ["grid"], [0.5], 2, 0, lambda text: None)

@@ -169,8 +169,9 @@ def count_row(bench: BenchModel, inputs: Inputs, method: str, ratio: float, new_
 
 
 def count_rows(bench: BenchModel, inputs_by_batch: Dict[int, Inputs], methods: Sequence[str],
-               ratios: Sequence[float], new_tokens: int, seed: int, log) -> List[dict]:
-    """A record per (method, ratio, batch size): its counts, flat (see :meth:`GenerateCounts.row`)."""
+               ratios: Sequence[float], new_tokens: int, seed: int, log, keep_going: bool = False) -> List[dict]:
+    """A record per (method, ratio, batch size): its counts, flat (see :meth:`GenerateCounts.row`);
+    ``keep_going``: a failing row is recorded with its error and the others still run."""
     plugin_log = logging.getLogger("llava_freepruner")
     level = plugin_log.level
     plugin_log.setLevel(logging.WARNING)
@@ -179,8 +180,16 @@ def count_rows(bench: BenchModel, inputs_by_batch: Dict[int, Inputs], methods: S
         for batch, inputs in inputs_by_batch.items():
             for ratio in ratios:
                 for method in (m for m in methods if runs_at(m, ratio)):
-                    counts = count_row(bench, inputs, method, ratio, new_tokens, seed)
-                    records.append({"method": method, "ratio": ratio, "batch_size": batch, **counts.row()})
+                    key = {"method": method, "ratio": ratio, "batch_size": batch}
+                    try:
+                        counts = count_row(bench, inputs, method, ratio, new_tokens, seed)
+                    except Exception as err:
+                        if not keep_going:
+                            raise
+                        records.append({**key, "error": f"{type(err).__name__}: {err}"})
+                        log(f"  batch {batch} {method} ratio {ratio} FAILED: {records[-1]['error']}")
+                        continue
+                    records.append({**key, **counts.row()})
                     log(f"  batch {batch} {method:10} ratio {ratio:<5} plugin ops/syncs before the first token "
                         f"{counts.before_decode.plugin_ops}/{counts.before_decode.plugin_syncs}")
     finally:
@@ -197,6 +206,9 @@ def markdown(meta: dict, records: List[dict]) -> str:
              "|" + "---|" * len(head)]
     for r in records:
         cells = [r["method"], str(r["ratio"]), str(r["batch_size"])]
+        if "error" in r:
+            lines.append("| " + " | ".join(cells + [f"failed: {r['error']}"] + [""] * (len(head) - 4)) + " |")
+            continue
         cells += [f"{_n(r[f'{p}_plugin_ops'])} / {_n(r[f'{p}_plugin_syncs'])}" for p in PHASES]
         cells += [f"{_n(r[f'{p}_host_ops'])} / {_n(r[f'{p}_host_syncs'])}" for p in PHASES]
         lines.append("| " + " | ".join(cells) + " |")

@@ -157,7 +157,8 @@ def _count_ops(args, bench_model, device: str, dtype, settings, batch_sizes, log
         inputs = {size: bench_model.make_inputs(bench, size, args.text_tokens) for size in batch_sizes}
     except ValueError as err:
         return fail(str(err))
-    records = count.count_rows(bench, inputs, settings.methods, settings.ratios, settings.new_tokens, settings.seed, log)
+    records = count.count_rows(bench, inputs, settings.methods, settings.ratios, settings.new_tokens, settings.seed, log,
+                               settings.keep_going)
     meta = {**_model_meta(args, bench, device, dtype), "batch_sizes": batch_sizes,
             "text_tokens": next(iter(inputs.values())).text_tokens, "new_tokens": settings.new_tokens,
             "phases": list(count.PHASES)}

@@ -22,6 +22,7 @@ What counts as a sync (also counted as an op when it is an aten op):
   ``equal``, ``nonzero``, ``masked_select``, ``bincount``, ``unique*``,
   ``repeat_interleave`` with a tensor of repeats and no ``output_size``, and
   ``index`` / ``index_put`` with a bool or uint8 index (boolean-mask indexing);
+  not ``_assert_async`` (the device checks it, the host does not wait);
 - Python-level reads and copies no aten op shows: ``Tensor.tolist()``,
   ``Tensor.numpy()``, ``Tensor.cpu()``, ``Tensor.to("cpu")`` (the string: a
   ``torch.device`` could be the model's own), and ``torch.tensor`` /

@@ -47,6 +47,8 @@ _LLAVA_1_6 = dict(
 
 # Test shapes, not checkpoints: the real layouts (576 patches per crop, 32 decoder
 # layers, so FitPrune's official recipes apply) at widths a CPU runs in milliseconds.
+# The "deep" one keeps the tower's 24 layers too: every layer a method reads is
+# there, so its op counts (bench --count-ops) are those of the real model.
 _TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=32,
                    num_attention_heads=4, num_key_value_heads=4)
 _TINY_CLIP = dict(CLIP_VIT_L_14_336, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
@@ -57,10 +59,12 @@ ARCHITECTURES = {
     "llava-v1.6-7b": dict(_VICUNA, **_LLAMA_7B, **_LLAVA_1_6),   # llava-v1.6-vicuna-7b
     "tiny-llava-v1.5": dict(_VICUNA, **_TINY_LLAMA, **dict(_LLAVA_1_5, mm_hidden_size=64)),
     "tiny-llava-v1.6": dict(_VICUNA, **_TINY_LLAMA, **dict(_LLAVA_1_6, mm_hidden_size=64)),
+    "tiny-deep-llava-v1.5": dict(_VICUNA, **_TINY_LLAMA, **dict(_LLAVA_1_5, mm_hidden_size=64)),
 }
 
 # Vision tower of each architecture (CLIP ViT-L/14-336 unless named here).
-_TOWERS = {"tiny-llava-v1.5": _TINY_CLIP, "tiny-llava-v1.6": _TINY_CLIP}
+_TOWERS = {"tiny-llava-v1.5": _TINY_CLIP, "tiny-llava-v1.6": _TINY_CLIP,
+           "tiny-deep-llava-v1.5": dict(_TINY_CLIP, num_hidden_layers=24)}
 
 # transformers' conversions of the same checkpoints (llava-hf/<name>/config.json): the
 # image placeholder is id 32000, appended to Vicuna's ids, and the embedding grows to
@@ -71,6 +75,7 @@ HF_CHECKPOINTS = {
     "llava-v1.6-vicuna-7b-hf": "llava-v1.6-7b",
     "tiny-llava-1.5-hf": "tiny-llava-v1.5",
     "tiny-llava-v1.6-hf": "tiny-llava-v1.6",
+    "tiny-deep-llava-1.5-hf": "tiny-deep-llava-v1.5",
 }
 # transformers' video classes: name -> (model_type, the upstream entry whose decoder and
 # tower they share, the tower's image size). Video-LLaVA-7B is Vicuna-7B with LanguageBind's

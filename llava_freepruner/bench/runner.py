@@ -95,6 +95,45 @@ def plugin_config(method: str, ratio: float, device: str, stats: str, seed: int,
     return config_module.Config(vision_method="grid" if method == oracle.NAME else method, video=video_mode, **common)
 
 
+def generate(bench: BenchModel, inputs: Inputs, new_tokens: int, streamer=None):
+    """The host's own ``generate`` on ``inputs``: greedy, exactly ``new_tokens`` tokens (EOS suppressed)."""
+    return bench.model.generate(
+        **inputs.generate_kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1,
+        use_cache=True, pad_token_id=0, streamer=streamer,
+    )
+
+
+def check_methods(bench: BenchModel, methods: Sequence[str], ratios: Sequence[float]) -> None:
+    """Refuse, before any row runs, a method that cannot run on this model: an LLM-side
+    method needs a layer past its pruning layer and a decoder its runtime can drive."""
+    layers = bench.parts.text_config.num_hidden_layers
+    prune_layer = config_module.Config().fastv_layer     # DART's layer is 2 as well
+    for name in (m for m in methods if m in LLM_METHODS):
+        if layers <= prune_layer:
+            raise ValueError(f"{name} prunes at LLM layer {prune_layer}, but the model has {layers} decoder "
+                             f"layers: build at least {prune_layer + 1} (--llm-layers)")
+        _check_llm_runtime(bench, name, min(ratios))
+
+
+def _check_llm_runtime(bench: BenchModel, method: str, ratio: float) -> None:
+    """Attach the decoder-side runtime once and take it off again: a decoder it cannot
+    drive is refused here, by name, instead of failing in the middle of the rows."""
+    from .. import llm as llm_runtime
+    from ..session import llm_policy
+
+    decoder = bench.parts.decoder
+    policy = llm_policy(plugin_config(method, ratio, bench.device.type, None, 0))
+    try:
+        llm_runtime.attach(decoder, policy)
+    except (TypeError, AttributeError, RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{method} cannot run on --backend {bench.backend}: the decoder-side pruning runtime does not "
+            f"drive this {type(decoder).__name__} ({type(err).__name__}: {err})"
+        ) from None
+    finally:
+        llm_runtime.detach(decoder)
+
+
 class StatsTail:
     """The records the plugin appended to its stats file since the last read."""
 
@@ -139,10 +178,7 @@ class Bench:
     def generate_once(self, probe: Probe, stats: StatsTail, timer: Optional[swap.TimedMethod]) -> Dict[str, float]:
         n = self.settings.new_tokens
         with probe.call() as scope, torch.inference_mode():
-            self.bench.model.generate(
-                **self.inputs.generate_kwargs, max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, use_cache=True,
-                pad_token_id=0, streamer=scope.streamer,
-            )
+            generate(self.bench, self.inputs, n, scope.streamer)
         call: Call = scope.call
         if len(call.token_times) != n or call.prefill_s is None:
             raise RuntimeError(f"generate produced {len(call.token_times)} of {n} tokens or no prefill was seen")
@@ -242,31 +278,7 @@ class Bench:
 
     def check(self) -> None:
         """Refuse, before any timing, a row that cannot run on this model."""
-        layers = self.bench.parts.text_config.num_hidden_layers
-        prune_layer = config_module.Config().fastv_layer     # DART's layer is 2 as well
-        for name in (m for m in self.settings.methods if m in LLM_METHODS):
-            if layers <= prune_layer:
-                raise ValueError(f"{name} prunes at LLM layer {prune_layer}, but the model has {layers} decoder "
-                                 f"layers: build at least {prune_layer + 1} (--llm-layers)")
-            self.check_llm_runtime(name)
-
-    def check_llm_runtime(self, method: str) -> None:
-        """Attach the decoder-side runtime once and take it off again: a decoder it cannot
-        drive is refused here, by name, instead of failing in the middle of the rows."""
-        from .. import llm as llm_runtime
-        from ..session import llm_policy
-
-        decoder = self.bench.parts.decoder
-        policy = llm_policy(plugin_config(method, min(self.settings.ratios), self.bench.device.type, None, 0))
-        try:
-            llm_runtime.attach(decoder, policy)
-        except (TypeError, AttributeError, RuntimeError, ValueError) as err:
-            raise ValueError(
-                f"{method} cannot run on --backend {self.bench.backend}: the decoder-side pruning runtime does not "
-                f"drive this {type(decoder).__name__} ({type(err).__name__}: {err})"
-            ) from None
-        finally:
-            llm_runtime.detach(decoder)
+        check_methods(self.bench, self.settings.methods, self.settings.ratios)
 
     def rows(self) -> List[tuple]:
         """(method, ratio, video mode) of every row; a video mode applies to the vision side only,

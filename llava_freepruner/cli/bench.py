@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per run (all of them: EOS is suppressed)")
     parser.add_argument("--text-tokens", type=int, default=40, help="prompt length besides the image (random weights only)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", default="1",
+                        help="prompts per generate call (default: 1); with --count-ops a comma-separated list, e.g. 1,8")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on cuda, float32 on cpu)")
     parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
@@ -62,6 +63,10 @@ def add_arguments(parser) -> None:
                              f"model: {', '.join(VIDEO_CHECKPOINTS)}); rows per --video-modes")
     parser.add_argument("--video-modes",
                         help="with --video: comma-separated FREEPRUNER_VIDEO modes, a row each (default: frame,temporal)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="instead of timing, count the plugin's aten ops and host syncs per generate() in each "
+                             "phase (tower, between tower and LLM, prefill, per decode step) with a dispatch-mode "
+                             "counter; default --dtype float16 on any device; writes op_counts.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_results", help="output directory (default: bench_results)")
 
@@ -85,6 +90,88 @@ def _video_modes(args):
     if args.video < 1:
         raise ValueError(f"--video {args.video} is not valid: expected a number of frames >= 1")
     return [mode.strip() for mode in (args.video_modes or "frame,temporal").split(",") if mode.strip()]
+
+
+def _batch_sizes(text: str, count_ops: bool):
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 1 for size in sizes):
+        raise ValueError(f"--batch-size {text!r} is not valid: expected a number >= 1"
+                         + (" or a comma-separated list, e.g. 1,8" if count_ops else ""))
+    if len(sizes) > 1 and not count_ops:
+        raise ValueError(f"--batch-size {text!r}: a list of batch sizes applies to --count-ops only; "
+                         "expected one number")
+    return sizes
+
+
+def _check_count_flags(args) -> None:
+    """Refuse the timing-only options in --count-ops mode."""
+    for flag, given in (("--video", args.video is not None), ("--quant", args.quant != "none"),
+                        ("--capture-memory", args.capture_memory), ("--clock", args.clock != "wall")):
+        if given:
+            raise ValueError(f"{flag} applies to timing runs, not to --count-ops")
+
+
+def _build(args, bench_model, device: str, dtype, quant: str):
+    """The model under test: the --model checkpoint or the --random-weights architecture."""
+    from ..bench import quant as bench_quant
+
+    if args.model:
+        return (bench_model.load_checkpoint(args.model, device, dtype, quant) if args.backend == "upstream"
+                else bench_model.load_checkpoint(args.model, device, dtype))
+    bench = bench_model.build_random(args.random_weights, args.llm_layers, args.vision_layers, device, dtype, args.seed)
+    bench_quant.quantize_random(bench.model, quant)
+    return bench
+
+
+def _model_meta(args, bench, device: str, dtype) -> dict:
+    import torch
+
+    parts = bench.parts
+    return {
+        "command": command_line(args),
+        "model": args.model or args.random_weights,
+        "weights": "checkpoint" if args.model else "random",
+        "backend": args.backend,
+        "llm_layers": parts.text_config.num_hidden_layers,
+        "vision_layers": parts.vision_config.num_hidden_layers,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "dtype": str(dtype).replace("torch.", ""),
+        "llm_attention": bench.model.config._attn_implementation,
+        "torch": torch.__version__,
+    }
+
+
+def _count_ops(args, bench_model, device: str, dtype, settings, batch_sizes, log, fail) -> int:
+    """``--count-ops``: a row per method, ratio and batch size; op_counts.json and .md under --out."""
+    from ..bench import count
+    from ..bench.runner import check_methods
+
+    log(f"bench: building {args.model or args.random_weights} ({args.backend}) on {device} ({dtype}) to count ops")
+    try:
+        bench = _build(args, bench_model, device, dtype, "none")
+        check_methods(bench, settings.methods, settings.ratios)
+        inputs = {size: bench_model.make_inputs(bench, size, args.text_tokens) for size in batch_sizes}
+    except ValueError as err:
+        return fail(str(err))
+    records = count.count_rows(bench, inputs, settings.methods, settings.ratios, settings.new_tokens, settings.seed, log,
+                               settings.keep_going)
+    meta = {**_model_meta(args, bench, device, dtype), "batch_sizes": batch_sizes,
+            "text_tokens": next(iter(inputs.values())).text_tokens, "new_tokens": settings.new_tokens,
+            "phases": list(count.PHASES)}
+    os.makedirs(args.out, exist_ok=True)
+    table = count.markdown(meta, records)
+    for name, text in (("op_counts.json", json.dumps({"meta": meta, "records": records}, indent=1)),
+                       ("op_counts.md", table + "\n")):
+        path = os.path.join(args.out, name)
+        with open(path, "w") as handle:
+            handle.write(text)
+        log(f"bench: wrote {path}")
+    print(table)
+    return 0
 
 
 def command_line(args, command: str = "bench") -> str:
@@ -132,10 +219,13 @@ def run(args) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     log = lambda text: print(text, file=sys.stderr, flush=True)
     try:
+        batch_sizes = _batch_sizes(args.batch_size, args.count_ops)
+        if args.count_ops:
+            _check_count_flags(args)
         video_modes = _video_modes(args)
         quants = bench_quant.parse(args.quant, bool(args.model), device)
         bench_model = host.builder(args.backend)
-        dtype = parse_dtype(args.dtype or ("float16" if device == "cuda" else "float32"))
+        dtype = parse_dtype(args.dtype or ("float16" if device == "cuda" or args.count_ops else "float32"))
         settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed,
                             args.clock, args.keep_going, video_modes)
         if args.model and args.backend != "upstream" and quants != [bench_quant.NONE]:
@@ -143,21 +233,17 @@ def run(args) -> int:
                              "random weights are quantized on either backend")
     except ValueError as err:
         return fail(str(err))
+    if args.count_ops:
+        return _count_ops(args, bench_model, device, dtype, settings, batch_sizes, log, fail)
     records = []
     for quant in quants:
         try:
             log(f"bench: building {args.model or args.random_weights} ({args.backend}) on {device} "
                 f"({dtype}, weights {quant})")
-            if args.model:
-                bench = (bench_model.load_checkpoint(args.model, device, dtype, quant) if args.backend == "upstream"
-                         else bench_model.load_checkpoint(args.model, device, dtype))
-            else:
-                bench = bench_model.build_random(args.random_weights, args.llm_layers, args.vision_layers, device,
-                                                 dtype, args.seed)
-                bench_quant.quantize_random(bench.model, quant)
-            inputs = (bench_model.make_inputs(bench, args.batch_size, args.text_tokens, args.video)
+            bench = _build(args, bench_model, device, dtype, quant)
+            inputs = (bench_model.make_inputs(bench, batch_sizes[0], args.text_tokens, args.video)
                       if args.backend == "transformers" else
-                      bench_model.make_inputs(bench, args.batch_size, args.text_tokens))
+                      bench_model.make_inputs(bench, batch_sizes[0], args.text_tokens))
             runner = Bench(bench, inputs, settings, args.out, log)
         except ValueError as err:
             return fail(str(err))
@@ -188,19 +274,10 @@ def run(args) -> int:
             capture += capture_memory.measure(method, [576, 2304], cfg.num_attention_heads, head_dim,
                                               cfg.num_hidden_layers, layer)
     meta = {
-        "command": command_line(args),
-        "model": args.model or args.random_weights,
-        "weights": "checkpoint" if args.model else "random",
-        "backend": args.backend,
-        "llm_layers": parts.text_config.num_hidden_layers,
-        "vision_layers": parts.vision_config.num_hidden_layers,
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-        "dtype": str(dtype).replace("torch.", ""),
-        "llm_attention": bench.model.config._attn_implementation,
+        **_model_meta(args, bench, device, dtype),
         "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size, "text_tokens": inputs.text_tokens, "video_frames": args.video, "new_tokens": args.new_tokens,
-        "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup, "torch": torch.__version__,
+        "batch_size": batch_sizes[0], "text_tokens": inputs.text_tokens, "video_frames": args.video, "new_tokens": args.new_tokens,
+        "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup,
         "quant": quants, **bench_quant.versions(quants),
     }
     for path in report.write(args.out, meta, records, capture):

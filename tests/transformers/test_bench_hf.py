@@ -106,3 +106,30 @@ def test_a_checkpoint_runs_with_its_own_processor_and_prompt(tmp_path):
     text = data["meta"]["text_tokens"]
     assert 10 < text < 200 and rows[("oracle", 1.0)]["layer_tokens"] == [text + 576]
     assert data["meta"]["weights"] == "checkpoint"
+
+
+def test_count_ops_splits_the_plugin_work_by_phase(tmp_path, capsys):
+    """bench --count-ops on transformers' classes: the unpatched model costs no plugin op, a
+    vision method works in the tower and after it, an LLM method in the prefill."""
+    from llava_freepruner.bench.count import PHASES
+
+    code = main(["bench", "--backend", "transformers", "--random-weights", "tiny-llava-1.5-hf", "--llm-layers", "3",
+                 "--vision-layers", "2", "--count-ops", "--methods", "none,freepruner,fastv", "--ratios", "1.0,0.5",
+                 "--batch-size", "1,2", "--new-tokens", "3", "--text-tokens", "12", "--device", "cpu",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "op_counts.json").read_text())
+    assert data["meta"]["backend"] == "transformers" and data["meta"]["dtype"] == "float16"
+    rows = {(r["method"], r["ratio"], r["batch_size"]): r for r in data["records"]}
+    assert sorted(rows) == sorted([(m, r, b) for b in (1, 2) for r in (1.0, 0.5) for m in ("freepruner", "fastv")]
+                                  + [("none", 1.0, 1), ("none", 1.0, 2)])
+    for (method, ratio, batch), r in rows.items():
+        assert r["decode_steps"] == 2
+        for phase in PHASES:
+            assert r[f"{phase}_host_ops"] > 0 or phase == "setup", (method, phase)
+            if method == "none":
+                assert r[f"{phase}_plugin_ops"] == r[f"{phase}_plugin_syncs"] == 0, (batch, phase)
+    for batch in (1, 2):
+        vision, llm = rows[("freepruner", 0.5, batch)], rows[("fastv", 0.5, batch)]
+        assert vision["tower_plugin_ops"] + vision["between_plugin_ops"] > 0
+        assert llm["tower_plugin_ops"] == 0 and llm["prefill_plugin_ops"] > 0

@@ -289,6 +289,11 @@ def keep_top(scores: torch.Tensor, ctx: SelectionContext) -> List[Selection]:
     return [Selection(indices) for indices in per_crop(kept, budgets)]
 
 
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of (crops, n, dim) ``x`` at (crops, m) indices: (crops, m, dim)."""
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
 def make_selection(indices: torch.Tensor, pivotal: Optional[torch.Tensor] = None, **extra_rows) -> Selection:
     """A selection of one crop from unsorted indices (and pivots among them)."""
     indices = torch.sort(indices.long()).values

@@ -14,7 +14,9 @@ Modes (``FREEPRUNER_VIDEO``):
   fewer remain. A still video keeps about one frame's budget in all.
 
 Prefix and trailing tokens are always kept. Kept cells stay in raster order
-within a frame. Pure tensor code; no host import.
+within a frame; a merging method's rows (VisionZip's [CLS] and contextual
+tokens) go around them as on images (:func:`pack_frames`), and count toward the
+frame's budget. Pure tensor code; no host import.
 """
 
 from __future__ import annotations
@@ -86,6 +88,28 @@ def kept_positions(layout: FrameLayout, kept: Sequence[torch.Tensor]) -> torch.T
     return torch.cat(pieces)
 
 
+def pack_frames(layout: FrameLayout, features: torch.Tensor, selections: Sequence[Selection],
+                project: Callable[[torch.Tensor], torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One video's features with the tokens each frame keeps at the front of its cells, and their positions.
+
+    features: (tokens, dim), the host's (the trailing tokens may be absent: they stay as they are).
+    A frame keeps its prefix tokens where they are; its first cell slots then hold the
+    selection's ``prefix`` rows, its kept cells in raster order and its ``merged`` rows,
+    those rows taken to the LLM's width by ``project``. Returns (features, positions kept)."""
+    def projected(rows: Optional[torch.Tensor]) -> List[torch.Tensor]:
+        return [] if rows is None else [project(rows).to(features)]
+
+    body = layout.frames * layout.frame_tokens
+    frames = []
+    for frame, selection in zip(features[:body].unflatten(0, (layout.frames, layout.frame_tokens)), selections):
+        cells = frame[layout.prefix:]
+        kept = torch.cat(projected(selection.prefix) + [cells[selection.indices.to(cells.device)]]
+                         + projected(selection.merged))
+        frames.append(torch.cat([frame[:layout.prefix], kept, cells[kept.shape[0]:]]))
+    packed = torch.cat(frames + [features[body:]])
+    return packed, kept_positions(layout, [torch.arange(s.num_tokens) for s in selections])
+
+
 def pool_matrix(pool: Callable[[torch.Tensor], torch.Tensor], num_patches: int) -> torch.Tensor:
     """(cells, patches) weights of a linear pooling ``pool``: (1, patches, dim) ->
     (1, cells, dim), found by pooling the identity (one basis feature per patch)."""
@@ -96,7 +120,7 @@ def pool_matrix(pool: Callable[[torch.Tensor], torch.Tensor], num_patches: int) 
 def video_record(layout: FrameLayout, selections: Sequence[Selection], redundant: Optional[torch.Tensor],
                  mode: str, tau: Optional[float]) -> dict:
     """The stats of one video: tokens before/after, and per frame kept, pivotal and redundant counts."""
-    kept = [int(s.indices.numel()) + layout.prefix for s in selections]
+    kept = [s.num_tokens + layout.prefix for s in selections]
     record = {"kind": "video", "frames": layout.frames, "video_mode": mode,
               "tokens_in": layout.tokens, "tokens_out": sum(kept) + layout.trailing,
               "frame_tokens_in": layout.frame_tokens, "frame_kept": kept,

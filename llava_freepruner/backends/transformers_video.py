@@ -3,8 +3,11 @@
 The host's own tower, pooling and projector run with the capture attached;
 every frame is one crop of the selection, with a budget counted in the tokens
 the LLM sees (:mod:`llava_freepruner.video`). The features returned are the
-host's, unchanged; the positions kept in each video are noted for the merge,
-where the image path's placeholder-mask and decoder patches drop the rest.
+host's, with each frame's kept tokens (and a merging method's rows, projected by
+the host's projector) moved to the front of its cells; the positions kept in
+each video are noted for the merge, where the image path's placeholder-mask and
+decoder patches drop the rest. Methods that compare the embeddings the LLM
+receives (DivPrune) read the host's own output on each cell.
 
 | host class | frame tokens the LLM sees | selection |
 |---|---|---|
@@ -83,6 +86,19 @@ def _per_video(output, videos: int) -> torch.Tensor:
     return features.reshape(videos, -1, features.shape[-1])
 
 
+def _with_features(output, packed: torch.Tensor):
+    """``output`` with its features replaced by ``packed`` (as :func:`_per_video` returns them)."""
+    features = transformers_llava.pooled_features(output)
+    if hasattr(output, "pooler_output"):
+        output.pooler_output = packed.reshape(features.shape)
+        return output
+    if isinstance(features, tuple) and len(features) == 2 and isinstance(features[1], int):
+        return packed.reshape(features[0].shape), features[1]
+    if isinstance(features, (tuple, list)):
+        return type(features)(rows.reshape(f.shape) for rows, f in zip(packed, features))
+    return packed.reshape(features.shape)
+
+
 def describe(config, layout: video.FrameLayout) -> str:
     mode = config.video_mode + (f" mode, tau {config.tau:g}" if config.video_mode == "temporal" else " mode")
     return (f"freePruner: {config.vision_method} keeping {video.frame_budget(config, layout) + layout.prefix} of "
@@ -111,7 +127,8 @@ def wrap_video_features(original):
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=layout.cells, num_prefix=transformers_llava._num_prefix(vision),
                                num_layers=vision.num_hidden_layers,
-                               feature_layer=feature_layer(vision.num_hidden_layers, layer), device=pixels.device)
+                               feature_layer=feature_layer(vision.num_hidden_layers, layer), device=pixels.device,
+                               host_keeps_prefix=layout.prefix > 0)
         clock = Clock(session.stats is not None)
         clock.start(pixels)
         if session.vision is None:
@@ -123,13 +140,20 @@ def wrap_video_features(original):
                 output = original(self, *args, **kwargs)
             select_seconds = capture.seconds
         features = _per_video(output, videos)
-        redundant = None
-        if method is not None and config.video_mode == "temporal":
-            redundant = torch.stack([video.temporal_redundancy(layout.frame_cells(f), config.tau) for f in features])
-            ctx.requests = video.novel_requests(requests, redundant.flatten(0, 1))
-        selections = None if method is None else select(method, ctx)
+        selections = redundant = None
+        if method is not None:
+            cells = torch.stack([layout.frame_cells(f) for f in features])      # (videos, frames, cells, dim)
+            ctx.projected_patches = cells.flatten(0, 1)                          # what the LLM would see
+            if config.video_mode == "temporal":
+                redundant = torch.stack([video.temporal_redundancy(c, config.tau) for c in cells])
+                ctx.requests = video.novel_requests(requests, redundant.flatten(0, 1))
+            selections = select(method, ctx)
         share = 1000 * clock.stop(features) / videos
-        pending = []
+
+        def project(rows: torch.Tensor) -> torch.Tensor:
+            return self.multi_modal_projector(rows.to(features.dtype)[None])[0]
+
+        pending, packed = [], []
         for v in range(videos):
             if selections is None:
                 keep = torch.arange(layout.tokens)
@@ -137,13 +161,14 @@ def wrap_video_features(original):
                           "tokens_out": layout.tokens}
             else:
                 mine = selections[v * layout.frames:(v + 1) * layout.frames]
-                keep = video.kept_positions(layout, [s.indices for s in mine])
+                features_v, keep = video.pack_frames(layout, features[v], mine, project)
+                packed.append(features_v)
                 record = video.video_record(layout, mine, None if redundant is None else redundant[v],
                                             config.video_mode, config.tau)
             record.update(vision_ms=round(share, 3), select_ms=round(1000 * select_seconds / videos, 3))
             pending.append((layout.tokens, keep, record))
             session.record(record)
         session.pending_videos = pending
-        return output
+        return output if selections is None else _with_features(output, torch.stack(packed))
 
     return get_video_features

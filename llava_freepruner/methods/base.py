@@ -78,11 +78,15 @@ class SelectionContext:
     feature_layer: int               # encoder layer whose output is the feature map
     # What the method's observe() reduced the attention to, batched over crops.
     state: Dict[str, torch.Tensor] = field(default_factory=dict)
+    # The host feeds the prefix tokens to the LLM itself, outside the crop budgets
+    # (Video-LLaVA's video frames keep their [CLS]): a method must not add them again.
+    host_keeps_prefix: bool = False
     # Output of the feature layer, prefix tokens included: (crops, tokens, dim);
     # filled by the capture for methods with ``needs_hidden``.
     hidden: Optional[torch.Tensor] = None
     # The model's projector (None where there is none, e.g. a bare ViT), and its
-    # output on every patch once a method asked for it (see :meth:`projected`).
+    # output on every patch once a method asked for it (see :meth:`projected`);
+    # the video backend fills the latter with the host's own output on each cell.
     projector: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     projected_patches: Optional[torch.Tensor] = None
     tower_name: Optional[str] = None   # the vision tower's checkpoint (where its CLIP text half lives)

@@ -11,8 +11,10 @@ own pooling weights ``P`` (cells x patches, rows summing to 1):
   over the cells that use it in proportion to the weights (columns of ``P``,
   normalised), so every query row still sums to one.
 
-Prefix tokens ([CLS]) pass through unchanged. Any method works unchanged on the
-cell grid through :class:`PooledMethod`.
+A cell's key (:meth:`PooledView.mean_keys`) and its feature-layer feature (what a
+method reads through ``SelectionContext.patches``) are the weighted means of its
+patches' (rows of ``P``). Prefix tokens ([CLS]) pass through unchanged. Any method
+works unchanged on the cell grid through :class:`PooledMethod`.
 """
 
 from __future__ import annotations
@@ -57,15 +59,21 @@ class PooledView(AttentionView):
     def paid_to(self, columns, weights=None):
         return self._view().paid_to(columns, weights)
 
+    def mean_keys(self):
+        return self.query @ self.base.mean_keys()
+
 
 class PooledMethod(VisionMethod):
     """``method`` selecting cells: it observes :class:`PooledView` s of the tower's
-    attention and a context whose grid is the cell grid."""
+    attention and a context whose grid is the cell grid, and whose feature-layer
+    output (``ctx.hidden``) is pooled to the cells before it selects."""
 
     def __init__(self, method: VisionMethod, pool: torch.Tensor):
         self.method = method
         self.pool = pool
         self.name = method.name
+        self.needs_hidden = method.needs_hidden
+        self.needs_instruction = method.needs_instruction
 
     def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
         return self.method.attention_layers(num_layers, feature_layer)
@@ -74,4 +82,7 @@ class PooledMethod(VisionMethod):
         self.method.observe(layer, PooledView(view, self.pool, ctx.num_prefix), ctx)
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
+        if ctx.hidden is not None:
+            weights = _with_prefix(self.pool.to(ctx.hidden.device), ctx.num_prefix)
+            ctx.hidden = (weights @ ctx.hidden.float()).to(ctx.hidden.dtype)
         return self.method.select(ctx)

@@ -26,7 +26,12 @@ passed through unchanged (no [CLS] added, nothing merged), so ratio 1.0 equals t
 unpatched model. A tower without [CLS] (SigLIP) ranks patches by the attention
 they receive from all queries and has no [CLS] to keep (all ``dominant`` slots
 go to patches). With ``mm_vision_select_feature = cls_patch`` the model's own
-[CLS] row is this [CLS]: it is not fed twice and still counts toward K.
+[CLS] row is this [CLS]: it is not fed twice and still counts toward K. Where the
+host feeds its [CLS] itself outside the crop budget (Video-LLaVA's video frames:
+``SelectionContext.host_keeps_prefix``), that [CLS] is this one too: the split is
+made for K = budget + 1 and only the patches and contextual tokens are returned.
+On a pooled model (LLaVA-NeXT-Video, OneVision videos) the same runs on cells:
+a cell's feature and key are the pooling-weighted means of its patches'.
 Merging runs in fp32 and is cast back to the tower's dtype. Crops that share
 their budget and number of valid patches are pruned together, in one batched pass.
 """
@@ -92,9 +97,9 @@ class VisionZip(ClsAttentionMethod):
                 kept = raster_heads(order[rows], [valid] * len(crops))
                 selections = _place(selections, crops, [Selection(k) for k in kept])
                 continue
-            dominant, contextual = split_budget(budget)
+            dominant, contextual = split_budget(budget + int(ctx.host_keeps_prefix))
             kept = raster_heads(order[rows], [dominant - int(has_cls)] * len(crops))
-            prefix = ctx.hidden[rows, :1] if has_cls else [None] * len(crops)
+            prefix = ctx.hidden[rows, :1] if has_cls and not ctx.host_keeps_prefix else [None] * len(crops)
             if contextual == 0:
                 selections = _place(selections, crops, [Selection(k, prefix=p) for k, p in zip(kept, prefix)])
                 continue

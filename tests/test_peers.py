@@ -34,9 +34,9 @@ def inputs(batch, seed):
     return q, k, hidden
 
 
-def run(method, q, k, hidden, requests, projector=None):
+def run(method, q, k, hidden, requests, projector=None, **context):
     ctx = SelectionContext(requests=requests, grid=GRID, num_prefix=1, num_layers=LAYERS, feature_layer=FEATURE,
-                           projector=projector, output_dtype=hidden.dtype)
+                           projector=projector, output_dtype=hidden.dtype, **context)
     ctx.hidden = hidden
     for layer in method.attention_layers(LAYERS, FEATURE):
         method.observe(layer, QueryKeyView(q, k), ctx)
@@ -92,6 +92,18 @@ def test_visionzip_matches_official_reference(budget):
         fed = gather_kept(hidden[b, 1:], selection, with_cls=False)
         assert fed.shape[0] == budget == selection.num_tokens
         torch.testing.assert_close(fed, visionzip_reference(q, k, hidden, b, budget), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [6, 12, 20])
+def test_visionzip_takes_the_cls_the_host_keeps_as_its_own(budget):
+    """Video-LLaVA's frames keep their [CLS] outside the budget: that [CLS] plus what
+    VisionZip returns is the official selection of budget + 1 tokens, [CLS] not repeated."""
+    q, k, hidden = inputs(2, seed=budget)
+    selections = run(VisionZip(), q, k, hidden, [CropRequest(budget)] * 2, host_keeps_prefix=True)
+    for b, selection in enumerate(selections):
+        assert selection.prefix is None and selection.num_tokens == budget
+        fed = gather_kept(hidden[b], selection, with_cls=True)          # the host's [CLS] in front
+        torch.testing.assert_close(fed, visionzip_reference(q, k, hidden, b, budget + 1), rtol=1e-5, atol=1e-5)
 
 
 def test_visionzip_official_splits_and_pass_through():

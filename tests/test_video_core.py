@@ -5,9 +5,15 @@ import torch
 
 from llava_freepruner import video
 from llava_freepruner.config import Config, ConfigError, from_env
-from llava_freepruner.methods.base import CropRequest, MapView, SelectionContext
+from llava_freepruner.methods.base import CropRequest, MapView, SelectionContext, VisionMethod, make_selection
 from llava_freepruner.methods.freepruner import FreePruner
-from llava_freepruner.methods.pooled import PooledView
+from llava_freepruner.methods.pooled import PooledMethod, PooledView
+
+
+def average_pool_2x2() -> torch.Tensor:
+    """(4 cells, 16 patches) weights of 2 x 2 average pooling on a 4 x 4 grid."""
+    return video.pool_matrix(lambda x: torch.nn.functional.avg_pool2d(
+        x.view(1, 4, 4, -1).permute(0, 3, 1, 2), 2).flatten(2).transpose(1, 2), 16)
 
 
 def test_frame_budget_counts_the_tokens_the_llm_sees():
@@ -35,6 +41,53 @@ def test_kept_positions_keep_prefixes_frame_order_and_the_trailing_token():
     assert kept.tolist() == [0, 1, 4, 5, 10]
 
 
+def test_packed_frames_feed_prefix_kept_cells_and_merged_rows_in_order():
+    layout = video.FrameLayout(2, (2, 2), prefix=1, trailing=1)       # 2 x (1 + 4) + 1 = 11 tokens
+    features = torch.arange(11.0)[:, None].repeat(1, 2)                 # row i holds i
+    selections = [make_selection(torch.tensor([3, 0]), merged=torch.full((1, 2), 100.0)),
+                  make_selection(torch.tensor([], dtype=torch.long), prefix=torch.full((1, 2), 200.0))]
+    packed, kept = video.pack_frames(layout, features, selections, project=lambda rows: rows + 0.5)
+    assert packed.shape == features.shape
+    # per frame: its own [CLS], the method's prefix row, kept cells in raster order, merged rows; the trailing token
+    assert packed[kept, 0].tolist() == [0, 1, 4, 100.5, 5, 200.5, 10]
+    # a host that appends the trailing token later (OneVision on transformers 4.57) keeps its position
+    without_trailing, same = video.pack_frames(layout, features[:10], selections, project=lambda rows: rows + 0.5)
+    assert torch.equal(without_trailing, packed[:10]) and torch.equal(same, kept)
+
+
+class Probe(VisionMethod):
+    """Notes the keys and features a method is handed."""
+
+    needs_hidden = True
+
+    def attention_layers(self, num_layers, feature_layer):
+        return (feature_layer,)
+
+    def observe(self, layer, view, ctx):
+        self.keys = view.mean_keys()
+
+    def select(self, ctx):
+        self.cells = ctx.patches()
+        return []
+
+
+def test_a_pooled_method_reads_cell_features_and_cell_keys():
+    torch.manual_seed(0)
+    maps = torch.softmax(torch.randn(1, 17, 17), dim=-1)
+    keys, hidden = torch.randn(1, 2, 17, 8), torch.randn(1, 17, 6)
+    probe = Probe()
+    pooled = PooledMethod(probe, average_pool_2x2())
+    assert pooled.needs_hidden                        # the capture keeps the feature layer's output for it
+    ctx = SelectionContext(requests=[CropRequest(2)], grid=(2, 2), num_prefix=1, num_layers=4, feature_layer=2)
+    pooled.observe(2, MapView(maps, keys), ctx)
+    ctx.hidden = hidden
+    pooled.select(ctx)
+    # cell 0 pools patches 0, 1, 4, 5 (tokens 1, 2, 5, 6); [CLS] passes through
+    torch.testing.assert_close(probe.cells[0, 0], hidden[0, [1, 2, 5, 6]].mean(dim=0))
+    torch.testing.assert_close(probe.keys[0, 1], keys[0, :, [1, 2, 5, 6]].mean(dim=(0, 1)))
+    torch.testing.assert_close(probe.keys[0, 0], keys[0, :, 0].mean(dim=0))
+
+
 def test_novel_requests_exclude_redundant_cells_and_freepruner_respects_them():
     torch.manual_seed(0)
     maps = torch.softmax(torch.randn(1, 17, 17) * 3, dim=-1)
@@ -53,8 +106,7 @@ def test_pooled_view_of_the_identity_pool_is_the_map_itself_and_rows_still_sum_t
     maps = torch.softmax(torch.randn(1, 17, 17), dim=-1)
     same = PooledView(MapView(maps), torch.eye(16), num_prefix=1)
     torch.testing.assert_close(same.rows()[0], maps[0])
-    pool = video.pool_matrix(lambda x: torch.nn.functional.avg_pool2d(
-        x.view(1, 4, 4, -1).permute(0, 3, 1, 2), 2).flatten(2).transpose(1, 2), 16)
+    pool = average_pool_2x2()
     assert pool.shape == (4, 16) and torch.allclose(pool.sum(dim=1), torch.ones(4))
     pooled = PooledView(MapView(maps), pool, num_prefix=1)
     torch.testing.assert_close(pooled.rows()[0].sum(dim=1), torch.ones(5))

@@ -1,11 +1,12 @@
 """Videos of transformers' VideoLlava, LlavaNextVideo and LlavaOnevision under unchanged generate()."""
 
 import json
+import logging
 
 import pytest
 import torch
 
-from llava_freepruner import hf_tiny
+from llava_freepruner import hf_tiny, methods
 from llava_freepruner.config import ConfigError
 from llava_freepruner.hf_tiny import TinyHF
 
@@ -67,6 +68,28 @@ def test_cache_holds_text_plus_each_frames_kept_tokens(spec, tiny_models, photos
     assert record["kind"] == "video" and record["video_mode"] == "frame"
     assert record["frame_kept"] == [kept] * 4
     assert (record["tokens_in"], record["tokens_out"]) == (visual, 4 * kept + trailing)
+
+
+# every method that needs no instruction (cdpruner reads the prompt's, which videos do not carry)
+VIDEO_METHODS = sorted(name for name, cls in methods.REGISTRY.items() if not cls.needs_instruction)
+
+
+@pytest.mark.parametrize("method", VIDEO_METHODS)
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_every_method_keeps_what_it_announces_and_the_cache_agrees(spec, method, tiny_models, photos, plugin,
+                                                                   tmp_path, caplog):
+    """Merging methods too: VisionZip's [CLS] and contextual tokens count and reach the LLM."""
+    model, processor = tiny_models(spec)
+    inputs = hf_tiny.video_inputs(model, processor, [panning(photos["chelsea"])], ["What happens?"])
+    per_frame, kept, trailing = FRAME_TOKENS[spec.kind]
+    text = inputs["input_ids"].shape[1] - 4 * per_frame - trailing
+    plugin(vision_method=method, ratio=0.5, stats=str(tmp_path / "stats.jsonl"))
+    with caplog.at_level(logging.INFO, logger="llava_freepruner"):
+        out = generate(model, inputs, max_new_tokens=1)
+    assert f"{method} keeping {kept} of {per_frame} visual tokens per video frame" in caplog.text
+    assert out.past_key_values.get_seq_length() == text + 4 * kept + trailing
+    (record,) = records(tmp_path / "stats.jsonl")
+    assert record["frame_kept"] == [kept] * 4 and record["tokens_out"] == 4 * kept + trailing
 
 
 @pytest.mark.parametrize("spec", [VIDEO_LLAVA, ONEVISION], ids=["video_llava", "llava_onevision"])

@@ -23,6 +23,13 @@ def test_the_unpruned_model_gets_one_cell_whatever_the_ratios():
     assert [c.name for c in grid(["freepruner"], [0.5, 1.0])] == ["freepruner@0.5", "freepruner@1"]
 
 
+def test_fitprune_alone_takes_its_budget_from_the_recipe_of_the_ratio_and_the_rest_from_the_ratio():
+    cells = {c.name: c.config for c in grid(["fitprune", "fastv", "freepruner+fitprune"], [0.5],
+                                            parse_recipes("r50.json"))}
+    assert cells["fitprune@0.5"].ratio is None and cells["fitprune@0.5"].fitprune_recipe == "r50.json"
+    assert cells["fastv@0.5"].ratio == cells["freepruner+fitprune@0.5"].ratio == 0.5
+
+
 def test_a_ratio_without_a_recipe_and_a_bad_mapping_are_refused_by_name():
     with pytest.raises(ConfigError, match="no recipe for ratio 0.11 \\(it has 0.5\\)"):
         grid(["fitprune"], [0.5, 0.11], parse_recipes("0.5=r50.json"))

@@ -23,6 +23,13 @@ def test_plan_rejects_bad_ratio():
         sweep.plan(["freepruner"], [1.5], ["pope"])
 
 
+def test_plan_refuses_a_method_that_takes_no_ratio():
+    with pytest.raises(ValueError, match="method 'fitprune' takes no ratio.*freepruner\\+fitprune"):
+        sweep.plan(["none", "fitprune"], [0.5, 0.25], ["pope"])
+    assert [c.method for c in sweep.plan(["freepruner+fitprune", "fastv"], [0.5], ["pope"])] == [
+        "freepruner+fitprune", "fastv"]
+
+
 def fake_benchmark(fail_keys, calls):
     """A cell runner with a known score curve; the listed cells raise."""
     def run_cell(cell, environ):

@@ -92,16 +92,13 @@ def test_numbers_of_other_types_are_accepted():
     assert Config(tokens=np.int64(64)).budget(576) == 64
 
 
-@pytest.mark.parametrize("env, variable", [
-    ({"FREEPRUNER_RATIO": "0.5"}, "FREEPRUNER_RATIO"),
-    ({"FREEPRUNER_TOKENS": "64"}, "FREEPRUNER_TOKENS"),
-])
-def test_fitprune_alone_refuses_a_vision_budget_it_would_ignore(env, variable):
+@pytest.mark.parametrize("variable, value, kept", [("FREEPRUNER_RATIO", "0.5", 288), ("FREEPRUNER_TOKENS", "64", 64)])
+def test_fitprune_alone_refuses_a_vision_budget_it_would_ignore(variable, value, kept):
+    recipe = {"FITPRUNE_RECIPE": "llava-v1.5-7b@60", variable: value}
     with pytest.raises(ConfigError) as err:
-        from_env({"FREEPRUNER_METHOD": "fitprune", "FITPRUNE_RECIPE": "llava-v1.5-7b@60", **env})
+        from_env({"FREEPRUNER_METHOD": "fitprune", **recipe})
     assert f"{variable} is set" in str(err.value) and "freepruner+fitprune" in str(err.value)
-    both = from_env({"FREEPRUNER_METHOD": "freepruner+fitprune", "FITPRUNE_RECIPE": "llava-v1.5-7b@60", **env})
-    assert both.budget(576) == 288 if variable == "FREEPRUNER_RATIO" else both.budget(576) == 64
+    assert from_env({"FREEPRUNER_METHOD": "freepruner+fitprune", **recipe}).budget(576) == kept
 
 
 @pytest.mark.parametrize("method", ["fastv", "dart"])

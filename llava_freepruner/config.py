@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
@@ -108,15 +109,54 @@ def _fail(var: str, value, accepted: str) -> None:
     raise ConfigError(f"{var}={value!r} is not valid: expected {accepted}.")
 
 
+# Numeric fields -> (their variable, whole numbers only, what is accepted); None is accepted
+# where the field's default is None.
+_NUMBERS = {
+    "ratio": ("FREEPRUNER_RATIO", False, "a fraction of visual tokens to keep, 0 < r <= 1"),
+    "tokens": ("FREEPRUNER_TOKENS", True, "a whole number of visual tokens to keep, >= 1"),
+    "iqr": ("FREEPRUNER_IQR", False, "a multiplier >= 0"),
+    "pivot_cap": ("FREEPRUNER_PIVOT_CAP", False, "a fraction of the budget, 0 < cap <= 1"),
+    "radius": ("FREEPRUNER_RADIUS", True, "a Chebyshev radius in patches, >= 0 (0 = off)"),
+    "seed": ("FREEPRUNER_SEED", True, "a whole number"),
+    "fastv_layer": ("FREEPRUNER_FASTV_LAYER", True, "an LLM layer index >= 0"),
+    "video_tau": ("FREEPRUNER_VIDEO_TAU", False, "a cosine similarity threshold, 0 < tau <= 1"),
+}
+
+
+def _check_types(c: Config) -> None:
+    """Every numeric field holds a number of its kind (no text, no bool, no fraction of a token)."""
+    for field, (var, whole, accepted) in _NUMBERS.items():
+        value = getattr(c, field)
+        if value is None and Config.__dataclass_fields__[field].default is None:
+            continue
+        kind = numbers.Integral if whole else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+            raise ConfigError(f"{var}={value!r} (Config.{field}, {type(value).__name__}) is not valid: "
+                              f"expected {accepted}.")
+
+
+def _refuse(c: Config, field: str) -> None:
+    var, _, accepted = _NUMBERS[field]
+    _fail(var, getattr(c, field), accepted)
+
+
+def uses_ratio(vision_method: Optional[str], llm_method: Optional[str]) -> bool:
+    """Whether FREEPRUNER_RATIO means something to this method: the vision methods
+    keep that fraction, fastv and dart too (inside the LLM); fitprune alone follows
+    its recipe."""
+    return vision_method is not None or llm_method in RATIO_LLM_METHODS
+
+
 def _validate(c: Config) -> None:
+    _check_types(c)
     if c.vision_method is not None and c.vision_method not in VISION_METHODS:
         _fail("FREEPRUNER_METHOD", c.vision_method, _method_help())
     if c.llm_method is not None and c.llm_method not in LLM_METHODS:
         _fail("FREEPRUNER_METHOD", c.llm_method, _method_help())
     if c.ratio is not None and not (0.0 < c.ratio <= 1.0):
-        _fail("FREEPRUNER_RATIO", c.ratio, "a fraction of visual tokens to keep, 0 < r <= 1")
+        _refuse(c, "ratio")
     if c.tokens is not None and c.tokens < 1:
-        _fail("FREEPRUNER_TOKENS", c.tokens, "a whole number of visual tokens to keep, >= 1")
+        _refuse(c, "tokens")
     if c.ratio is not None and c.tokens is not None:
         raise ConfigError(
             "FREEPRUNER_RATIO and FREEPRUNER_TOKENS are both set: set only one "
@@ -125,21 +165,21 @@ def _validate(c: Config) -> None:
     if c.layers is not None and (not c.layers or min(c.layers) < 0):
         _fail("FREEPRUNER_LAYERS", c.layers, "encoder layer indices >= 0, e.g. '12-21' or '6,7,8'")
     if c.iqr < 0:
-        _fail("FREEPRUNER_IQR", c.iqr, "a multiplier >= 0")
+        _refuse(c, "iqr")
     if not (0.0 < c.pivot_cap <= 1.0):
-        _fail("FREEPRUNER_PIVOT_CAP", c.pivot_cap, "a fraction of the budget, 0 < cap <= 1")
+        _refuse(c, "pivot_cap")
     if c.direction not in DIRECTIONS:
         _fail("FREEPRUNER_DIRECTION", c.direction, "one of " + ", ".join(DIRECTIONS))
     if c.radius < 0:
-        _fail("FREEPRUNER_RADIUS", c.radius, "a Chebyshev radius in patches, >= 0 (0 = off)")
+        _refuse(c, "radius")
     if c.fastv_layer < 0:
-        _fail("FREEPRUNER_FASTV_LAYER", c.fastv_layer, "an LLM layer index >= 0")
+        _refuse(c, "fastv_layer")
     if c.device not in DEVICES:
         _fail("FREEPRUNER_DEVICE", c.device, "one of " + ", ".join(DEVICES))
     if c.video is not None and c.video not in VIDEO_MODES:
         _fail("FREEPRUNER_VIDEO", c.video, "one of " + ", ".join(VIDEO_MODES))
     if c.video_tau is not None and not (0.0 < c.video_tau <= 1.0):
-        _fail("FREEPRUNER_VIDEO_TAU", c.video_tau, "a cosine similarity threshold, 0 < tau <= 1")
+        _refuse(c, "video_tau")
     if c.video_tau is not None and c.video != "temporal":
         raise ConfigError("FREEPRUNER_VIDEO_TAU is set but FREEPRUNER_VIDEO is not 'temporal': the threshold "
                           "applies to temporal mode only (set FREEPRUNER_VIDEO=temporal or unset the threshold).")
@@ -154,6 +194,13 @@ def _validate(c: Config) -> None:
         )
     if c.clip_text is not None and not os.path.isdir(c.clip_text):
         _fail("FREEPRUNER_CLIP_TEXT", c.clip_text, "a local folder holding a CLIP checkpoint (text tower, tokenizer)")
+    if c.llm_method == "fitprune" and c.vision_method is None and (c.ratio is not None or c.tokens is not None):
+        var = "FREEPRUNER_RATIO" if c.ratio is not None else "FREEPRUNER_TOKENS"
+        raise ConfigError(
+            f"{var} is set, but FREEPRUNER_METHOD=fitprune alone would ignore it: FitPrune prunes inside the "
+            f"LLM as its FITPRUNE_RECIPE says. Unset {var}, or prune the vision side too with "
+            "FREEPRUNER_METHOD=freepruner+fitprune (any vision method + fitprune)."
+        )
     if c.llm_method == "fitprune" and not c.fitprune_recipe:
         raise ConfigError(
             "FREEPRUNER_METHOD includes fitprune but FITPRUNE_RECIPE is not set: give a "
@@ -215,7 +262,7 @@ def _parse_layers(var: str, raw: str) -> Tuple[int, ...]:
     return tuple(sorted(set(layers)))
 
 
-def _parse_method(raw: str) -> Tuple[Optional[str], Optional[str]]:
+def parse_method(raw: str) -> Tuple[Optional[str], Optional[str]]:
     name = raw.strip().lower()
     if name == "none":
         return None, None
@@ -273,7 +320,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> Config:
             )
     values = {}
     if "FREEPRUNER_METHOD" in ours:
-        values["vision_method"], values["llm_method"] = _parse_method(ours["FREEPRUNER_METHOD"])
+        values["vision_method"], values["llm_method"] = parse_method(ours["FREEPRUNER_METHOD"])
     for name, (field, parse) in _VARIABLES.items():
         if name in ours:
             values[field] = parse(name, ours[name])

@@ -10,11 +10,53 @@ loaded model are quantized.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
+import re
+import sys
 from typing import Dict, List
 
 from .config import Config, ConfigError
 
 BITSANDBYTES_MIN = "0.47"       # the first release with CPU kernels for 4-bit and LLM.int8
+
+
+class _TorchaoImportNoise(logging.Filter):
+    """Drops what importing torchao logs that no user can act on: "Failed to load
+    <kernels>.so" for kernels that cannot load here (CUDA kernels beside a torch
+    without CUDA, kernels built for another Python), and torch's notice that the
+    Enums torchao registers need no registration any more (meant for torchao's
+    authors). torchao's PyPI wheels carry such files, and transformers imports
+    torchao at every model load when it is installed; the int8 weight-only
+    quantization it serves on CPUs needs none of these kernels."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.name == "torch.utils._pytree":
+            return not ("is an Enum subclass" in message and _inside_torchao())
+        failed = re.match(r"Failed to load (\S+\.so)\b", message)
+        if failed is None:
+            return True
+        python = re.search(r"\.cpython-(\d+)", os.path.basename(failed.group(1)))
+        other_python = python is not None and python.group(1) != f"{sys.version_info[0]}{sys.version_info[1]}"
+        torch = sys.modules.get("torch")
+        without_cuda = torch is not None and torch.version.cuda is None
+        return not (other_python or without_cuda)
+
+
+def _inside_torchao() -> bool:
+    frame = sys._getframe()
+    while frame is not None and not frame.f_globals.get("__name__", "").startswith("torchao"):
+        frame = frame.f_back
+    return frame is not None
+
+
+def quiet_torchao_import() -> None:
+    """Install the filter above on the loggers it reads (torchao need not be imported yet)."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _TorchaoImportNoise) for f in logger.filters):
+            logger.addFilter(_TorchaoImportNoise())
 
 
 def require_bitsandbytes(what: str) -> None:

@@ -27,6 +27,8 @@ def sample_indices(total: int, count: int) -> List[int]:
 
 def read_frames(path: str, count: int) -> list:
     """``count`` frames of the clip at ``path``, uniformly sampled, as RGB PIL images."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"read_frames count={count!r}: expected a whole number of frames >= 1")
     import av
 
     if not os.path.isfile(path):

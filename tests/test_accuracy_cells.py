@@ -23,6 +23,13 @@ def test_the_unpruned_model_gets_one_cell_whatever_the_ratios():
     assert [c.name for c in grid(["freepruner"], [0.5, 1.0])] == ["freepruner@0.5", "freepruner@1"]
 
 
+def test_fitprune_alone_takes_its_budget_from_the_recipe_of_the_ratio_and_the_rest_from_the_ratio():
+    cells = {c.name: c.config for c in grid(["fitprune", "fastv", "freepruner+fitprune"], [0.5],
+                                            parse_recipes("r50.json"))}
+    assert cells["fitprune@0.5"].ratio is None and cells["fitprune@0.5"].fitprune_recipe == "r50.json"
+    assert cells["fastv@0.5"].ratio == cells["freepruner+fitprune@0.5"].ratio == 0.5
+
+
 def test_a_ratio_without_a_recipe_and_a_bad_mapping_are_refused_by_name():
     with pytest.raises(ConfigError, match="no recipe for ratio 0.11 \\(it has 0.5\\)"):
         grid(["fitprune"], [0.5, 0.11], parse_recipes("0.5=r50.json"))
@@ -48,3 +55,90 @@ def test_visual_tokens_of_a_method_inside_the_llm_are_averaged_over_its_layers(t
     assert row["accuracy"] == 0.5 and row["families"] == {"color": 0.0, "count": 1.0}
     stats.write_text(json.dumps({"tokens_out": 128}) + "\n")
     assert summarize(cell, records, str(stats))["visual_tokens"] == 128
+
+
+def _question_set(tmp_path, count):
+    import json
+
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "img" / "a.png")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": n, "image": "a.png", "text": f"q{n}", "answer": "a"}) + "\n"
+                                 for n in range(count)))
+    return questions, tmp_path / "img"
+
+
+def test_a_resume_with_other_settings_is_refused_by_name_before_the_model_loads(tmp_path, capsys):
+    import json
+    import os
+
+    from llava_freepruner.cli import main
+
+    questions, images = _question_set(tmp_path, 2)
+    (tmp_path / "model").mkdir()        # no checkpoint in it: loading it would fail
+    cells = tmp_path / "out" / "cells"
+    cells.mkdir(parents=True)
+    answers = '{"question_id": "0", "prediction": "a"}\n'
+    (cells / "none@1.jsonl").write_text(answers)
+    (cells / "none@1.settings.json").write_text(json.dumps({
+        "--model": os.path.abspath(tmp_path / "model"), "--max-new-tokens": 8,
+        "--questions": os.path.abspath(questions), "--images": os.path.abspath(images), "--fitprune-recipe": None}))
+    args = ["accuracy", "--questions", str(questions), "--images", str(images), "--out", str(tmp_path / "out")]
+
+    assert main(args + ["--model", str(tmp_path / "model"), "--max-new-tokens", "16"]) == 2
+    assert "cell none@1" in (err := capsys.readouterr().err) and "--max-new-tokens was 8, now 16" in err
+    (tmp_path / "other").mkdir()
+    assert main(args + ["--model", str(tmp_path / "other")]) == 2
+    assert f"--model was {os.path.abspath(tmp_path / 'model')!r}, now {os.path.abspath(tmp_path / 'other')!r}" \
+        in capsys.readouterr().err
+    (cells / "none@1.settings.json").unlink()       # answers whose settings are unknown
+    assert main(args + ["--model", str(tmp_path / "model")]) == 2
+    assert "holds answers but not the settings that produced them" in capsys.readouterr().err
+    assert (cells / "none@1.jsonl").read_text() == answers and not (tmp_path / "out" / "results.json").exists()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _FakeModel:
+    """Answers 'a'; like the plugin, leaves one stats record per question before answering."""
+
+    max_new_tokens = 8
+
+    def __init__(self, stats, fail_at=None):
+        self.stats, self.fail_at = stats, fail_at
+
+    def inputs(self, item):
+        return item
+
+    def answer(self, item):
+        with open(self.stats, "a") as handle:
+            handle.write('{"tokens_in": 4, "tokens_out": 2}\n')
+        if item.question_id == self.fail_at:
+            raise _Interrupted
+        return "a"
+
+    def visual_tokens(self, item):
+        return 4
+
+
+def test_an_interrupted_cell_resumes_with_one_stats_record_per_question(tmp_path):
+    from llava_freepruner.accuracy import questions as question_file
+    from llava_freepruner.accuracy.runner import run_cell
+    from llava_freepruner.stats import read_jsonl
+
+    items = question_file.read(*map(str, _question_set(tmp_path, 3)))
+    cell = grid(["freepruner"], [0.5])[0]
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    stats = folder / "freepruner@0.5.stats.jsonl"
+    settings = {"--model": "m"}
+    for interrupted_at in ("1", "2"):      # interrupted twice, then finished
+        with pytest.raises(_Interrupted):
+            run_cell(_FakeModel(stats, interrupted_at), cell, items, str(folder), settings, lambda: None)
+    records = run_cell(_FakeModel(stats), cell, items, str(folder), settings, lambda: None)
+    assert [r["question_id"] for r in records] == ["0", "1", "2"]
+    assert len(read_jsonl(stats)) == 3

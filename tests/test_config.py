@@ -68,6 +68,44 @@ def test_bad_values_name_variable_value_and_accepted(env, names):
         assert name in str(err.value)
 
 
+@pytest.mark.parametrize("fields, names", [
+    ({"ratio": "0.5"}, ["FREEPRUNER_RATIO='0.5'", "Config.ratio, str", "0 < r <= 1"]),
+    ({"ratio": True}, ["FREEPRUNER_RATIO=True", "Config.ratio, bool"]),
+    ({"ratio": float("nan")}, ["FREEPRUNER_RATIO=nan", "0 < r <= 1"]),
+    ({"tokens": 2.5}, ["FREEPRUNER_TOKENS=2.5", "Config.tokens, float", "a whole number of visual tokens"]),
+    ({"tokens": True}, ["FREEPRUNER_TOKENS=True", "Config.tokens, bool", "a whole number"]),
+    ({"iqr": None}, ["FREEPRUNER_IQR=None", "a multiplier >= 0"]),
+    ({"fastv_layer": "2"}, ["FREEPRUNER_FASTV_LAYER='2'", "an LLM layer index >= 0"]),
+    ({"video": "temporal", "video_tau": "0.9"}, ["FREEPRUNER_VIDEO_TAU='0.9'", "0 < tau <= 1"]),
+])
+def test_config_fields_of_the_wrong_type_are_refused_by_name(fields, names):
+    with pytest.raises(ConfigError) as err:
+        Config(**fields)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_numbers_of_other_types_are_accepted():
+    import numpy as np
+
+    assert Config(ratio=1).budget(576) == 576 and Config(ratio=np.float32(0.5)).budget(576) == 288
+    assert Config(tokens=np.int64(64)).budget(576) == 64
+
+
+@pytest.mark.parametrize("variable, value, kept", [("FREEPRUNER_RATIO", "0.5", 288), ("FREEPRUNER_TOKENS", "64", 64)])
+def test_fitprune_alone_refuses_a_vision_budget_it_would_ignore(variable, value, kept):
+    recipe = {"FITPRUNE_RECIPE": "llava-v1.5-7b@60", variable: value}
+    with pytest.raises(ConfigError) as err:
+        from_env({"FREEPRUNER_METHOD": "fitprune", **recipe})
+    assert f"{variable} is set" in str(err.value) and "freepruner+fitprune" in str(err.value)
+    assert from_env({"FREEPRUNER_METHOD": "freepruner+fitprune", **recipe}).budget(576) == kept
+
+
+@pytest.mark.parametrize("method", ["fastv", "dart"])
+def test_llm_methods_that_keep_a_fraction_take_the_ratio(method):
+    assert from_env({"FREEPRUNER_METHOD": method, "FREEPRUNER_RATIO": "0.5"}).ratio == 0.5
+
+
 def test_config_is_frozen():
     with pytest.raises(Exception):
         Config().ratio = 0.5

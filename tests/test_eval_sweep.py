@@ -23,6 +23,22 @@ def test_plan_rejects_bad_ratio():
         sweep.plan(["freepruner"], [1.5], ["pope"])
 
 
+def test_plan_refuses_a_method_that_takes_no_ratio():
+    with pytest.raises(ValueError, match="method 'fitprune' takes no ratio.*freepruner\\+fitprune"):
+        sweep.plan(["none", "fitprune"], [0.5, 0.25], ["pope"])
+    assert [c.method for c in sweep.plan(["freepruner+fitprune", "fastv"], [0.5], ["pope"])] == [
+        "freepruner+fitprune", "fastv"]
+
+
+def test_sweep_command_names_a_bad_plan_without_a_traceback(tmp_path, capsys):
+    from llava_freepruner.evaluation.__main__ import main
+
+    out = tmp_path / "out"
+    assert main(["sweep", "--methods", "fitprune", "--ratios", "0.5", "--benchmarks", "pope", "--out", str(out),
+                 "--model-path", str(tmp_path)]) == 2
+    assert "sweep: method 'fitprune' takes no ratio" in capsys.readouterr().err and not out.exists()
+
+
 def fake_benchmark(fail_keys, calls):
     """A cell runner with a known score curve; the listed cells raise."""
     def run_cell(cell, environ):

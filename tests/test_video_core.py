@@ -137,6 +137,16 @@ def test_video_reader_names_corrupt_and_short_files(tmp_path):
     assert video_io.sample_indices(10, 4) == [0, 2, 5, 7]
 
 
+@pytest.mark.parametrize("count", [0, -3, 2.5, True, "8"])
+def test_video_reader_refuses_a_frame_count_that_is_not_a_whole_number_from_one(tmp_path, count):
+    from llava_freepruner import video_io
+
+    clip = tmp_path / "clip.avi"
+    clip.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"read_frames count=.*: expected a whole number of frames >= 1"):
+        video_io.read_frames(str(clip), count)
+
+
 @pytest.fixture(scope="module")
 def clips():
     av = pytest.importorskip("av")  # noqa: F841

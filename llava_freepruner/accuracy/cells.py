@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..config import Config, ConfigError, from_env
+from ..config import Config, ConfigError, from_env, parse_method, uses_ratio
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ def grid(methods: Sequence[str], ratios: Sequence[float], recipes: Dict[Optional
             if recipes and recipe is None and uses_fitprune:
                 raise ConfigError(f"--fitprune-recipe gives no recipe for ratio {ratio:g} "
                                   f"(it has {', '.join(f'{r:g}' for r in recipes)})")
-            variables = {"FREEPRUNER_METHOD": method, "FREEPRUNER_RATIO": repr(float(ratio))}
+            variables = {"FREEPRUNER_METHOD": method}
+            if uses_ratio(*parse_method(method)):       # fitprune alone: the ratio only picks its recipe
+                variables["FREEPRUNER_RATIO"] = repr(float(ratio))
             if recipe is not None:
                 variables["FITPRUNE_RECIPE"] = recipe
             config = from_env(variables)

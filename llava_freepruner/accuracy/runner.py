@@ -1,9 +1,11 @@
 """Run every cell over the questions, one answer line at a time, resumably.
 
 Per cell, ``OUT/cells/<method>@<ratio>.jsonl`` gets one line per answered
-question (flushed as it goes) and ``.stats.jsonl`` the plugin's per-image
-records. A rerun skips what is answered; a failing cell leaves the finished
-ones intact.
+question (flushed as it goes), ``.stats.jsonl`` the plugin's per-image records
+and ``.settings.json`` the settings that produced the answers. A rerun with the
+same settings skips what is answered (and drops the stats records of a question
+left unanswered by an interruption); a rerun with other settings is refused
+before any work; a failing cell leaves the finished ones intact.
 """
 
 from __future__ import annotations
@@ -56,18 +58,69 @@ class Model:
         return int((inputs["input_ids"] == self.model.config.image_token_id).sum())
 
 
+class SettingsChanged(ValueError):
+    """A resumed cell's answers came from other settings than this run's."""
+
+
 def _answered(path: str) -> Dict[str, dict]:
     return {r["question_id"]: r for r in read_jsonl(path)} if os.path.isfile(path) else {}
 
 
-def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, tick: Callable[[], None]) -> List[dict]:
-    answers_path = os.path.join(folder, f"{cell.name}.jsonl")
-    stats_path = os.path.join(folder, f"{cell.name}.stats.jsonl")
+def _paths(folder: str, cell: Cell) -> Dict[str, str]:
+    return {kind: os.path.join(folder, cell.name + suffix)
+            for kind, suffix in (("answers", ".jsonl"), ("stats", ".stats.jsonl"), ("settings", ".settings.json"))}
+
+
+def cell_settings(settings: Dict[str, object], cell: Cell) -> Dict[str, object]:
+    """The command's ``settings`` (option -> value) that shape this cell's answers, with its recipe."""
+    return dict(settings, **{"--fitprune-recipe": cell.config.fitprune_recipe})
+
+
+def check_resume(folder: str, cell: Cell, settings: Dict[str, object]) -> None:
+    """Raise :class:`SettingsChanged` naming each option whose value differs from the
+    one that produced the cell's answers (nothing answered yet: nothing to check)."""
+    paths = _paths(folder, cell)
+    if not _answered(paths["answers"]):
+        return
+    if not os.path.isfile(paths["settings"]):
+        raise SettingsChanged(f"{paths['answers']} holds answers but not the settings that produced them (no "
+                              f"{os.path.basename(paths['settings'])}): choose another --out, or delete the file "
+                              "to answer that cell afresh")
+    with open(paths["settings"], encoding="utf-8") as handle:
+        recorded = json.load(handle)
+    changed = [f"{option} was {recorded.get(option)!r}, now {value!r}"
+               for option, value in cell_settings(settings, cell).items() if recorded.get(option) != value]
+    if changed:
+        raise SettingsChanged(f"the answers of cell {cell.name} in {folder} were made with other settings: "
+                              f"{'; '.join(changed)}. Rerun with the earlier values to resume, or choose another "
+                              "--out to start afresh")
+
+
+def _keep_lines(path: str, count: int) -> None:
+    """Drop the lines of ``path`` after its first ``count``."""
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            lines = [line for line in handle if line.strip()]
+        if len(lines) > count:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.writelines(lines[:count])
+
+
+def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, settings: Dict[str, object],
+             tick: Callable[[], None]) -> List[dict]:
+    """Answer the questions of ``items`` not yet answered, with ``settings`` that
+    :func:`check_resume` accepted (checked for every cell before the first runs)."""
+    paths = _paths(folder, cell)
+    answers_path, stats_path = paths["answers"], paths["stats"]
     done = _answered(answers_path)
     todo = [item for item in items if item.question_id not in done]
     for _ in range(len(items) - len(todo)):
         tick()
     if todo:
+        with open(paths["settings"], "w", encoding="utf-8") as handle:
+            json.dump(cell_settings(settings, cell), handle, indent=1)
+        # the stats records of a question an interruption left unanswered go: it is answered again
+        _keep_lines(stats_path, max((r["stats_records"] for r in done.values()), default=0))
         with applied(cell.config.replace(stats=stats_path)), open(answers_path, "a", encoding="utf-8") as out:
             for number, item in enumerate(todo):
                 inputs = model.inputs(item)
@@ -76,7 +129,8 @@ def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, tick:
                     check_pruned(cell.config, stats_path)
                 record = {"question_id": item.question_id, "family": item.family, "answer": item.answer,
                           "prediction": prediction, "correct": is_correct(prediction, item.answer),
-                          "unpruned_tokens": model.visual_tokens(inputs)}
+                          "unpruned_tokens": model.visual_tokens(inputs),
+                          "stats_records": len(stats_records(stats_path))}
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 done[item.question_id] = record

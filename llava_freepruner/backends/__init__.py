@@ -18,6 +18,7 @@ from typing import Dict, Optional
 from .. import config as config_module
 from ..config import Config, ConfigError
 from ..hosts import HOST_MODULES
+from ..quantization import quiet_torchao_import
 from ..session import Session, log
 
 _session: Optional[Session] = None
@@ -40,6 +41,7 @@ def apply(config: Optional[Config] = None, **overrides) -> Config:
     """Install the backends of the hosts already imported (and, through the import
     watcher, of those imported later) with ``config`` (default: from the environment)."""
     global _session
+    quiet_torchao_import()
     config = config_module.from_env() if config is None else config
     if overrides:
         config = config.replace(**overrides)
@@ -56,8 +58,9 @@ def apply(config: Optional[Config] = None, **overrides) -> Config:
         log.info(config_module.describe(config))
     elif _session.vision is None and config.llm_method is None:
         log.info("freePruner: no FREEPRUNER_RATIO or FREEPRUNER_TOKENS set; visual tokens are not pruned.")
-    else:
-        _session.announce(576, anyres=False)
+    elif _session.vision is None:
+        _session.say_once(config_module.describe(config))
+    # A vision method's line names the model's token count: its backend says it at the first image.
     return config
 
 

@@ -79,6 +79,7 @@ def install(session: Session, host) -> None:
     global _session
     _session = session
     cls = getattr(host, HOST_CLASSES[host.__name__])
+    _patch(cls, "__init__", _wrap_init(cls.__init__))
     _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
     _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
     if "get_video_features" in cls.__dict__:
@@ -106,6 +107,34 @@ def _patch(cls, name: str, replacement) -> None:
     if (cls, name) not in _ORIGINALS:
         _ORIGINALS[(cls, name)] = cls.__dict__[name]
         setattr(cls, name, replacement)
+
+
+def refuse_unservable(session: Session, cls) -> None:
+    """Refuse what the plugin cannot do with a model of class ``cls`` (known once it is built)."""
+    if session.vision is not None and session.vision.needs_instruction:
+        raise ConfigError(f"FREEPRUNER_METHOD={session.vision.name} reads the prompt's instruction, which "
+                          "transformers' LLaVA classes do not hand to image encoding: run it through "
+                          "upstream llava, or choose a method that needs no text.")
+    if session.config.video_variables and not hasattr(cls, "get_video_features"):
+        raise ConfigError(f"{' and '.join(session.config.video_variables)} set, but {cls.__name__} is an "
+                          "image-only model: unset the video variables (or use a video model).")
+
+
+def _wrap_init(original):
+    @functools.wraps(original)
+    def __init__(self, config, *args, **kwargs):
+        """Refusals the configuration alone decides, before any weight is made or loaded."""
+        session = _session
+        if session is not None and session.active:
+            refuse_unservable(session, type(self))
+            if session.llm is not None:
+                try:
+                    session.llm.check_model(config.text_config.num_hidden_layers)
+                except ValueError as err:
+                    raise ConfigError(f"FREEPRUNER_METHOD={session.config.method}: {err}.") from None
+        original(self, config, *args, **kwargs)
+
+    return __init__
 
 
 # -- vision side ----------------------------------------------------------------------------
@@ -198,13 +227,7 @@ def _wrap_image_features(original):
         if not isinstance(layer, int):
             raise ConfigError(f"vision_feature_layer={layer!r}: llava_freepruner selects on one tower layer; "
                               "models that concatenate several layers' features are not supported.")
-        if session.vision is not None and session.vision.needs_instruction:
-            raise ConfigError(f"FREEPRUNER_METHOD={session.vision.name} reads the prompt's instruction, which "
-                              "transformers' LLaVA classes do not hand to image encoding: run it through "
-                              "upstream llava, or choose a method that needs no text.")
-        if session.config.video_variables and not hasattr(self, "get_video_features"):
-            raise ConfigError(f"{' and '.join(session.config.video_variables)} set, but {type(self).__name__} is an "
-                              "image-only model: unset the video variables (or use a video model).")
+        refuse_unservable(session, type(self))      # the plugin may have come after the model
         requests, images, grid = _plan(self, pixel_values, call, session.config)
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),

@@ -87,9 +87,10 @@ def plugin_config(method: str, ratio: float, device: str, stats: str, seed: int,
                   video_mode: Optional[str] = None) -> config_module.Config:
     """The plugin configuration of one row; the oracle borrows a vision slot and is installed over it.
     ``video_mode``: FREEPRUNER_VIDEO of a video row (vision methods only: the LLM ones ignore it)."""
-    common = dict(ratio=ratio, stats=stats, device=device, seed=seed)
-    if method == "fitprune":
+    common = dict(stats=stats, device=device, seed=seed)
+    if method == "fitprune":        # the ratio picks the recipe, which sets the budget
         return config_module.Config(vision_method=None, llm_method=method, fitprune_recipe=fitprune_recipe(ratio), **common)
+    common["ratio"] = ratio
     if method in LLM_METHODS:
         return config_module.Config(vision_method=None, llm_method=method, **common)
     return config_module.Config(vision_method="grid" if method == oracle.NAME else method, video=video_mode, **common)

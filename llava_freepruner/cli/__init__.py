@@ -35,6 +35,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     name = argv[0]
+    from ..quantization import quiet_torchao_import
+
+    quiet_torchao_import()
     module = importlib.import_module(f".{name.replace('-', '_')}", __name__)
     command = argparse.ArgumentParser(prog=f"python -m llava_freepruner {name}", description=COMMANDS[name])
     module.add_arguments(command)

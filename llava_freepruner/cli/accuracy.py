@@ -58,11 +58,20 @@ def _run(args, grid, items) -> int:
 
     from ..accuracy import report
     from ..accuracy.plugin import NotPruned
-    from ..accuracy.runner import Model, run_cell, summarize
+    from ..accuracy.runner import Model, SettingsChanged, check_resume, run_cell, summarize
 
+    folder = os.path.join(args.out, "cells")
+    # what shapes the answers: a resume into --out must use the same
+    settings = {"--model": os.path.abspath(args.model), "--max-new-tokens": args.max_new_tokens,
+                "--questions": os.path.abspath(args.questions), "--images": os.path.abspath(args.images)}
+    try:
+        for cell in grid:
+            check_resume(folder, cell, settings)
+    except SettingsChanged as err:
+        print(f"llava_freepruner accuracy: {err}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     model = Model(args.model, args.max_new_tokens)
-    folder = os.path.join(args.out, "cells")
     os.makedirs(folder, exist_ok=True)
     meta = {"command": command_line(args, "accuracy"),
             "model": args.model, "question_file": args.questions, "questions": len(items),
@@ -72,7 +81,7 @@ def _run(args, grid, items) -> int:
     try:
         for cell in grid:
             progress.set_postfix_str(cell.name)
-            records = run_cell(model, cell, items, folder, progress.update)
+            records = run_cell(model, cell, items, folder, settings, progress.update)
             rows.append(summarize(cell, records, os.path.join(folder, f"{cell.name}.stats.jsonl")))
     except NotPruned as err:
         print(f"llava_freepruner accuracy: {err}", file=sys.stderr)

@@ -29,6 +29,14 @@ def add_arguments(parser) -> None:
                         help="default: cpu when CUDA is unavailable")
     parser.add_argument("--workdir", default="demo_out", help="where checkpoint, photos and answers go")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU runs: torch threads of each eval (OMP_NUM_THREADS; default 1, steady timings "
+                             "on a shared machine)")
+
+
+def device_variables(device: str, threads: int) -> dict:
+    """What each eval's environment gets for ``device``."""
+    return {"FREEPRUNER_DEVICE": "cpu", "OMP_NUM_THREADS": str(threads)} if device == "cpu" else {}
 
 
 def _write_inputs(workdir: str) -> str:
@@ -64,8 +72,9 @@ def _run_eval(model_path: str, workdir: str, tag: str, env_vars: dict, max_new_t
     if result.returncode != 0:
         raise SystemExit(f"upstream eval failed (exit {result.returncode}):\n{result.stdout[-4000:]}")
     for line in result.stdout.splitlines():
-        if line.startswith("freePruner:"):
-            print("  " + line)
+        _, said, rest = line.partition("freePruner:")      # the line may follow a progress bar's
+        if said:
+            print("  " + said + rest)
     with open(answers) as handle:
         texts = [json.loads(line)["text"] for line in handle]
     return texts, read_jsonl(stats)
@@ -76,6 +85,9 @@ def run(args) -> int:
 
     if not 0 < args.ratio <= 1:
         print(f"--ratio {args.ratio}: expected 0 < ratio <= 1", file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print(f"--threads {args.threads}: expected >= 1", file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     os.makedirs(args.workdir, exist_ok=True)
@@ -88,7 +100,7 @@ def run(args) -> int:
         print("Its answers are meaningless; token counts and timings are real. "
               "Use --model-path liuhaotian/llava-v1.5-7b for a real model.\n")
     _write_inputs(args.workdir)
-    device_vars = {"FREEPRUNER_DEVICE": "cpu", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")} if device == "cpu" else {}
+    device_vars = device_variables(device, args.threads)
     base_answers, base_stats = _run_eval(model_path, args.workdir, "unpruned", device_vars, args.max_new_tokens)
     pruned_answers, pruned_stats = _run_eval(
         model_path, args.workdir, f"ratio{args.ratio}", {**device_vars, "FREEPRUNER_RATIO": str(args.ratio)},

@@ -80,7 +80,11 @@ def _sweep(args) -> int:
 
     for name in args.benchmarks:
         benchmarks.get(name)
-    cells = sweep.plan(args.methods, args.ratios, args.benchmarks)
+    try:
+        cells = sweep.plan(args.methods, args.ratios, args.benchmarks)
+    except ValueError as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 2
 
     def run_cell(cell, environ):
         result = run_benchmark(cell.benchmark, args.model_path, Path(args.root), environ=environ,

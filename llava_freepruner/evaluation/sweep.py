@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ..config import parse_method, uses_ratio
+
 NO_PRUNING = "none"
 TABLE_COLUMNS = ("benchmark", "method", "ratio", "tag", "status", "score", "tokens_in", "tokens_kept",
                  "wall_s", "answers_file", "error")
@@ -49,6 +51,10 @@ def plan(methods: Sequence[str], ratios: Sequence[float], benchmarks: Sequence[s
             raise ValueError(f"ratio {r} is not a fraction of tokens to keep; accepted: 0 < ratio <= 1")
     if not methods or not benchmarks or (not ratios and any(m != NO_PRUNING for m in methods)):
         raise ValueError("a sweep needs at least one method, one benchmark and (for pruning methods) one ratio")
+    for method in methods:
+        if method != NO_PRUNING and not uses_ratio(*parse_method(method)):
+            raise ValueError(f"method {method!r} takes no ratio (FitPrune alone follows FITPRUNE_RECIPE), so a "
+                             "sweep over ratios would repeat one run: sweep freepruner+fitprune, or run fitprune once")
     cells = []
     for bench in benchmarks:
         for method in methods:

@@ -49,7 +49,6 @@ def test_llava_rows_keep_the_budget_next_to_the_oracle(narrow, tmp_path):
         assert r["efficiency"] == pytest.approx(rows[("oracle", ratio)]["ttft_ms"] / r["ttft_ms"], rel=1e-3)
         assert r["ttft_ms"] > r["llm_prefill_ms"] > 0 and r["vision_ms"] > 0
     assert rows[("oracle", 0.5)]["efficiency"] == 1.0
-    assert rows[("freepruner", 0.5)]["select_ms"] > rows[("oracle", 0.5)]["select_ms"]
     assert rows[("oracle", 0.5)]["llm_prefill_flops"] < rows[("oracle", 1.0)]["llm_prefill_flops"]
     meta = data["meta"]
     assert (meta["backend"], meta["llm_layers"], meta["vision_layers"]) == ("transformers", 1, 2)

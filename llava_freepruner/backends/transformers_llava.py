@@ -247,26 +247,35 @@ def _wrap_image_features(original):
             select_seconds = capture.seconds
         features = pooled_features(output)
         seconds = clock.stop(features[0])
-        pending, packed = [], []
-        for image, feats in zip(images, features):
+        pending, packed, first_positions = [], [], {}
+        together = None if selections is None else _pack_together(images, selections, features, grid)
+        for i, (image, feats) in enumerate(zip(images, features)):
             n = feats.shape[0]
-            sequence = feats if selections is None else _llm_sequence(
-                image, selections, feats, grid, self.multi_modal_projector)
-            kept = sequence.shape[0]
-            if kept > n:
-                raise RuntimeError(f"{session.config.method} made {kept} tokens for an image of {n}")
-            # The LLM sees an image's tokens in order, whichever placeholders carry them:
-            # they go to the first ones, the rest leave the sequence in the decoder.
-            packed.append(sequence if kept == n else torch.cat([sequence, feats[kept:]]))
+            if together is not None:
+                kept = together[1]
+            else:
+                sequence = feats if selections is None else _llm_sequence(
+                    image, selections, feats, grid, self.multi_modal_projector)
+                kept = sequence.shape[0]
+                if kept > n:
+                    raise RuntimeError(f"{session.config.method} made {kept} tokens for an image of {n}")
+                # The LLM sees an image's tokens in order, whichever placeholders carry them:
+                # they go to the first ones, the rest leave the sequence in the decoder.
+                packed.append(sequence if kept == n else torch.cat([sequence, feats[kept:]]))
             record = _image_record(image, selections, requests, n, kept, grid,
                                    seconds * image.num_crops / len(requests),
                                    select_seconds * image.num_crops / len(requests))
-            pending.append((n, torch.arange(kept), record))
+            if kept not in first_positions:
+                first_positions[kept] = torch.arange(kept)
+            pending.append((n, first_positions[kept], record))
             session.record(record)
         session.pending_images = pending
         if selections is None:
             return output
-        packed = packed if isinstance(features, (list, tuple)) else torch.stack(packed)
+        if together is not None:
+            packed = together[0]
+        else:
+            packed = packed if isinstance(features, (list, tuple)) else torch.stack(packed)
         if hasattr(output, "pooler_output"):
             output.pooler_output = packed
             return output
@@ -278,6 +287,32 @@ def _wrap_image_features(original):
 def pooled_features(output):
     """Per-image features of ``get_image_features``: 5.x returns an output object, 4.57 the list."""
     return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def _pack_together(images, selections, features, grid) -> Optional[tuple]:
+    """(packed features, tokens kept per image) of every image in one gather,
+    where each image is one crop keeping the same number of patches and no
+    merged rows (LLaVA-1.5): what :func:`_llm_sequence` does image by image."""
+    counts = {int(s.indices.numel()) for s in selections}
+    if (not torch.is_tensor(features) or len(counts) != 1 or any(image.layout is not None for image in images)
+            or any(s.prefix is not None or s.merged is not None for s in selections)):
+        return None
+    n = features.shape[1]
+    newline = int(images[0].newline)
+    if any(int(image.newline) != newline for image in images):
+        return None
+    lead = n - grid[0] * grid[1] - newline
+    device = features.device
+    kept = lead + torch.stack([s.indices for s in selections]).to(device)
+    pieces = [torch.arange(lead, device=device).expand(len(images), -1)] if lead else []
+    pieces.append(kept)
+    if newline:
+        pieces.append(torch.full((len(images), 1), n - 1, device=device, dtype=kept.dtype))
+    # the kept tokens first, in order; the rest after them, where they leave the sequence in the decoder
+    taken = torch.cat(pieces, dim=1) if len(pieces) > 1 else kept
+    sequence = features.gather(1, taken[:, :, None].expand(-1, -1, features.shape[2]))
+    count = taken.shape[1]
+    return torch.cat([sequence, features[:, count:]], dim=1), count
 
 
 def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector) -> torch.Tensor:

@@ -262,9 +262,11 @@ def _wrap_image_features(original):
                 # The LLM sees an image's tokens in order, whichever placeholders carry them:
                 # they go to the first ones, the rest leave the sequence in the decoder.
                 packed.append(sequence if kept == n else torch.cat([sequence, feats[kept:]]))
-            record = _image_record(image, selections, requests, n, kept, grid,
-                                   seconds * image.num_crops / len(requests),
-                                   select_seconds * image.num_crops / len(requests))
+            record = {"tokens_in": n, "tokens_out": kept}
+            if session.stats is not None:       # counting pivots waits for the device
+                record = _image_record(image, selections, requests, n, kept, grid,
+                                       seconds * image.num_crops / len(requests),
+                                       select_seconds * image.num_crops / len(requests))
             if kept not in first_positions:
                 first_positions[kept] = torch.arange(kept)
             pending.append((n, first_positions[kept], record))

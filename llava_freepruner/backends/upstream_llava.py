@@ -54,8 +54,9 @@ def encode_images(self, images):
     projector = self.get_model().mm_projector
     run = run_tower(tower, images, requests, session.vision, projector, timed=session.stats is not None)
     with_cls = tower.select_feature == "cls_patch"
-    for selection in run.selections:
-        session.record({**crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
+    if session.stats is not None:       # counting pivots waits for the device
+        for selection in run.selections:
+            session.record({**crop_record(selection, num_patches), **_timings(run, 1 / len(run.selections))})
     if run.projected is not None:   # the method projected every patch: gather from those
         return torch.stack([gather_projected(run, crop, with_cls, projector) for crop in range(len(run.selections))])
     kept = gather_batch(run.features, run.selections, with_cls)
@@ -140,15 +141,22 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
         if extra:
             image = torch.cat([image] + [row.to(image) for row in extra])
         features.append(image)
-        session.record({
-            "tokens_in": anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens),
-            "tokens_out": int(image.shape[0]),
-            "crops": [crop_record(s, int(r.valid.sum()) if r.valid is not None else crop_tokens)
-                      for s, r in zip(selections, requests[first:first + crops_i])],
-            **_timings(run, crops_i / len(run.selections)),
-        })
+        if session.stats is not None:
+            session.record(_anyres_record(layout, merge_type, crops_i, crop_tokens, image, selections,
+                                          requests[first:first + crops_i], run))
         first += crops_i
     return features, [f.shape[0] for f in features]
+
+
+def _anyres_record(layout, merge_type, crops_i, crop_tokens, image, selections, requests, run) -> dict:
+    """The stats record of one LLaVA-NeXT image."""
+    return {
+        "tokens_in": anyres.unpruned_length(layout, merge_type, crops_i, crop_tokens),
+        "tokens_out": int(image.shape[0]),
+        "crops": [crop_record(s, int(r.valid.sum()) if r.valid is not None else crop_tokens)
+                  for s, r in zip(selections, requests)],
+        **_timings(run, crops_i / len(run.selections)),
+    }
 
 
 def prepare_inputs_labels_for_multimodal(

@@ -56,8 +56,10 @@ def pivot_counts(
     # dtype given: a host may leave torch's default dtype at float16 (see the test)
     q1, q3 = torch.nanquantile(values, torch.tensor([0.25, 0.75], dtype=values.dtype, device=values.device), dim=1)
     outliers = (values > (q3 + iqr_multiplier * (q3 - q1))[:, None]).sum(dim=1)   # NaN compares False
-    caps = to_device(torch.tensor([max(1, math.floor(cap_fraction * b)) for b in budgets]), values.device)
-    return torch.minimum(outliers, caps).clamp_min(1)
+    caps = [max(1, math.floor(cap_fraction * b)) for b in budgets]
+    if len(set(caps)) == 1:         # one cap for all: no host-to-device copy
+        return outliers.clamp(min=1, max=caps[0])
+    return torch.minimum(outliers, to_device(torch.tensor(caps), values.device)).clamp_min(1)
 
 
 def spread_top(ranking: torch.Tensor, count: int, grid_width: int, radius: int) -> torch.Tensor:

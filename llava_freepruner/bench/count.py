@@ -18,8 +18,11 @@ A warm-up ``generate()`` runs uncounted first, so one-time work is left out.
 Threshold tests call :func:`count_row` (or :func:`count_generate` on a model the
 caller patched)::
 
+    from llava_freepruner.bench import model          # hf_model: --backend transformers
+    from llava_freepruner.bench.count import count_row
+
     bench = model.build_random("tiny-deep-llava-v1.5", None, None, "cpu", torch.float16)
-    inputs = model.make_inputs(bench, 8, 40)
+    inputs = model.make_inputs(bench, 8, 40)           # batch of 8, 40 text tokens
     counts = count_row(bench, inputs, "freepruner", 0.5)
     assert counts.before_decode.plugin_syncs <= 2
     assert counts.per_step("decode").plugin_syncs == 0
@@ -90,7 +93,7 @@ class GenerateCounts:
 
 
 class PhaseMarks:
-    """Forward pre-hooks that move ``counter.phase`` along one ``generate()``."""
+    """Hooks on the tower and the LLM body that move ``counter.phase`` along one ``generate()``."""
 
     def __init__(self, parts, counter: OpCounter):
         self.counter = counter

@@ -102,15 +102,24 @@ def run_tower(
 
 
 def gather_batch(features: torch.Tensor, selections: Sequence[Selection], with_cls: bool) -> Optional[torch.Tensor]:
-    """:func:`gather_kept` for every crop in one gather, where every crop keeps
-    the same number of patches and no merged rows (else None)."""
-    counts = {int(s.indices.numel()) for s in selections}
-    if len(counts) != 1 or any(s.prefix is not None or s.merged is not None for s in selections):
+    """:func:`gather_kept` for every crop at once, where all crops keep the same
+    number of patches and of merged rows (else None): a fixed number of kernels
+    whatever the batch size."""
+    shapes = {(int(s.indices.numel()),) + tuple(None if rows is None else tuple(rows.shape)
+                                               for rows in (s.prefix, s.merged)) for s in selections}
+    if len(shapes) != 1:
         return None
+    first = selections[0]
     index = torch.stack([s.indices for s in selections]).to(features.device)
     patches = features[:, 1:] if with_cls else features
-    kept = patches.gather(1, index[:, :, None].expand(-1, -1, features.shape[2]))
-    return torch.cat([features[:, :1], kept], dim=1) if with_cls else kept
+    pieces = [patches.gather(1, index[:, :, None].expand(-1, -1, features.shape[2]))]
+    if first.prefix is not None:
+        pieces.insert(0, torch.stack([s.prefix for s in selections]).to(features))
+    elif with_cls:
+        pieces.insert(0, features[:, :1])
+    if first.merged is not None:
+        pieces.append(torch.stack([s.merged for s in selections]).to(features))
+    return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
 
 
 def gather_kept(features: torch.Tensor, selection: Selection, with_cls: bool) -> torch.Tensor:

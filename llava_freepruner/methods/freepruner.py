@@ -53,8 +53,7 @@ def pivot_counts(
     values = contribution.float()
     if candidates is not None:
         values = values.masked_fill(~candidates, float("nan"))
-    # dtype given: a host may leave torch's default dtype at float16 (see the test)
-    q1, q3 = torch.nanquantile(values, torch.tensor([0.25, 0.75], dtype=values.dtype, device=values.device), dim=1)
+    q1, q3 = (torch.nanquantile(values, q, dim=1) for q in (0.25, 0.75))
     outliers = (values > (q3 + iqr_multiplier * (q3 - q1))[:, None]).sum(dim=1)   # NaN compares False
     caps = [max(1, math.floor(cap_fraction * b)) for b in budgets]
     if len(set(caps)) == 1:         # one cap for all: no host-to-device copy

@@ -463,11 +463,12 @@ class _ShorteningHooks:
         call.update(call.pop(self.var_keyword, {}) if self.var_keyword else {})
         armed, self.armed = self.armed, None
         cache = call.get(self.cache_key)
-        compression = None
+        compression = restore = None
         if armed is not None:
             compression = self._prefill(call, *armed)
+            restore = None if compression is None else compression.expand
         elif getattr(cache, _ATTR, None) is not None and cache.get_seq_length() > 0:
-            self._translate_decode(call, getattr(cache, _ATTR), cache)
+            restore = self._translate_decode(call, getattr(cache, _ATTR), cache)
         session = _session
         embeds = call.get("inputs_embeds")
         timed = (session is not None and session.pending and embeds is not None and embeds.shape[1] > 1
@@ -475,11 +476,11 @@ class _ShorteningHooks:
         clocked = timed and session.stats is not None     # only a stats file waits for the device
         if clocked:
             sync(embeds)
-        self.running = (compression, time.perf_counter() if timed else None)
+        self.running = (compression, restore, time.perf_counter() if timed else None)
         return (), call
 
     def after(self, module, args, kwargs, out):
-        (compression, start), self.running = self.running, None
+        (compression, restore, start), self.running = self.running, None
         session = _session
         if start is not None and session is not None:
             if session.stats is not None:
@@ -488,9 +489,10 @@ class _ShorteningHooks:
             for note in record.notes if record is not None else ():
                 session.say_once(f"freePruner: {note}")
             session.flush(1000 * (time.perf_counter() - start), record)
+        if restore is not None:
+            out.last_hidden_state = restore(out.last_hidden_state)
         if compression is None:
             return out
-        out.last_hidden_state = compression.expand(out.last_hidden_state)
         returned = getattr(out, self.cache_key, None)
         if returned is None:
             returned = getattr(out, "past_key_values", None)
@@ -511,12 +513,9 @@ class _ShorteningHooks:
         if cache is not None and cache.get_seq_length() > 0:
             raise RuntimeError("llava_freepruner prunes an image prompt only at its prefill (empty KV cache); "
                                f"the cache already holds {cache.get_seq_length()} positions")
-        mask = call.get("attention_mask")
-        if mask is not None and mask.dim() != 2:
-            raise RuntimeError("llava_freepruner needs the 2-D attention mask (batch, length) at prefill, "
-                               f"got a {mask.dim()}-D mask")
+        mask = _padding_mask(call.get("attention_mask"), drop.shape[1])
         compression = Compression.from_drop(drop, mask)
-        call["inputs_embeds"] = compression.gather(embeds)
+        call["inputs_embeds"] = compression.gather(embeds, zero_fillers=False)
         call["attention_mask"] = compression.compress_prompt_mask(mask).to(
             mask.dtype if mask is not None else torch.long)
         call["position_ids"] = compression.prefill_positions(call.get("position_ids"))
@@ -531,13 +530,80 @@ class _ShorteningHooks:
             llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.cpu()])
 
     @staticmethod
-    def _translate_decode(call, compression: Compression, cache) -> None:
-        steps = call["inputs_embeds"].shape[1] if call.get("inputs_embeds") is not None else call["input_ids"].shape[1]
-        past_full = cache.get_seq_length() - compression.width + compression.length
+    def _translate_decode(call, compression: Compression, cache):
+        """Translate a step on a cache that holds a shortened prompt; the function that
+        restores the output's length when the step's first positions were already cached."""
+        if call.get("attention_mask") is not None and call["attention_mask"].dim() == 4:
+            # a 4-D mask of generate() for a static cache, built on the shortened cache's length:
+            # the prompt's padding is known, every position after it is attended
+            call["attention_mask"] = None
+        cached = cache.get_seq_length()
+        past_full = cached - compression.width + compression.length
+        steps = _steps(call)
+        caller_past = _caller_past(call, steps)
+        skip = 0
+        if caller_past == cached:
+            # generate() cut a continuation (earlier turns + new text) by the cache's length,
+            # which pruning shortened: its first positions are in the cache already
+            skip = past_full - cached
+            if skip >= steps:
+                raise RuntimeError(f"this call continues a KV cache holding a pruned prompt ({cached} cached positions "
+                                   f"stand for {past_full} of the caller's) with {steps} positions, none of them new")
+            _drop_leading(call, skip)
+            steps -= skip
+        elif caller_past is not None and caller_past != past_full:
+            raise RuntimeError(f"this call continues a KV cache holding a pruned prompt ({cached} cached positions "
+                               f"stand for {past_full} of the caller's) at position {caller_past}")
         call["attention_mask"] = compression.decode_mask(call.get("attention_mask"), past_full + steps)
         call["position_ids"] = compression.decode_positions(call.get("position_ids"), past_full, steps)
         if call.get("cache_position") is not None:
             call["cache_position"] = call["cache_position"] - (compression.length - compression.width)
+        if skip == 0:
+            return None
+        return lambda hidden: torch.cat([hidden.new_zeros(hidden.shape[0], skip, hidden.shape[2]), hidden], dim=1)
+
+
+def _padding_mask(mask, length: int):
+    """The 2-D (batch, length) mask of a prompt's first ``length`` positions. generate() hands
+    a static (compilable) cache's decoder a 4-D mask instead: the prompt's last position sees
+    every unpadded position, so its row is the 2-D mask (the decoder builds its own 4-D mask
+    from the translated one)."""
+    if mask is None or mask.dim() == 2:
+        return mask
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+        raise RuntimeError(f"llava_freepruner translates 2-D or 4-D attention masks, got {type(mask).__name__} "
+                           f"of shape {tuple(getattr(mask, 'shape', ()))}")
+    row = mask[:, 0, -1, :length]
+    return (row if row.dtype == torch.bool else row == 0).long()
+
+
+def _steps(call) -> int:
+    """Positions the decoder is given in this call."""
+    return call["inputs_embeds"].shape[1] if call.get("inputs_embeds") is not None else call["input_ids"].shape[1]
+
+
+def _caller_past(call, steps: int) -> Optional[int]:
+    """Where the caller's positions of this call start, counted in the caller's prompt
+    (full length); None when the call does not say (no cache positions, mask or position ids)."""
+    if call.get("cache_position") is not None:                    # transformers 4.x
+        return int(call["cache_position"][0])
+    mask, positions = call.get("attention_mask"), call.get("position_ids")
+    if mask is not None and mask.dim() == 2:
+        return mask.shape[1] - steps
+    if mask is None and positions is not None:                    # no mask: no padding, positions count from 0
+        return int(positions[..., 0].max())
+    return None
+
+
+def _drop_leading(call, count: int) -> None:
+    """Remove the first ``count`` positions of this call's inputs (the mask covers the whole sequence)."""
+    for key in ("inputs_embeds", "input_ids"):
+        if call.get(key) is not None:
+            call[key] = call[key][:, count:]
+    if call.get("position_ids") is not None:
+        call["position_ids"] = call["position_ids"][..., count:]
+    if call.get("cache_position") is not None:
+        call["cache_position"] = call["cache_position"][count:]
 
 
 def _runs(visual_row: torch.Tensor) -> List[tuple]:

@@ -2,7 +2,8 @@
 ``LlavaOnevisionModel``, ``LlavaNextVideoModel``, ``VideoLlavaModel``).
 
 Three patches per host class (a fourth, ``get_video_features``, for the models
-with videos: :mod:`.transformers_video`), each calling the original for all its work:
+with videos: :mod:`.transformers_video`), each calling the original for all its work,
+and a check in front of the model's ``generate``:
 
 - ``get_image_features``: the host's own tower + projector (+ LLaVA-NeXT packing)
   run with the capture attached; the method selects per crop. Each image keeps
@@ -16,6 +17,11 @@ with videos: :mod:`.transformers_video`), each calling the original for all its 
   positions leave the sequence there (:mod:`llava_freepruner.sequence`), and
   every later decode step on the same cache is translated. ``generate()`` keeps
   the caller's ``input_ids`` as the prefix; the KV cache holds text + kept tokens.
+  A later turn on that cache (``generate(input_ids=<the whole conversation>,
+  cache=<it>)``) arrives cut at the cache's shortened length: the positions
+  already cached are skipped there.
+- ``generate``: ``prefill_chunk_size`` with pruning is refused before any work
+  (chunks split an image's placeholders over several prefill calls).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ HOST_CLASSES = {
 _ATTR = "_freepruner_compression"
 
 _session: Optional[Session] = None
-_ORIGINALS = {}                         # (class, attribute) -> original
+_ORIGINALS = {}                         # (class, attribute) -> original (None: inherited)
 _hooked = weakref.WeakKeyDictionary()   # language model -> its _ShorteningHooks
 
 
@@ -82,6 +88,8 @@ def install(session: Session, host) -> None:
     _patch(cls, "__init__", _wrap_init(cls.__init__))
     _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
     _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
+    generator = getattr(host, HOST_CLASSES[host.__name__].replace("Model", "ForConditionalGeneration"))
+    _patch(generator, "generate", _wrap_generate(generator.generate))
     if "get_video_features" in cls.__dict__:
         from . import transformers_video
 
@@ -95,7 +103,10 @@ def current_session() -> Optional[Session]:
 def uninstall() -> None:
     global _session
     for (cls, name), original in _ORIGINALS.items():
-        setattr(cls, name, original)
+        if original is None:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, original)
     _ORIGINALS.clear()
     for hooks in list(_hooked.values()):
         hooks.remove()
@@ -105,7 +116,7 @@ def uninstall() -> None:
 
 def _patch(cls, name: str, replacement) -> None:
     if (cls, name) not in _ORIGINALS:
-        _ORIGINALS[(cls, name)] = cls.__dict__[name]
+        _ORIGINALS[(cls, name)] = cls.__dict__.get(name)
         setattr(cls, name, replacement)
 
 
@@ -135,6 +146,33 @@ def _wrap_init(original):
         original(self, config, *args, **kwargs)
 
     return __init__
+
+
+def _wrap_generate(original):
+    @functools.wraps(original)
+    def generate(self, *args, **kwargs):
+        session = _session
+        if session is not None and _drops_tokens(session.config):
+            chunk = kwargs.get("prefill_chunk_size")
+            if chunk is None:
+                config = inspect.signature(original).bind_partial(self, *args, **kwargs).arguments.get(
+                    "generation_config") or self.generation_config
+                chunk = getattr(config, "prefill_chunk_size", None)
+            if chunk is not None:
+                raise ConfigError(
+                    f"generate(prefill_chunk_size={chunk}) with FREEPRUNER_METHOD={session.config.method} pruning: "
+                    "llava_freepruner shortens an image prompt once, at a prefill that sees all of it, and chunks "
+                    "split its placeholders over several prefill calls. Leave prefill_chunk_size unset (pruning "
+                    "already shortens the prefill), or set FREEPRUNER_RATIO=1.0.")
+        return original(self, *args, **kwargs)
+
+    return generate
+
+
+def _drops_tokens(config) -> bool:
+    """Whether the configuration may take tokens out of the sequence (ratio 1.0 keeps them all)."""
+    return (config.tokens is not None or (config.ratio is not None and config.ratio < 1)
+            or config.llm_method is not None)
 
 
 # -- vision side ----------------------------------------------------------------------------
@@ -381,6 +419,9 @@ def _wrap_placeholder_mask(original):
 def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
     """Arm the decoder to drop the placeholders of ``pending``'s tokens that were not kept.
     ``pending``: per image or video, (tokens made, positions kept, its stats record)."""
+    decoder = _shortening_decoder(model.language_model)
+    if _session.llm is None and all(kept.numel() == n for n, kept, _ in pending):
+        return      # nothing leaves the sequence: the host's prefill runs as it is (also in chunks)
     keep = torch.zeros_like(placeholders)
     flat = torch.nonzero(placeholders.flatten()).flatten()
     offset = 0
@@ -389,7 +430,7 @@ def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
         # the stats record learns its batch row (the first, when generate() repeats rows)
         record.setdefault("sample", int(flat[offset]) // placeholders.shape[1])
         offset += n
-    _shortening_decoder(model.language_model).arm(placeholders & ~keep, placeholders)
+    decoder.arm(placeholders & ~keep, placeholders)
 
 
 def _per_placeholder_run(pending, per_row: List[int]) -> list:

@@ -67,16 +67,11 @@ class Compression:
     def fillers(self) -> torch.Tensor:
         return self.index < 0
 
-    def gather(self, x: torch.Tensor, zero_fillers: bool = True) -> torch.Tensor:
-        """(batch, length, ...) -> (batch, width, ...); fillers get zeros, or with
-        ``zero_fillers=False`` a copy of the prompt's first position (for embeddings: a
-        cache that counts its filled slots by their non-zero keys, as 4.57's static
-        cache does, counts the fillers too)."""
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, length, ...) -> (batch, width, ...); fillers get zeros."""
         shape = self.index.shape + x.shape[2:]
         idx = self.index.clamp(min=0).view(self.index.shape + (1,) * (x.dim() - 2)).expand(shape)
         out = x.gather(1, idx)
-        if not zero_fillers:
-            return out
         filler = self.fillers.view(self.index.shape + (1,) * (x.dim() - 2))
         return out.masked_fill(filler, 0)
 

@@ -556,7 +556,7 @@ class _ShorteningHooks:
                                f"the cache already holds {cache.get_seq_length()} positions")
         mask = _padding_mask(call.get("attention_mask"), drop.shape[1])
         compression = Compression.from_drop(drop, mask)
-        call["inputs_embeds"] = compression.gather(embeds, zero_fillers=False)
+        call["inputs_embeds"] = compression.gather(embeds)
         call["attention_mask"] = compression.compress_prompt_mask(mask).to(
             mask.dtype if mask is not None else torch.long)
         call["position_ids"] = compression.prefill_positions(call.get("position_ids"))
@@ -592,9 +592,10 @@ class _ShorteningHooks:
                                    f"stand for {past_full} of the caller's) with {steps} positions, none of them new")
             _drop_leading(call, skip)
             steps -= skip
-        elif caller_past is not None and caller_past != past_full:
-            raise RuntimeError(f"this call continues a KV cache holding a pruned prompt ({cached} cached positions "
-                               f"stand for {past_full} of the caller's) at position {caller_past}")
+        elif caller_past is not None:
+            # the caller's own count: 4.57's static cache counts the slots filled in its first
+            # row only, where padding (a zero embedding) does not count
+            past_full = caller_past
         call["attention_mask"] = compression.decode_mask(call.get("attention_mask"), past_full + steps)
         call["position_ids"] = compression.decode_positions(call.get("position_ids"), past_full, steps)
         if call.get("cache_position") is not None:

@@ -20,8 +20,9 @@ and a check in front of the model's ``generate``:
   A later turn on that cache (``generate(input_ids=<the whole conversation>,
   cache=<it>)``) arrives cut at the cache's shortened length: the positions
   already cached are skipped there.
-- ``generate``: ``prefill_chunk_size`` with pruning is refused before any work
-  (chunks split an image's placeholders over several prefill calls).
+- ``generate``: refused before any work are ``prefill_chunk_size`` with pruning
+  (chunks split an image's placeholders over several prefill calls) and a new
+  image or video in a turn that continues a pruned cache.
 """
 
 from __future__ import annotations
@@ -152,21 +153,44 @@ def _wrap_generate(original):
     @functools.wraps(original)
     def generate(self, *args, **kwargs):
         session = _session
-        if session is not None and _drops_tokens(session.config):
-            chunk = kwargs.get("prefill_chunk_size")
-            if chunk is None:
-                config = inspect.signature(original).bind_partial(self, *args, **kwargs).arguments.get(
-                    "generation_config") or self.generation_config
-                chunk = getattr(config, "prefill_chunk_size", None)
-            if chunk is not None:
-                raise ConfigError(
-                    f"generate(prefill_chunk_size={chunk}) with FREEPRUNER_METHOD={session.config.method} pruning: "
-                    "llava_freepruner shortens an image prompt once, at a prefill that sees all of it, and chunks "
-                    "split its placeholders over several prefill calls. Leave prefill_chunk_size unset (pruning "
-                    "already shortens the prefill), or set FREEPRUNER_RATIO=1.0.")
+        if session is not None:
+            # generate(inputs, generation_config, ...): the positional ones, then the keywords
+            options = {**inspect.signature(original).bind_partial(self, *args).arguments, **kwargs}
+            if _drops_tokens(session.config):
+                _refuse_prefill_chunks(session.config, options.get("generation_config") or self.generation_config,
+                                       options)
+            _refuse_new_media_on_a_pruned_cache(self, options)
         return original(self, *args, **kwargs)
 
     return generate
+
+
+def _refuse_prefill_chunks(config, generation_config, options) -> None:
+    chunk = options.get("prefill_chunk_size", getattr(generation_config, "prefill_chunk_size", None))
+    if chunk is not None:
+        raise ConfigError(
+            f"generate(prefill_chunk_size={chunk}) with FREEPRUNER_METHOD={config.method} pruning: llava_freepruner "
+            "shortens an image prompt once, at a prefill that sees all of it, and chunks split its placeholders over "
+            "several prefill calls. Leave prefill_chunk_size unset (pruning already shortens the prefill), or set "
+            "FREEPRUNER_RATIO=1.0.")
+
+
+def _refuse_new_media_on_a_pruned_cache(model, options) -> None:
+    """A turn that continues a pruned cache may add text only: images are pruned at a prefill
+    from an empty cache."""
+    cache = options.get("cache", options.get("past_key_values"))
+    compression = getattr(cache, _ATTR, None)
+    ids = options.get("input_ids", options.get("inputs"))
+    if compression is None or ids is None or cache.get_seq_length() == 0:
+        return
+    seen = cache.get_seq_length() - compression.width + compression.length      # in the caller's positions
+    new = ids[:, seen:]
+    if any(bool((new == getattr(model.config, key)).any())
+           for key in ("image_token_id", "video_token_id") if getattr(model.config, key, None) is not None):
+        raise ConfigError(
+            "a new image or video in a turn that continues a pruned turn's KV cache: llava_freepruner prunes the "
+            "visual tokens of a prompt at a prefill from an empty cache. Continue the cache with text only, or run "
+            "the whole conversation (every turn's text and images) without the cache.")
 
 
 def _drops_tokens(config) -> bool:

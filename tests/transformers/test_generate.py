@@ -343,6 +343,27 @@ def test_a_second_turn_on_a_pruned_cache_equals_the_whole_conversation_run_fresh
         pruned + 1 + new.shape[1] + 4
 
 
+def test_a_new_image_in_a_turn_on_a_pruned_cache_is_refused_before_any_work(tiny_models, photos, plugin):
+    from llava_freepruner.config import ConfigError
+
+    model, processor = tiny_models(LLAVA)
+    inputs = inputs_for(processor, [photos["astronaut"]], QUESTIONS[:1])
+    plugin(ratio=0.5)
+    first = generate(model, inputs, suppress_tokens=[model.config.image_token_id])
+    turn = processor(images=[photos["coffee"]], text=[" USER: <image>\nAnd this one? ASSISTANT:"], return_tensors="pt")
+    conversation = torch.cat([first.sequences, turn["input_ids"]], dim=1)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    towers = []
+    handle = model.model.vision_tower.register_forward_hook(lambda *args: towers.append(1))
+    try:
+        with pytest.raises(ConfigError, match="a new image or video in a turn that continues a pruned turn's KV cache"):
+            generate(model, {"input_ids": conversation, "attention_mask": torch.ones_like(conversation),
+                             "pixel_values": turn["pixel_values"]}, **{cache_arg: first.past_key_values})
+    finally:
+        handle.remove()
+    assert towers == []
+
+
 @pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
 def test_static_cache_at_ratio_one_is_the_hosts_and_pruned_equals_the_dynamic_cache(spec, tiny_models, photos,
                                                                                   plugin):

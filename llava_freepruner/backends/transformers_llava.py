@@ -598,7 +598,7 @@ class _ShorteningHooks:
     def _translate_decode(call, compression: Compression, cache):
         """Translate a step on a cache that holds a shortened prompt; the function that
         restores the output's length when the step's first positions were already cached."""
-        if call.get("attention_mask") is not None and call["attention_mask"].dim() == 4:
+        if isinstance(call.get("attention_mask"), torch.Tensor) and call["attention_mask"].dim() == 4:
             # a 4-D mask of generate() for a static cache, built on the shortened cache's length:
             # the prompt's padding is known, every position after it is attended
             call["attention_mask"] = None
@@ -634,7 +634,7 @@ def _padding_mask(mask, length: int):
     a static (compilable) cache's decoder a 4-D mask instead: the prompt's last position sees
     every unpadded position, so its row is the 2-D mask (the decoder builds its own 4-D mask
     from the translated one)."""
-    if mask is None or mask.dim() == 2:
+    if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
         return mask
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
         raise RuntimeError(f"llava_freepruner translates 2-D or 4-D attention masks, got {type(mask).__name__} "

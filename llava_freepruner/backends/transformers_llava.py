@@ -2,7 +2,8 @@
 ``LlavaOnevisionModel``, ``LlavaNextVideoModel``, ``VideoLlavaModel``).
 
 Three patches per host class (a fourth, ``get_video_features``, for the models
-with videos: :mod:`.transformers_video`), each calling the original for all its work:
+with videos: :mod:`.transformers_video`), each calling the original for all its work,
+and a check in front of the model's ``generate``:
 
 - ``get_image_features``: the host's own tower + projector (+ LLaVA-NeXT packing)
   run with the capture attached; the method selects per crop. Each image keeps
@@ -16,6 +17,12 @@ with videos: :mod:`.transformers_video`), each calling the original for all its 
   positions leave the sequence there (:mod:`llava_freepruner.sequence`), and
   every later decode step on the same cache is translated. ``generate()`` keeps
   the caller's ``input_ids`` as the prefix; the KV cache holds text + kept tokens.
+  A later turn on that cache (``generate(input_ids=<the whole conversation>,
+  cache=<it>)``) arrives cut at the cache's shortened length: the positions
+  already cached are skipped there.
+- ``generate``: refused before any work are ``prefill_chunk_size`` with pruning
+  (chunks split an image's placeholders over several prefill calls) and a new
+  image or video in a turn that continues a pruned cache.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ HOST_CLASSES = {
 _ATTR = "_freepruner_compression"
 
 _session: Optional[Session] = None
-_ORIGINALS = {}                         # (class, attribute) -> original
+_ORIGINALS = {}                         # (class, attribute) -> original (None: inherited)
 _hooked = weakref.WeakKeyDictionary()   # language model -> its _ShorteningHooks
 
 
@@ -82,6 +89,8 @@ def install(session: Session, host) -> None:
     _patch(cls, "__init__", _wrap_init(cls.__init__))
     _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
     _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
+    generator = getattr(host, HOST_CLASSES[host.__name__].replace("Model", "ForConditionalGeneration"))
+    _patch(generator, "generate", _wrap_generate(generator.generate))
     if "get_video_features" in cls.__dict__:
         from . import transformers_video
 
@@ -95,7 +104,10 @@ def current_session() -> Optional[Session]:
 def uninstall() -> None:
     global _session
     for (cls, name), original in _ORIGINALS.items():
-        setattr(cls, name, original)
+        if original is None:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, original)
     _ORIGINALS.clear()
     for hooks in list(_hooked.values()):
         hooks.remove()
@@ -105,7 +117,7 @@ def uninstall() -> None:
 
 def _patch(cls, name: str, replacement) -> None:
     if (cls, name) not in _ORIGINALS:
-        _ORIGINALS[(cls, name)] = cls.__dict__[name]
+        _ORIGINALS[(cls, name)] = cls.__dict__.get(name)
         setattr(cls, name, replacement)
 
 
@@ -135,6 +147,56 @@ def _wrap_init(original):
         original(self, config, *args, **kwargs)
 
     return __init__
+
+
+def _wrap_generate(original):
+    @functools.wraps(original)
+    def generate(self, *args, **kwargs):
+        session = _session
+        if session is not None:
+            # generate(inputs, generation_config, ...): the positional ones, then the keywords
+            options = {**inspect.signature(original).bind_partial(self, *args).arguments, **kwargs}
+            if _drops_tokens(session.config):
+                _refuse_prefill_chunks(session.config, options.get("generation_config") or self.generation_config,
+                                       options)
+            _refuse_new_media_on_a_pruned_cache(self, options)
+        return original(self, *args, **kwargs)
+
+    return generate
+
+
+def _refuse_prefill_chunks(config, generation_config, options) -> None:
+    chunk = options.get("prefill_chunk_size", getattr(generation_config, "prefill_chunk_size", None))
+    if chunk is not None:
+        raise ConfigError(
+            f"generate(prefill_chunk_size={chunk}) with FREEPRUNER_METHOD={config.method} pruning: llava_freepruner "
+            "shortens an image prompt once, at a prefill that sees all of it, and chunks split its placeholders over "
+            "several prefill calls. Leave prefill_chunk_size unset (pruning already shortens the prefill), or set "
+            "FREEPRUNER_RATIO=1.0.")
+
+
+def _refuse_new_media_on_a_pruned_cache(model, options) -> None:
+    """A turn that continues a pruned cache may add text only: images are pruned at a prefill
+    from an empty cache."""
+    cache = options.get("cache", options.get("past_key_values"))
+    compression = getattr(cache, _ATTR, None)
+    ids = options.get("input_ids", options.get("inputs"))
+    if compression is None or ids is None or cache.get_seq_length() == 0:
+        return
+    seen = cache.get_seq_length() - compression.width + compression.length      # in the caller's positions
+    new = ids[:, seen:]
+    if any(bool((new == getattr(model.config, key)).any())
+           for key in ("image_token_id", "video_token_id") if getattr(model.config, key, None) is not None):
+        raise ConfigError(
+            "a new image or video in a turn that continues a pruned turn's KV cache: llava_freepruner prunes the "
+            "visual tokens of a prompt at a prefill from an empty cache. Continue the cache with text only, or run "
+            "the whole conversation (every turn's text and images) without the cache.")
+
+
+def _drops_tokens(config) -> bool:
+    """Whether the configuration may take tokens out of the sequence (ratio 1.0 keeps them all)."""
+    return (config.tokens is not None or (config.ratio is not None and config.ratio < 1)
+            or config.llm_method is not None)
 
 
 # -- vision side ----------------------------------------------------------------------------
@@ -383,6 +445,9 @@ def _wrap_placeholder_mask(original):
 def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
     """Arm the decoder to drop the placeholders of ``pending``'s tokens that were not kept.
     ``pending``: per image or video, (tokens made, positions kept, its stats record)."""
+    decoder = _shortening_decoder(model.language_model)
+    if _session.llm is None and all(kept.numel() == n for n, kept, _ in pending):
+        return      # nothing leaves the sequence: the host's prefill runs as it is (also in chunks)
     keep = torch.zeros_like(placeholders)
     flat = torch.nonzero(placeholders.flatten()).flatten()
     offset = 0
@@ -391,7 +456,7 @@ def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
         # the stats record learns its batch row (the first, when generate() repeats rows)
         record.setdefault("sample", int(flat[offset]) // placeholders.shape[1])
         offset += n
-    _shortening_decoder(model.language_model).arm(placeholders & ~keep, placeholders)
+    decoder.arm(placeholders & ~keep, placeholders)
 
 
 def _per_placeholder_run(pending, per_row: List[int]) -> list:
@@ -465,11 +530,12 @@ class _ShorteningHooks:
         call.update(call.pop(self.var_keyword, {}) if self.var_keyword else {})
         armed, self.armed = self.armed, None
         cache = call.get(self.cache_key)
-        compression = None
+        compression = restore = None
         if armed is not None:
             compression = self._prefill(call, *armed)
+            restore = None if compression is None else compression.expand
         elif getattr(cache, _ATTR, None) is not None and cache.get_seq_length() > 0:
-            self._translate_decode(call, getattr(cache, _ATTR), cache)
+            restore = self._translate_decode(call, getattr(cache, _ATTR), cache)
         session = _session
         embeds = call.get("inputs_embeds")
         timed = (session is not None and session.pending and embeds is not None and embeds.shape[1] > 1
@@ -477,11 +543,11 @@ class _ShorteningHooks:
         clocked = timed and session.stats is not None     # only a stats file waits for the device
         if clocked:
             sync(embeds)
-        self.running = (compression, time.perf_counter() if timed else None)
+        self.running = (compression, restore, time.perf_counter() if timed else None)
         return (), call
 
     def after(self, module, args, kwargs, out):
-        (compression, start), self.running = self.running, None
+        (compression, restore, start), self.running = self.running, None
         session = _session
         if start is not None and session is not None:
             if session.stats is not None:
@@ -490,9 +556,10 @@ class _ShorteningHooks:
             for note in record.notes if record is not None else ():
                 session.say_once(f"freePruner: {note}")
             session.flush(1000 * (time.perf_counter() - start), record)
+        if restore is not None:
+            out.last_hidden_state = restore(out.last_hidden_state)
         if compression is None:
             return out
-        out.last_hidden_state = compression.expand(out.last_hidden_state)
         returned = getattr(out, self.cache_key, None)
         if returned is None:
             returned = getattr(out, "past_key_values", None)
@@ -513,10 +580,7 @@ class _ShorteningHooks:
         if cache is not None and cache.get_seq_length() > 0:
             raise RuntimeError("llava_freepruner prunes an image prompt only at its prefill (empty KV cache); "
                                f"the cache already holds {cache.get_seq_length()} positions")
-        mask = call.get("attention_mask")
-        if mask is not None and mask.dim() != 2:
-            raise RuntimeError("llava_freepruner needs the 2-D attention mask (batch, length) at prefill, "
-                               f"got a {mask.dim()}-D mask")
+        mask = _padding_mask(call.get("attention_mask"), drop.shape[1])
         compression = Compression.from_drop(drop, mask)
         call["inputs_embeds"] = compression.gather(embeds)
         call["attention_mask"] = compression.compress_prompt_mask(mask).to(
@@ -533,13 +597,81 @@ class _ShorteningHooks:
             llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.cpu()])
 
     @staticmethod
-    def _translate_decode(call, compression: Compression, cache) -> None:
-        steps = call["inputs_embeds"].shape[1] if call.get("inputs_embeds") is not None else call["input_ids"].shape[1]
-        past_full = cache.get_seq_length() - compression.width + compression.length
+    def _translate_decode(call, compression: Compression, cache):
+        """Translate a step on a cache that holds a shortened prompt; the function that
+        restores the output's length when the step's first positions were already cached."""
+        if isinstance(call.get("attention_mask"), torch.Tensor) and call["attention_mask"].dim() == 4:
+            # a 4-D mask of generate() for a static cache, built on the shortened cache's length:
+            # the prompt's padding is known, every position after it is attended
+            call["attention_mask"] = None
+        cached = cache.get_seq_length()
+        past_full = cached - compression.width + compression.length
+        steps = _steps(call)
+        caller_past = _caller_past(call, steps)
+        skip = 0
+        if caller_past == cached:
+            # generate() cut a continuation (earlier turns + new text) by the cache's length,
+            # which pruning shortened: its first positions are in the cache already
+            skip = past_full - cached
+            if skip >= steps:
+                raise RuntimeError(f"this call continues a KV cache holding a pruned prompt ({cached} cached positions "
+                                   f"stand for {past_full} of the caller's) with {steps} positions, none of them new")
+            _drop_leading(call, skip)
+            steps -= skip
+        elif caller_past is not None:
+            # the caller's own count: 4.57's static cache counts the slots filled in its first
+            # row only, where padding (a zero embedding) does not count
+            past_full = caller_past
         call["attention_mask"] = compression.decode_mask(call.get("attention_mask"), past_full + steps)
         call["position_ids"] = compression.decode_positions(call.get("position_ids"), past_full, steps)
         if call.get("cache_position") is not None:
             call["cache_position"] = call["cache_position"] - (compression.length - compression.width)
+        if skip == 0:
+            return None
+        return lambda hidden: torch.cat([hidden.new_zeros(hidden.shape[0], skip, hidden.shape[2]), hidden], dim=1)
+
+
+def _padding_mask(mask, length: int):
+    """The 2-D (batch, length) mask of a prompt's first ``length`` positions. generate() hands
+    a static (compilable) cache's decoder a 4-D mask instead: the prompt's last position sees
+    every unpadded position, so its row is the 2-D mask (the decoder builds its own 4-D mask
+    from the translated one)."""
+    if mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+        return mask
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+        raise RuntimeError(f"llava_freepruner translates 2-D or 4-D attention masks, got {type(mask).__name__} "
+                           f"of shape {tuple(getattr(mask, 'shape', ()))}")
+    row = mask[:, 0, -1, :length]
+    return (row if row.dtype == torch.bool else row == 0).long()
+
+
+def _steps(call) -> int:
+    """Positions the decoder is given in this call."""
+    return call["inputs_embeds"].shape[1] if call.get("inputs_embeds") is not None else call["input_ids"].shape[1]
+
+
+def _caller_past(call, steps: int) -> Optional[int]:
+    """Where the caller's positions of this call start, counted in the caller's prompt
+    (full length); None when the call does not say (no cache positions, mask or position ids)."""
+    if call.get("cache_position") is not None:                    # transformers 4.x
+        return int(call["cache_position"][0])
+    mask, positions = call.get("attention_mask"), call.get("position_ids")
+    if mask is not None and mask.dim() == 2:
+        return mask.shape[1] - steps
+    if mask is None and positions is not None:                    # no mask: no padding, positions count from 0
+        return int(positions[..., 0].max())
+    return None
+
+
+def _drop_leading(call, count: int) -> None:
+    """Remove the first ``count`` positions of this call's inputs (the mask covers the whole sequence)."""
+    for key in ("inputs_embeds", "input_ids"):
+        if call.get(key) is not None:
+            call[key] = call[key][:, count:]
+    if call.get("position_ids") is not None:
+        call["position_ids"] = call["position_ids"][..., count:]
+    if call.get("cache_position") is not None:
+        call["cache_position"] = call["cache_position"][count:]
 
 
 def _runs(visual_row: torch.Tensor) -> List[tuple]:

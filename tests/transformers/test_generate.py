@@ -1,9 +1,12 @@
 """transformers' LLaVA classes under unchanged caller code: processor + generate() / forward."""
 
+import inspect
 import json
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 from llava_freepruner.hf_tiny import TinyHF
 
@@ -304,3 +307,113 @@ def test_llm_side_methods_prune_from_the_first_call_after_the_vision_side(llm_me
     # the vision side keeps ~half, the LLM side keeps half of that from layer 2 on
     assert alive[0] == first["tokens_out"]
     assert alive[-1] == round(0.5 * first["tokens_out"]) or abs(alive[-1] - 0.5 * first["tokens_out"]) <= 1
+
+
+# -- generate() options and multi-turn chat -----------------------------------------------------
+
+CHUNKS_SINCE = "5.23"     # transformers release that added generate(prefill_chunk_size=...)
+needs_chunked_prefill = pytest.mark.skipif(
+    Version(transformers.__version__) < Version(CHUNKS_SINCE),
+    reason=f"generate(prefill_chunk_size=...) arrived in transformers {CHUNKS_SINCE}")
+
+
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_a_second_turn_on_a_pruned_cache_equals_the_whole_conversation_run_fresh(spec, tiny_models, photos, plugin):
+    model, processor = tiny_models(spec)
+    # an image placeholder generated in turn 1 would hold no pixels in the fresh run
+    no_placeholder = {"suppress_tokens": [model.config.image_token_id]}
+    inputs = inputs_for(processor, [photos["astronaut"], photos["coffee"]], QUESTIONS)
+    length = inputs["input_ids"].shape[1]
+    plugin(ratio=0.5)
+    first = generate(model, inputs, **no_placeholder)
+    pruned = first.past_key_values.get_seq_length()
+    new = processor.tokenizer([" USER: How many objects are there? ASSISTANT:"] * 2, return_tensors="pt",
+                              add_special_tokens=False)["input_ids"]
+    conversation = torch.cat([first.sequences, new], dim=1)
+    mask = torch.cat([inputs["attention_mask"], torch.ones_like(conversation[:, length:])], dim=1)
+    turn = {"input_ids": conversation, "attention_mask": mask}
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"   # 5.x: cache
+    second = generate(model, turn, **{cache_arg: first.past_key_values}, **no_placeholder)
+    fresh = generate(model, {**inputs, **turn}, **no_placeholder)       # with the image's pixels
+    assert torch.equal(second.sequences, fresh.sequences)
+    for step_second, step_fresh in zip(second.scores, fresh.scores):
+        torch.testing.assert_close(step_second, step_fresh, rtol=1e-4, atol=1e-4)
+    # the cache grew by the new text and answer only: 4 answer tokens of turn 1, the new text, 4 of turn 2
+    assert second.past_key_values.get_seq_length() == fresh.past_key_values.get_seq_length() == \
+        pruned + 1 + new.shape[1] + 4
+
+
+def test_a_new_image_in_a_turn_on_a_pruned_cache_is_refused_before_any_work(tiny_models, photos, plugin):
+    from llava_freepruner.config import ConfigError
+
+    model, processor = tiny_models(LLAVA)
+    inputs = inputs_for(processor, [photos["astronaut"]], QUESTIONS[:1])
+    plugin(ratio=0.5)
+    first = generate(model, inputs, suppress_tokens=[model.config.image_token_id])
+    turn = processor(images=[photos["coffee"]], text=[" USER: <image>\nAnd this one? ASSISTANT:"], return_tensors="pt")
+    conversation = torch.cat([first.sequences, turn["input_ids"]], dim=1)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    towers = []
+    handle = model.model.vision_tower.register_forward_hook(lambda *args: towers.append(1))
+    try:
+        with pytest.raises(ConfigError, match="a new image or video in a turn that continues a pruned turn's KV cache"):
+            generate(model, {"input_ids": conversation, "attention_mask": torch.ones_like(conversation),
+                             "pixel_values": turn["pixel_values"]}, **{cache_arg: first.past_key_values})
+    finally:
+        handle.remove()
+    assert towers == []
+
+
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_static_cache_at_ratio_one_is_the_hosts_and_pruned_equals_the_dynamic_cache(spec, tiny_models, photos,
+                                                                                  plugin):
+    model, processor = tiny_models(spec)
+    inputs = inputs_for(processor, [photos["astronaut"], photos["rocket"]], QUESTIONS)
+    static = {"cache_implementation": "static"}
+    reference = generate(model, inputs, **static)
+    plugin(ratio=1.0)
+    out = generate(model, inputs, **static)
+    assert torch.equal(out.sequences, reference.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(out.scores, reference.scores))
+    plugin(ratio=0.5)
+    dynamic = generate(model, inputs)
+    out = generate(model, inputs, **static)
+    assert torch.equal(out.sequences, dynamic.sequences)
+    for step_static, step_dynamic in zip(out.scores, dynamic.scores):
+        torch.testing.assert_close(step_static, step_dynamic, rtol=1e-4, atol=1e-4)
+
+
+@needs_chunked_prefill
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_prefill_chunks_at_ratio_one_give_the_hosts_tokens(spec, tiny_models, photos, plugin):
+    model, processor = tiny_models(spec)
+    inputs = inputs_for(processor, [photos["astronaut"], photos["rocket"]], QUESTIONS)
+    reference = generate(model, inputs, prefill_chunk_size=64)
+    plugin(ratio=1.0)
+    out = generate(model, inputs, prefill_chunk_size=64)
+    assert torch.equal(out.sequences, reference.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(out.scores, reference.scores))
+
+
+@needs_chunked_prefill
+@pytest.mark.parametrize("fields", [{"ratio": 0.5}, {"tokens": 100}, {"vision_method": None, "llm_method": "fastv",
+                                                                      "ratio": 0.5}],
+                         ids=["ratio", "tokens", "fastv"])
+def test_prefill_chunks_with_pruning_are_refused_before_any_work(fields, tiny_models, photos, plugin):
+    from transformers import GenerationConfig
+
+    from llava_freepruner.config import ConfigError
+
+    model, processor = tiny_models(LLAVA)
+    towers = []
+    handle = model.model.vision_tower.register_forward_hook(lambda *args: towers.append(1))
+    plugin(**fields)
+    inputs = inputs_for(processor, [photos["coffee"]], QUESTIONS[:1])
+    try:
+        with pytest.raises(ConfigError, match=r"generate\(prefill_chunk_size=64\) .* Leave prefill_chunk_size unset"):
+            generate(model, inputs, prefill_chunk_size=64)
+        with pytest.raises(ConfigError, match=r"prefill_chunk_size=32"):
+            generate(model, inputs, generation_config=GenerationConfig(prefill_chunk_size=32, max_new_tokens=5))
+    finally:
+        handle.remove()
+    assert towers == []

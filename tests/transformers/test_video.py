@@ -5,6 +5,8 @@ import logging
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 from llava_freepruner import hf_tiny, methods
 from llava_freepruner.config import ConfigError
@@ -161,3 +163,29 @@ def test_video_variables_on_an_image_only_model_are_refused(tiny_models, photos,
     plugin(ratio=0.5, video="temporal")
     with pytest.raises(ConfigError, match="FREEPRUNER_VIDEO set, but LlavaModel is an image-only model"):
         generate(model, inputs_for(processor, [photos["coffee"]], ["What is in the image?"]))
+
+
+@pytest.mark.skipif(Version(transformers.__version__) < Version("5.23"),
+                    reason="generate(prefill_chunk_size=...) arrived in transformers 5.23")
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_prefill_chunks_at_ratio_one_give_the_hosts_tokens(spec, tiny_models, photos, plugin):
+    model, processor = tiny_models(spec)
+    inputs = hf_tiny.video_inputs(model, processor, [panning(photos["astronaut"])], ["What happens?"])
+    reference = generate(model, inputs, prefill_chunk_size=100)
+    plugin(ratio=1.0)
+    out = generate(model, inputs, prefill_chunk_size=100)
+    assert torch.equal(out.sequences, reference.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(out.scores, reference.scores))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_static_cache_gives_the_dynamic_caches_tokens(spec, tiny_models, photos, plugin):
+    model, processor = tiny_models(spec)
+    clips = [panning(photos["astronaut"]), panning(photos["chelsea"], step=20)]
+    inputs = hf_tiny.video_inputs(model, processor, clips, ["What happens?", "Describe the picture in one sentence."])
+    plugin(ratio=0.5)
+    dynamic = generate(model, inputs)
+    out = generate(model, inputs, cache_implementation="static")
+    assert torch.equal(out.sequences, dynamic.sequences)
+    for step_static, step_dynamic in zip(out.scores, dynamic.scores):
+        torch.testing.assert_close(step_static, step_dynamic, rtol=1e-4, atol=1e-4)

@@ -1,11 +1,12 @@
 """Attention statistics computed from captured queries and keys, for all crops at once.
 
 Everything here is pure tensor code in float32: the vision tower may run in
-fp16, statistics never do. Inputs are (crops, heads, tokens, head_dim), queries
-already multiplied by the softmax scale. Work is batched over crops and heads,
-so the number of kernels does not grow with the batch; query rows go in chunks
-of a fixed size, so no full ``crops x heads x tokens x tokens`` map is held for
-more than one chunk at a time.
+fp16, statistics never do. Inputs are (crops, heads, tokens, head_dim) fp32,
+queries already multiplied by the softmax scale. Work is batched over crops and
+heads, so the number of kernels does not grow with the batch; query rows go in
+chunks sized to a memory budget (one chunk for a CLIP-L crop batch of up to 16
+images), so no ``crops x heads x tokens x tokens`` map larger than the budget is
+held at any time.
 """
 
 from __future__ import annotations
@@ -14,13 +15,22 @@ from typing import Optional
 
 import torch
 
-# Query rows per chunk: keeps the transient (crops x heads x chunk x tokens) small.
-CHUNK_ROWS = 256
+# Elements of one chunk's (crops x heads x rows x tokens) probabilities: 1 GiB in fp32.
+CHUNK_ELEMENTS = 1 << 28
+# Chunks hold a multiple of this many rows, so close batch sizes split alike.
+ROW_STEP = 64
+
+
+def chunk_rows(q: torch.Tensor, k: torch.Tensor) -> int:
+    """Query rows per chunk for (crops, heads, tokens, dim) queries and keys."""
+    crops, heads, tokens = q.shape[0], q.shape[1], k.shape[2]
+    rows = CHUNK_ELEMENTS // max(1, crops * heads * tokens)
+    return max(ROW_STEP, rows // ROW_STEP * ROW_STEP)
 
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Head-mean softmax(q k^T): (crops, rows, tokens) fp32."""
-    return torch.softmax(torch.matmul(q.float(), k.float().transpose(-1, -2)), dim=-1).mean(dim=1)
+    return torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1).mean(dim=1)
 
 
 def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -44,8 +54,9 @@ def received_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """
     num_tokens = q.shape[2]
     total = torch.zeros(q.shape[0], num_tokens, dtype=torch.float32, device=q.device)
-    for start in range(0, num_tokens, CHUNK_ROWS):
-        probs = _probabilities(q[:, :, start:start + CHUNK_ROWS], k)
+    step = chunk_rows(q, k)
+    for start in range(0, num_tokens, step):
+        probs = _probabilities(q[:, :, start:start + step], k)
         total += probs.sum(dim=1)
         # the chunk's own entries A[i, i] sit on its diagonal shifted by ``start``
         total[:, start:start + probs.shape[1]] -= torch.diagonal(probs, offset=start, dim1=1, dim2=2)
@@ -61,8 +72,9 @@ def attention_to_columns(q: torch.Tensor, k: torch.Tensor, columns: torch.Tensor
     """
     num_tokens = q.shape[2]
     total = torch.empty(q.shape[0], num_tokens, dtype=torch.float32, device=q.device)
-    for start in range(0, num_tokens, CHUNK_ROWS):
-        probs = _probabilities(q[:, :, start:start + CHUNK_ROWS], k)
+    step = chunk_rows(q, k)
+    for start in range(0, num_tokens, step):
+        probs = _probabilities(q[:, :, start:start + step], k)
         total[:, start:start + probs.shape[1]] = weighted_columns(probs, columns, weights)
     return total
 

@@ -173,24 +173,32 @@ class AttentionView:
         """The layer's keys averaged over heads: (crops, tokens, head_dim) fp32."""
         if self.k is None:
             raise RuntimeError("this attention view was made without the layer's keys")
-        return self.k.float().mean(dim=1)
+        return self.k.mean(dim=1, dtype=torch.float32)
 
 
 class QueryKeyView(AttentionView):
-    """From queries and keys, (crops, heads, tokens, head_dim), q already scaled."""
+    """From queries and keys, (crops, heads, tokens, head_dim), q already scaled;
+    both are used in fp32 (cast once, when first needed)."""
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor):
-        self.q, self.k = q, k
+        self.q, self.k = q.float(), k
         self.device, self.batch_size = q.device, q.shape[0]
+        self._k32: Optional[torch.Tensor] = None
+
+    @property
+    def k32(self) -> torch.Tensor:
+        if self._k32 is None:
+            self._k32 = self.k.float()
+        return self._k32
 
     def rows(self, rows=None):
-        return attention.head_mean_attention(self.q, self.k, rows)
+        return attention.head_mean_attention(self.q, self.k32, rows)
 
     def received(self):
-        return attention.received_attention(self.q, self.k)
+        return attention.received_attention(self.q, self.k32)
 
     def paid_to(self, columns, weights=None):
-        return attention.attention_to_columns(self.q, self.k, columns, weights)
+        return attention.attention_to_columns(self.q, self.k32, columns, weights)
 
 
 class MapView(AttentionView):

@@ -293,7 +293,7 @@ def test_instruction_is_the_user_turn_without_the_answer_format():
 def test_dart_reads_layer_one_keys_as_the_cache_holds_them():
     from transformers import LlamaConfig, LlamaModel
 
-    from llava_freepruner.llm.dart import layer_inputs
+    from llava_freepruner.llm.dart import key_norms
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -301,12 +301,14 @@ def test_dart_reads_layer_one_keys_as_the_cache_holds_them():
     model = LlamaModel(config).eval()
     embeds = torch.randn(2, 9, 32)
     positions = torch.arange(9)[None].expand(2, -1)
+    attn = model.layers[1].self_attn
+    captured = []
+    handle = attn.k_proj.register_forward_hook(lambda module, args, output: captured.append(output))
     with torch.no_grad():
-        out = model(inputs_embeds=embeds, position_ids=positions, use_cache=True, output_hidden_states=True)
-        cos, sin = model.layers[1].self_attn.rotary_emb(embeds, seq_len=9)     # transformers 4.37's tables
-        key_l1, normed = layer_inputs(model, 2, out.hidden_states[1], out.hidden_states[2],
-                                      cos[positions], sin[positions])
+        out = model(inputs_embeds=embeds, position_ids=positions, use_cache=True)
+        cos, sin = attn.rotary_emb(embeds, seq_len=9)     # transformers 4.37's tables
+        key_l1 = key_norms(attn, captured[0], cos[positions], sin[positions])
+    handle.remove()
     cached = out.past_key_values[1][0]                          # (batch, kv heads, seq, head_dim), after RoPE
     expected = 2 * cached.abs().sum(dim=-1).sum(dim=1)          # each kv head is repeated for 2 query heads
     torch.testing.assert_close(key_l1, expected)
-    torch.testing.assert_close(normed, model.norm(out.hidden_states[2]))

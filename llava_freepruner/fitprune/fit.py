@@ -35,7 +35,7 @@ class _ReferenceMasses(PrunePolicy):
         return SELF_CROSS
 
     def choose(self, layer_idx, stats, alive):
-        self.masses.append((float(stats[0]["self"].sum()), float(stats[0]["cross"].sum())))
+        self.masses.append((float(stats["self"][0].sum()), float(stats["cross"][0].sum())))
         return [torch.zeros(0, dtype=torch.long)]
 
 
@@ -61,7 +61,7 @@ class _ToleranceRule(PrunePolicy):
 
     def choose(self, layer_idx, stats, alive):
         self_mass, cross_mass = self.masses[layer_idx]
-        chosen = fit_deletions(stats[0]["self"], stats[0]["cross"], self_mass, cross_mass, self.alpha)
+        chosen = fit_deletions(stats["self"][0], stats["cross"][0], self_mass, cross_mass, self.alpha)
         self.budget.spend(self.alive, self.alive - len(chosen))
         self.alive -= len(chosen)
         self.deletions.append(len(chosen))

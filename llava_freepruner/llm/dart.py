@@ -27,6 +27,10 @@ out over the pivots, one more for each of the first ``(K - pivots) % P`` of them
 in iteration order. Positions are counted from the sample's first real token, so
 padding changes neither the iteration order nor the result (the official code
 runs batch size 1, one image at a known offset).
+
+All samples of a batch are chosen together on the device; the host reads back one
+small tensor per prefill, where the pivots sit, since Python's set order of their
+positions decides which pivot picks first.
 """
 
 from __future__ import annotations
@@ -35,58 +39,95 @@ import math
 from typing import List
 
 import torch
-import torch.nn.functional as F
 
 from .attention import rotate
-from .policies import PrunePolicy
+from .device import upload
+from .policies import PrunePolicy, one_layer_schedule
 
 DART_INPUTS = "dart_inputs"
 PIVOTS_PER_KIND = 4
 DART_LAYER = 2
+_EPS = 1e-8   # F.cosine_similarity's
 
 
-def layer_inputs(decoder, layer_idx, previous_input, hidden_states, cos, sin):
-    """What DART reads before layer ``layer_idx``: the L1 norm of layer
-    ``layer_idx - 1``'s rotated keys per token (batch, seq) and the final norm of
-    that layer's output (batch, seq, hidden), recomputed from the layer's input.
-    ``cos``/``sin``: rotary tables (batch or 1, seq, head_dim) of these positions."""
-    layer = decoder.layers[layer_idx - 1]
-    attn = layer.self_attn
-    batch, seq, _ = previous_input.shape
-    x = layer.input_layernorm(previous_input)
-    key = rotate(attn.k_proj(x).view(batch, seq, -1, attn.head_dim).transpose(1, 2), cos, sin)
+def key_norms(attn, keys, cos, sin):
+    """L1 norm per token (batch, seq) of a layer's rotated keys, over heads (repeated
+    for grouped KV) and head_dim. ``keys``: (batch, seq, kv_heads * head_dim), the
+    layer's ``k_proj`` output; ``cos``/``sin``: rotary tables (batch or 1, seq, head_dim)."""
+    batch, seq, _ = keys.shape
+    key = rotate(keys.view(batch, seq, -1, attn.head_dim).transpose(1, 2), cos, sin)
     key = key.repeat_interleave(attn.num_key_value_groups, dim=1)    # (batch, heads, seq, head_dim)
-    key_l1 = key.float().abs().sum(dim=-1).sum(dim=1)                # L1 over heads x head_dim
-    return key_l1, decoder.norm(hidden_states)
+    return key.float().abs().sum(dim=-1).sum(dim=1)
+
+
+def keep_mask(key_l1_visual, key_l1_text, normed_visual, normed_text, visual_pos, text_pos,
+              visual_valid, text_valid, keep):
+    """(batch, n) bool: the visual tokens DART keeps, ``keep[b]`` of them per sample.
+
+    key_l1_*: (batch, n) / (batch, t) key L1 norms; normed_*: (batch, n, d) / (batch, t, d)
+    normed hidden states; *_pos: (batch, n) / (batch, t) sequence positions (they fix the
+    pivot order); *_valid: which columns hold tokens (a sample with fewer has padding
+    after its own); ``keep``: per sample, an int no larger than its visual tokens."""
+    neg_inf = float("-inf")
+    image_order = torch.sort(key_l1_visual.masked_fill(~visual_valid, neg_inf), dim=1, descending=True,
+                             stable=True).indices[:, :PIVOTS_PER_KIND]
+    text_order = torch.sort(key_l1_text.masked_fill(~text_valid, neg_inf), dim=1, descending=True,
+                            stable=True).indices[:, :PIVOTS_PER_KIND]
+    image_slots, text_slots = image_order.shape[1], text_order.shape[1]
+    # the one read-back: the pivots' positions and how many text tokens each sample has
+    readback = torch.cat([visual_pos.gather(1, image_order), text_pos.gather(1, text_order),
+                          text_valid.sum(dim=1, keepdim=True)], dim=1).tolist()
+    rounds, image_used = [], []
+    for row, count in zip(readback, keep):
+        images = min(image_slots, count)
+        slots = list(range(images)) + list(range(image_slots, image_slots + min(text_slots, row[-1])))
+        positions = [row[slot] for slot in slots]
+        slot_at = dict(zip(positions, slots))
+        order = list(set(positions))    # from the list, as the official code builds it: the order depends on that
+        share, extra = divmod(count - images, max(1, len(order)))
+        rounds.append([(slot_at[position], share + int(rank < extra)) for rank, position in enumerate(order)])
+        image_used.append([int(slot < images) for slot in range(image_slots)])
+    width = max(map(len, rounds))
+    rounds = [r + [(0, 0)] * (width - len(r)) for r in rounds]
+    plan = upload(torch.tensor([[slot for slot, _ in r] + [n for _, n in r] + used
+                                for r, used in zip(rounds, image_used)], dtype=torch.long), visual_valid.device)
+    pivot_of, picks_of, used = plan[:, :width], plan[:, width:2 * width], plan[:, 2 * width:].bool()
+
+    free = visual_valid.scatter(1, image_order, visual_valid.gather(1, image_order) & ~used)
+    visual_unit = _unit(normed_visual)
+    dim = visual_unit.shape[-1]
+    pivots = _unit(torch.cat([normed_visual.gather(1, image_order[..., None].expand(-1, -1, dim)),
+                              normed_text.gather(1, text_order[..., None].expand(-1, -1, dim))], dim=1))
+    for rank in range(width):
+        most = max(r[rank][1] for r in rounds)
+        if most == 0:
+            continue
+        pivot = pivots.gather(1, pivot_of[:, rank, None, None].expand(-1, 1, dim))
+        cosine = (pivot * visual_unit).sum(dim=-1)
+        picks = torch.topk((-cosine).masked_fill(~free, neg_inf), most, dim=1).indices
+        taken = torch.arange(most, device=picks.device) < picks_of[:, rank, None]
+        free = free.scatter(1, picks, free.gather(1, picks) & ~taken)
+    return visual_valid & ~free
+
+
+def _unit(x):
+    """Rows scaled to unit L2 norm in fp32, as F.cosine_similarity scales them."""
+    x = x.float()
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_EPS)
 
 
 def dart_keep(key_l1_visual, key_l1_text, normed_visual, normed_text, visual_pos, text_pos, keep):
-    """Indices (into the visual tokens) of the ``keep`` visual tokens DART keeps, ascending.
-
-    key_l1_*: (n,) / (t,) key L1 norms; normed_*: (n, d) / (t, d) normed hidden
-    states; *_pos: lists of sequence positions (they fix the pivot order)."""
-    n = key_l1_visual.shape[0]
-    keep = max(0, min(int(keep), n))
-    image_pivots = torch.sort(key_l1_visual, descending=True, stable=True).indices[:min(PIVOTS_PER_KIND, keep)]
-    text_pivots = torch.sort(key_l1_text, descending=True, stable=True).indices[:PIVOTS_PER_KIND]
-    pivot_positions = [visual_pos[i] for i in image_pivots.tolist()] + [text_pos[i] for i in text_pivots.tolist()]
-    by_position = dict(zip(pivot_positions, [normed_visual[i] for i in image_pivots.tolist()]
-                           + [normed_text[i] for i in text_pivots.tolist()]))
-    order = list(set(pivot_positions))
-    free = torch.ones(n, dtype=torch.bool, device=normed_visual.device)
-    free[image_pivots] = False
-    kept = image_pivots.tolist()
-    share, extra = divmod(keep - len(kept), max(1, len(order)))
-    for rank, position in enumerate(order):
-        count = min(share + int(rank < extra), int(free.sum()))
-        if count == 0:
-            continue
-        pool = free.nonzero().flatten()
-        cosine = F.cosine_similarity(by_position[position][None].float(), normed_visual[pool].float(), dim=-1)
-        picks = pool[torch.topk(-cosine, count).indices]
-        free[picks] = False
-        kept += picks.tolist()
-    return torch.tensor(sorted(kept), dtype=torch.long, device=normed_visual.device)
+    """Indices (into the visual tokens) of the ``keep`` visual tokens DART keeps, ascending,
+    for one sample: key_l1_*: (n,) / (t,); normed_*: (n, d) / (t, d); *_pos: lists of
+    sequence positions."""
+    n, t = key_l1_visual.shape[0], key_l1_text.shape[0]
+    device = key_l1_visual.device
+    kept = keep_mask(key_l1_visual[None], key_l1_text[None], normed_visual[None], normed_text[None],
+                     torch.tensor([visual_pos], dtype=torch.long, device=device),
+                     torch.tensor([text_pos], dtype=torch.long, device=device),
+                     torch.ones(1, n, dtype=torch.bool, device=device),
+                     torch.ones(1, t, dtype=torch.bool, device=device), [max(0, min(int(keep), n))])
+    return kept[0].nonzero().flatten()
 
 
 def half_up(ratio: float, n: int) -> int:
@@ -100,6 +141,7 @@ class DartPolicy(PrunePolicy):
         if not 0 < ratio <= 1:
             raise ValueError(f"DART ratio={ratio!r} must lie in (0, 1]")
         self.ratio, self.layer = ratio, layer
+        self._counts: List[int] = []
         self._keep: List[int] = []
 
     def check_model(self, num_layers):
@@ -108,18 +150,21 @@ class DartPolicy(PrunePolicy):
                              f"the language model has {num_layers} layers (accepted: 1..{num_layers - 1})")
 
     def begin(self, visual_counts):
+        self._counts = list(visual_counts)
         self._keep = [half_up(self.ratio, n) for n in visual_counts]
         return []
+
+    def schedule(self, num_layers):
+        return one_layer_schedule(num_layers, self.layer, [n - keep for n, keep in zip(self._counts, self._keep)])
+
+    def key_layer(self):
+        return self.layer - 1
 
     def statistic(self, layer_idx):
         return DART_INPUTS if layer_idx == self.layer else None
 
     def choose(self, layer_idx, stats, alive):
-        deletions = []
-        for s, n, keep in zip(stats, alive, self._keep):
-            kept = dart_keep(s["key_l1_visual"], s["key_l1_text"], s["normed_visual"], s["normed_text"],
-                             s["visual_pos"], s["text_pos"], keep)
-            drop = torch.ones(n, dtype=torch.bool, device=kept.device)
-            drop[kept] = False
-            deletions.append(drop.nonzero().flatten())
-        return deletions
+        kept = keep_mask(stats["key_l1_visual"], stats["key_l1_text"], stats["normed_visual"], stats["normed_text"],
+                         stats["visual_pos"], stats["text_pos"], stats["visual_valid"], stats["text_valid"],
+                         self._keep)
+        return kept.float()      # the runtime deletes the lowest: the tokens not kept

@@ -23,12 +23,18 @@ of a model instance (on transformers 4.37 also each attention's rotary embedding
 
 Samples of a batch rank their own tokens. When they delete different numbers,
 shorter sequences are filled at the end with masked filler slots.
+
+Nothing is read back from the device, in prefill or in decode steps: how many tokens
+each sample deletes at each layer is known on the host from the policy's schedule and
+the visual spans, so shapes are host integers and which tokens go is device tensors
+(a policy whose counts depend on the statistic returns indices instead). DART reads
+back where its pivots sit, once per prefill.
 """
 
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 from ..budget import reduction_from_counts
 from . import dart, decoders
 from .attention import attention_to_columns, rotate
+from .device import upload
 from .policies import LAST_QUERY, SELF_CROSS
 
 _ATTR = "_freepruner_llm_runtime"
@@ -50,8 +57,27 @@ class PrefillRecord:
     visual_out: List[List[int]]  # per sample, visual tokens leaving each layer
     seq_len: List[int]  # per layer, (padded) sequence length entering the layer
     flops_reduction: List[float]  # per sample, estimated visual-token FLOPs removed
-    drop_layer: List[List[int]] = field(default_factory=list)  # per sample and visual token: layer or -1
     notes: List[str] = field(default_factory=list)
+    # (layer, original positions of the slots leaving it) per deleting layer, and the
+    # token kinds: device tensors, read only when drop_layer is asked for
+    deletions: list = field(default_factory=list, repr=False)
+    kind: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    @functools.cached_property
+    def drop_layer(self) -> List[List[int]]:
+        """Per sample and visual token (in sequence order): the layer that deleted it, or -1."""
+        if self.kind is None:
+            return [[] for _ in self.visual_in]
+        kind = self.kind.cpu()
+        batch, length = kind.shape
+        layer_of = torch.full((batch, length), -1, dtype=torch.long)
+        alive = torch.ones(batch, length + 1, dtype=torch.bool)
+        for layer, slots in self.deletions:
+            slots = slots.cpu()
+            now = torch.zeros_like(alive).scatter_(1, torch.where(slots >= 0, slots, length), True)
+            layer_of[(alive & ~now)[:, :length]] = layer
+            alive = now
+        return [row[kinds == VISUAL].tolist() for row, kinds in zip(layer_of, kind)]
 
 
 def attach(model, policy):
@@ -138,6 +164,8 @@ class _Runtime:
         for restore in reversed(self._restore):
             restore()
         self._restore = []
+        if self.state is not None:
+            self.state.release()
         self.state = None
         self.pending = None
 
@@ -173,6 +201,8 @@ class _Runtime:
                 raise RuntimeError("decoder-side pruning needs an empty KV cache at prefill; "
                                    f"the cache already holds {past_len} tokens")
             decoders.check_cache(cache)
+            if state is not None:
+                state.release()
             state = _Prefill.start(self, spans, batch, q_len, mask2d, source)
             if state is None:
                 self.record = _text_only_record(batch, len(self.decoder.layers), q_len)
@@ -204,7 +234,6 @@ class _Runtime:
         if state.finished:
             return original(hidden_states, **state.decode_kwargs(layer_idx, kwargs, hidden_states.dtype))
         kwargs = state.prefill_kwargs(layer_idx, kwargs, hidden_states.dtype)
-        state.previous_input, state.layer_input = state.layer_input, hidden_states
         statistic = self.policy.statistic(layer_idx)
         if statistic is None:
             outputs = original(hidden_states, **kwargs)
@@ -227,7 +256,12 @@ class _Runtime:
 
 
 class _Prefill:
-    """Bookkeeping of one prefill and the decode steps that follow it."""
+    """Bookkeeping of one prefill and the decode steps that follow it.
+
+    Host integers: per sample, the visual tokens alive (``counts``) and the slots that
+    are not fillers (``real``); the policy's schedule. Device tensors: the original
+    position of every slot (``slots``, -1 for fillers) and what each position holds.
+    """
 
     @classmethod
     def start(cls, runtime, spans, batch, length, mask2d, source):
@@ -255,31 +289,60 @@ class _Prefill:
         self.num_layers = len(runtime.decoder.layers)
         self.key_ok = (mask2d.bool() if mask2d is not None else torch.ones(batch, length, dtype=torch.bool,
                                                                            device=device))
-        kind = torch.zeros(batch, length, dtype=torch.int8)
+        self.counts = [sum(e - s for s, e in sample) for sample in spans]
+        self.real = [length] * batch
+        # tokens from the first image on that are not visual, at most (the text query rows)
+        self.text_width = max(length - min(s for s, _ in sample) - n for sample, n in zip(spans, self.counts) if sample)
+        policy = runtime.policy
+        self.notes = policy.begin(list(self.counts))
+        schedule = policy.schedule(self.num_layers)
+        self.schedule = None if schedule is None else _clamped(schedule, self.counts)
+        # one copy to the device: what each position holds, and the schedule
+        kind = torch.zeros(batch, length + (self.num_layers if schedule is not None else 0), dtype=torch.long)
         for b, sample in enumerate(spans):
             if sample:
-                kind[b, min(s for s, _ in sample):] = TEXT_QUERY
+                kind[b, min(s for s, _ in sample):length] = TEXT_QUERY
             for start, end in sample:
                 kind[b, start:end] = VISUAL
-        self.kind = kind.to(device) * self.key_ok.to(torch.int8)
-        self.counts = [sum(e - s for s, e in sample) for sample in spans]
-        self.notes = runtime.policy.begin(list(self.counts))
+        if schedule is not None:
+            kind[:, length:] = torch.tensor(self.schedule, dtype=torch.long).T
+        kind = upload(kind, device)
+        self.kind = kind[:, :length] * self.key_ok
+        self.scheduled = kind[:, length:]  # (batch, layers)
         self.visual_in, self.visual_out, self.seq_len = [], [], []
         self.slots = None  # (batch, S) original positions of the current sequence, -1 for fillers; None = all
         self.layer_slots = [None] * self.num_layers
-        self.drop_layer = torch.full((batch, length), -1, dtype=torch.int16, device=device)
+        self.layer_fillers = [False] * self.num_layers
+        self.deletions = []
         self.parked = None
-        self.layer_input = self.previous_input = None   # inputs of the current and the previous layer
         self.pruned = False
         self.finished = False
         self.rope_len = length
         self._positions = None
         self._prefill_mask = None
+        self.keys = None   # the k_proj output of the policy's key layer, once it ran
+        key_layer = policy.key_layer()
+        self._capture = None if key_layer is None else \
+            runtime.decoder.layers[key_layer].self_attn.k_proj.register_forward_hook(self._keep_keys)
+
+    def _keep_keys(self, module, args, output):
+        self.keys = output
+
+    def release(self):
+        """Drop what only the prefill needed (a hook, parked states)."""
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+        self.keys = None
+        self.parked = None
+        self._prefill_mask = None
+        self._positions = None
 
     # -- prefill ---------------------------------------------------------------------------
 
     def prefill_kwargs(self, layer_idx, kwargs, dtype):
         self.layer_slots[layer_idx] = self.slots
+        self.layer_fillers[layer_idx] = self.has_fillers
         self.seq_len.append(self.length if self.slots is None else self.slots.shape[1])
         self.visual_in.append(list(self.counts))
         if self.slots is None:
@@ -304,12 +367,17 @@ class _Prefill:
 
     @property
     def has_fillers(self):
-        return self.slots is not None and bool((self.slots < 0).any())
+        return self.slots is not None and len(set(self.real)) > 1
 
     def current_slots(self):
         if self.slots is not None:
             return self.slots
         return torch.arange(self.length, device=self.device).expand(self.batch, -1)
+
+    def current_kinds(self, slots):
+        if self.slots is None:
+            return self.kind
+        return self.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
 
     def allowed(self, query_idx, key_idx, key_mask=None):
         """(batch, Q, K) bool: causal by original position, keys not padding nor filler."""
@@ -321,143 +389,176 @@ class _Prefill:
         allowed = self.allowed(query_idx, key_idx, key_mask)
         if diagonal:  # padding and filler rows see themselves, so no row is empty
             allowed |= torch.eye(allowed.shape[1], allowed.shape[2], dtype=torch.bool, device=allowed.device)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+        return _additive(allowed, dtype)[:, None]
 
-    def apply_deletions(self, layer_idx, drop, hidden_states):
-        """``drop``: (batch, S) bool over the current slots. Returns positions of the kept slots."""
+    def chosen(self, layer_idx, choice, valid):
+        """The policy's choice as a (batch, V) bool over the visual columns, and per sample
+        how many it deletes (host ints)."""
+        if not isinstance(choice, torch.Tensor):
+            drop = torch.zeros_like(valid)
+            for b, indices in enumerate(choice):
+                drop[b, indices.to(drop.device)] = True
+            return drop, [int(indices.numel()) for indices in choice]
+        if self.schedule is None:
+            raise TypeError(f"{type(self.runtime.policy).__name__}.choose returned scores but the policy "
+                            f"has no schedule; return indices, or counts from schedule()")
+        deleted = self.schedule[layer_idx]
+        most = max(deleted)
+        order = torch.argsort(choice.masked_fill(~valid, float("inf")), dim=1, stable=True)[:, :most]
+        taken = torch.arange(most, device=order.device) < self.scheduled[:, layer_idx, None]
+        return torch.zeros_like(valid).scatter_(1, order, taken), deleted
+
+    def apply_deletions(self, layer_idx, drop, deleted, hidden_states):
+        """``drop``: (batch, S) bool over the current slots, ``deleted`` its per-sample
+        counts. Returns positions of the kept slots (fillers after them) and their slots."""
         slots = self.current_slots()
-        deleted = drop.sum(dim=1).tolist()
         if not any(deleted):
             self.visual_out.append(list(self.counts))
             return torch.arange(slots.shape[1], device=self.device).expand(self.batch, -1), slots
-        kept = (~drop).sum(dim=1).tolist()
-        width = max(kept)
-        order = torch.argsort(drop.to(torch.int8), dim=1, stable=True)[:, :width]
-        new_slots = slots.gather(1, order)
-        filler = torch.arange(width, device=self.device)[None, :] >= torch.tensor(kept, device=self.device)[:, None]
-        new_slots = new_slots.masked_fill(filler, -1)
-        if self.parked is None:
-            self.parked = hidden_states.new_zeros(self.batch, self.length, hidden_states.shape[-1])
-        for b in range(self.batch):
-            dropped = drop[b].nonzero().squeeze(1)
-            self.parked[b, slots[b, dropped]] = hidden_states[b, dropped]
-            self.drop_layer[b, slots[b, dropped]] = layer_idx
+        self.real = [n - k for n, k in zip(self.real, deleted)]
+        order = torch.argsort(drop.to(torch.int8), dim=1, stable=True)[:, :max(self.real)]
+        new_slots = slots.gather(1, order).masked_fill(drop.gather(1, order), -1)
+        if self.parked is None:   # one spare row takes the writes of slots that are not parked
+            self.parked = hidden_states.new_zeros(self.batch, self.length + 1, hidden_states.shape[-1])
+        self._scatter(self.parked, torch.where(drop, slots, self.length), hidden_states)
         self.counts = [n - k for n, k in zip(self.counts, deleted)]
         self.visual_out.append(list(self.counts))
+        self.deletions.append((layer_idx, new_slots))
         self.slots = new_slots
         self.pruned = True
         self._positions = None
         self._prefill_mask = None
         return order, new_slots
 
+    @staticmethod
+    def _scatter(target, positions, rows):
+        target.scatter_(1, positions[:, :, None].expand(-1, -1, rows.shape[-1]), rows)
+
     def restore_full_length(self, hidden_states):
-        full = self.parked
-        valid = self.slots >= 0
-        for b in range(self.batch):
-            full[b, self.slots[b, valid[b]]] = hidden_states[b, valid[b]]
-        return full
+        self._scatter(self.parked, torch.where(self.slots >= 0, self.slots, self.length), hidden_states)
+        return self.parked[:, :self.length]
 
     def finish(self):
         self.finished = True
-        self.parked = None
-        self.layer_input = self.previous_input = None
-        self._prefill_mask = None
-        self._positions = None
+        self.release()
         config = self.runtime.decoder.config
         visual_in = [list(per_sample) for per_sample in zip(*self.visual_in)] or [[] for _ in range(self.batch)]
         visual_out = [list(per_sample) for per_sample in zip(*self.visual_out)] or [[] for _ in range(self.batch)]
         reductions = [reduction_from_counts(i, o, config.hidden_size, config.intermediate_size)
                       for i, o in zip(visual_in, visual_out)]
-        is_visual = (self.kind == VISUAL).cpu()
-        drop_layer = [row[mask].tolist() for row, mask in zip(self.drop_layer.cpu(), is_visual)]
-        return PrefillRecord(visual_in, visual_out, list(self.seq_len), reductions, drop_layer, list(self.notes))
+        return PrefillRecord(visual_in, visual_out, list(self.seq_len), reductions, list(self.notes),
+                             list(self.deletions), self.kind)
 
     # -- decode ----------------------------------------------------------------------------
 
     def begin_decode(self, past_len, q_len, mask2d):
         self.rope_len = past_len + q_len
-        total = past_len + q_len
-        self._decode = (past_len, q_len, mask2d.bool() if mask2d is not None else None)
+        if not hasattr(self, "_prompt_masks"):
+            self._prompt_masks = {}   # per layer's slots: (batch, 1, W) additive mask of the prompt's keys
+        self._decode = (past_len, q_len, mask2d)
         self._decode_masks = {}
-        self._decode_keys = torch.arange(self.length, total, device=self.device).expand(self.batch, -1)
+        self._new_keys_mask = None
 
     def decode_kwargs(self, layer_idx, kwargs, dtype):
         slots = self.layer_slots[layer_idx]
         if slots is None:
             return kwargs
         past_len, q_len, mask2d = self._decode
-        fillers = bool((slots < 0).any())
         # without a mask, SDPA would align a multi-token query causally to the first keys
-        if kwargs.get("attention_mask") is None and not fillers and q_len == 1:
+        if kwargs.get("attention_mask") is None and not self.layer_fillers[layer_idx] and q_len == 1:
             return kwargs
         key = id(slots)
         if key not in self._decode_masks:
-            key_idx = torch.cat([slots, self._decode_keys], dim=1)
-            query_idx = torch.arange(past_len, past_len + q_len, device=self.device).expand(self.batch, -1)
-            key_mask = mask2d if mask2d is not None else torch.ones(
-                self.batch, past_len + q_len, dtype=torch.bool, device=self.device)
-            self._decode_masks[key] = self.additive_mask(query_idx, key_idx, diagonal=False, dtype=dtype,
-                                                         key_mask=key_mask)
+            if key not in self._prompt_masks:
+                ok = self.key_ok.gather(1, slots.clamp(min=0)) & (slots >= 0)
+                self._prompt_masks[key] = _additive(ok, dtype)[:, None]
+            if self._new_keys_mask is None:
+                self._new_keys_mask = self._mask_of_new_keys(past_len, q_len, mask2d, dtype)
+            prompt = self._prompt_masks[key].expand(-1, q_len, -1)
+            self._decode_masks[key] = torch.cat([prompt, self._new_keys_mask], dim=-1)[:, None]
         kwargs = dict(kwargs)
         kwargs["attention_mask"] = self._decode_masks[key]
         return kwargs
 
+    def _mask_of_new_keys(self, past_len, q_len, mask2d, dtype):
+        """(batch, q_len, keys after the prompt) additive: causal, and the caller's mask."""
+        keys = torch.arange(self.length, past_len + q_len, device=self.device)
+        allowed = keys[None, :] <= torch.arange(past_len, past_len + q_len, device=self.device)[:, None]
+        allowed = allowed.expand(self.batch, -1, -1)
+        if mask2d is not None:
+            allowed = allowed & mask2d[:, None, self.length:].bool()
+        return _additive(allowed, dtype)
+
+
+def _additive(allowed, dtype):
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
+                                                                                       torch.finfo(dtype).min)
+
+
+def _clamped(schedule, counts):
+    """Per layer, per sample deletions, none beyond the tokens still alive."""
+    alive, out = list(counts), []
+    for per_sample in schedule:
+        row = [max(0, min(int(k), n)) for k, n in zip(per_sample, alive)]
+        alive = [n - k for n, k in zip(alive, row)]
+        out.append(row)
+    return out
+
 
 def _text_only_record(batch, num_layers, length):
     zeros = [[0] * num_layers for _ in range(batch)]
-    return PrefillRecord(zeros, [list(z) for z in zeros], [length] * num_layers, [0.0] * batch,
-                         [[] for _ in range(batch)])
+    return PrefillRecord(zeros, [list(z) for z in zeros], [length] * num_layers, [0.0] * batch)
 
 
-def _layer_statistics(state, statistic, query, key, slots):
-    """Per sample, the statistic the policy asked for, and the visual positions it covers."""
-    kinds = state.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
-    stats, visual_positions = [], []
-    for b in range(state.batch):
-        visual = (kinds[b] == VISUAL).nonzero().squeeze(1)
-        visual_positions.append(visual)
-        sample_slots, key_ok = slots[b:b + 1], state.key_ok[b:b + 1]
-        if statistic == SELF_CROSS:
-            text = (kinds[b] == TEXT_QUERY).nonzero().squeeze(1)
-            rows = torch.cat([visual, text])
-            allowed = state.allowed(sample_slots[:, rows], sample_slots, key_ok)[0]
-            probs = attention_to_columns(query[b], key[b], rows, allowed, visual, "max")
-            is_visual = torch.arange(rows.shape[0], device=rows.device) < visual.shape[0]
-            self_scores = probs[is_visual].mean(dim=0) if visual.numel() else probs.new_zeros(0)
-            cross_scores = probs[~is_visual].mean(dim=0) if text.numel() else probs.new_zeros(visual.shape[0])
-            stats.append({"self": self_scores, "cross": cross_scores})
-        elif statistic == LAST_QUERY:
-            real = ((slots[b] >= 0) & state.key_ok[b].gather(0, slots[b].clamp(min=0))).nonzero().squeeze(1)
-            rows = real[-1:]
-            allowed = state.allowed(sample_slots[:, rows], sample_slots, key_ok)[0]
-            probs = attention_to_columns(query[b], key[b], rows, allowed, visual, "mean")
-            stats.append({"last": probs[0]})
-        else:
-            raise ValueError(f"unknown statistic {statistic!r}; accepted: {SELF_CROSS}, {LAST_QUERY}, "
-                             f"{dart.DART_INPUTS}")
-    return stats, visual_positions
+def _positions_of(kinds, kind, width):
+    """(batch, width) positions holding ``kind`` in sequence order, and which are real
+    (a sample with fewer gets other positions after its own)."""
+    order = torch.argsort((kinds != kind).to(torch.int8), dim=1, stable=True)[:, :width]
+    return order, kinds.gather(1, order) == kind
 
 
-def _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots):
-    """Per sample, what DART reads from the previous layer, and the visual positions."""
-    if state.previous_input is None or state.previous_input.shape != hidden_states.shape:
-        raise RuntimeError(f"DART at layer {layer_idx} needs the unpruned input of layer {layer_idx - 1}")
-    key_l1, normed = dart.layer_inputs(state.runtime.decoder, layer_idx, state.previous_input, hidden_states,
-                                       cos, sin)
-    kinds = state.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
-    stats, visual_positions = [], []
-    for b in range(state.batch):
-        visual = (kinds[b] == VISUAL).nonzero().squeeze(1)
-        text = (kinds[b] == TEXT_QUERY).nonzero().squeeze(1)
-        first = int(state.key_ok[b].nonzero()[0])       # positions count from the first real token
-        stats.append({
-            "key_l1_visual": key_l1[b, visual], "key_l1_text": key_l1[b, text],
-            "normed_visual": normed[b, visual], "normed_text": normed[b, text],
-            "visual_pos": (slots[b, visual] - first).tolist(), "text_pos": (slots[b, text] - first).tolist(),
-        })
-        visual_positions.append(visual)
-    return stats, visual_positions
+def _gather_rows(x, index):
+    """x (batch, heads, seq, dim), index (batch, R) -> (batch, heads, R, dim)."""
+    return x.gather(2, index[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
+
+
+def _layer_statistics(state, statistic, query, key, slots, kinds, columns, valid):
+    """The statistic the policy asked for, batched: (batch, V) tensors over ``columns``."""
+    if statistic == SELF_CROSS:
+        text, text_valid = _positions_of(kinds, TEXT_QUERY, state.text_width)
+        rows = torch.cat([columns, text], dim=1)
+        allowed = state.allowed(slots.gather(1, rows), slots)
+        probs = attention_to_columns(_gather_rows(query, rows), key, allowed, columns, "max")
+        # rows that are padding may have seen no key at all: zero them before the means
+        probs = probs.masked_fill(~torch.cat([valid, text_valid], dim=1)[:, :, None], 0.0)
+        width = columns.shape[1]
+        return {"self": probs[:, :width].sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp(min=1),
+                "cross": probs[:, width:].sum(dim=1) / text_valid.sum(dim=1, keepdim=True).clamp(min=1)}
+    if statistic == LAST_QUERY:
+        real = (slots >= 0) & state.key_ok.gather(1, slots.clamp(min=0))
+        positions = torch.arange(slots.shape[1], device=slots.device).expand_as(slots)
+        last = torch.where(real, positions, -1).amax(dim=1, keepdim=True)
+        allowed = state.allowed(slots.gather(1, last), slots)
+        return {"last": attention_to_columns(_gather_rows(query, last), key, allowed, columns, "mean")[:, 0]}
+    raise ValueError(f"unknown statistic {statistic!r}; accepted: {SELF_CROSS}, {LAST_QUERY}, {dart.DART_INPUTS}")
+
+
+def _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots, kinds, columns, valid):
+    """What DART reads from the previous layer, batched over ``columns`` and the text tokens."""
+    if state.keys is None or state.keys.shape[:2] != hidden_states.shape[:2]:
+        raise RuntimeError(f"DART at layer {layer_idx} needs the unpruned keys of layer {layer_idx - 1}")
+    decoder = state.runtime.decoder
+    key_l1 = dart.key_norms(decoder.layers[layer_idx - 1].self_attn, state.keys, cos, sin)
+    text, text_valid = _positions_of(kinds, TEXT_QUERY, state.text_width)
+    first = state.key_ok.to(torch.int8).argmax(dim=1, keepdim=True)   # positions count from the first real token
+    positions = slots - first
+    rows = torch.cat([columns, text], dim=1)
+    normed = decoder.norm(hidden_states.gather(1, rows[:, :, None].expand(-1, -1, hidden_states.shape[-1])))
+    width = columns.shape[1]
+    return {"key_l1_visual": key_l1.gather(1, columns), "key_l1_text": key_l1.gather(1, text),
+            "normed_visual": normed[:, :width], "normed_text": normed[:, width:],
+            "visual_pos": positions.gather(1, columns), "text_pos": positions.gather(1, text),
+            "visual_valid": valid, "text_valid": text_valid}
 
 
 def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statistic, hidden_states, kwargs):
@@ -480,20 +581,19 @@ def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statisti
     value = value.repeat_interleave(groups, dim=1)
 
     slots = state.current_slots()
+    kinds = state.current_kinds(slots)
+    columns, valid = _positions_of(kinds, VISUAL, max(state.counts))
     if statistic == dart.DART_INPUTS:
-        stats, visual_positions = _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots)
+        stats = _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots, kinds, columns, valid)
     else:
-        stats, visual_positions = _layer_statistics(state, statistic, query, key, slots)
-    alive = [p.shape[0] for p in visual_positions]
-    choices = policy.choose(layer_idx, stats, alive)
-    drop = torch.zeros(batch, seq, dtype=torch.bool, device=hidden_states.device)
-    for b, (chosen, positions) in enumerate(zip(choices, visual_positions)):
-        drop[b, positions[chosen.to(positions.device)]] = True
-    kept_positions, kept_slots = state.apply_deletions(layer_idx, drop, residual)
+        stats = _layer_statistics(state, statistic, query, key, slots, kinds, columns, valid)
+    drop_columns, deleted = state.chosen(layer_idx, policy.choose(layer_idx, stats, list(state.counts)), valid)
+    drop = torch.zeros(batch, seq, dtype=torch.bool, device=hidden_states.device).scatter_(1, columns, drop_columns)
+    kept_positions, kept_slots = state.apply_deletions(layer_idx, drop, deleted, residual)
 
     # survivors only: attention output, output projection, residual, MLP
     width = kept_positions.shape[1]
-    query = query.gather(2, kept_positions[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
+    query = _gather_rows(query, kept_positions)
     mask = state.additive_mask(kept_slots, slots, diagonal=False, dtype=query.dtype)
     # filler rows reuse a dropped token's query; let them see their own key so no row is empty
     mask[:, 0].scatter_(2, kept_positions[:, :, None], 0.0)

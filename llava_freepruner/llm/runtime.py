@@ -297,21 +297,24 @@ class _Prefill:
         self.notes = policy.begin(list(self.counts))
         schedule = policy.schedule(self.num_layers)
         self.schedule = None if schedule is None else _clamped(schedule, self.counts)
-        # one copy to the device: what each position holds, and the schedule
-        kind = torch.zeros(batch, length + (self.num_layers if schedule is not None else 0), dtype=torch.long)
-        for b, sample in enumerate(spans):
+        # one copy to the device: what each position holds (built as lists: no op per sample), and the schedule
+        rows = []
+        for sample, sample_deletions in zip(spans, zip(*self.schedule) if schedule is not None else [()] * batch):
+            row = [0] * length
             if sample:
-                kind[b, min(s for s, _ in sample):length] = TEXT_QUERY
+                row[min(s for s, _ in sample):] = [TEXT_QUERY] * (length - min(s for s, _ in sample))
             for start, end in sample:
-                kind[b, start:end] = VISUAL
-        if schedule is not None:
-            kind[:, length:] = torch.tensor(self.schedule, dtype=torch.long).T
-        kind = upload(kind, device)
-        self.kind = kind[:, :length] * self.key_ok
-        self.scheduled = kind[:, length:]  # (batch, layers)
+                row[start:end] = [VISUAL] * (end - start)
+            rows.append(row + list(sample_deletions))
+        table = upload(torch.tensor(rows, dtype=torch.long), device)
+        self.kind = table[:, :length] * self.key_ok
+        self.scheduled = table[:, length:]  # (batch, layers)
         self.visual_in, self.visual_out, self.seq_len = [], [], []
-        self.slots = None  # (batch, S) original positions of the current sequence, -1 for fillers; None = all
-        self.layer_slots = [None] * self.num_layers
+        # the current sequence, (batch, S) each: original positions (-1 for fillers; None = all),
+        # what each slot holds, and which slots are keys (not padding nor filler)
+        self.slots = None
+        self.kinds, self.keys_ok = self.kind, self.key_ok
+        self.layer_keys = [None] * self.num_layers    # keys_ok entering each layer once pruned
         self.layer_fillers = [False] * self.num_layers
         self.deletions = []
         self.parked = None
@@ -341,7 +344,7 @@ class _Prefill:
     # -- prefill ---------------------------------------------------------------------------
 
     def prefill_kwargs(self, layer_idx, kwargs, dtype):
-        self.layer_slots[layer_idx] = self.slots
+        self.layer_keys[layer_idx] = None if self.slots is None else self.keys_ok
         self.layer_fillers[layer_idx] = self.has_fillers
         self.seq_len.append(self.length if self.slots is None else self.slots.shape[1])
         self.visual_in.append(list(self.counts))
@@ -356,7 +359,10 @@ class _Prefill:
         kwargs.update(self._positions)
         if kwargs.get("attention_mask") is not None or self.has_fillers:
             if self._prefill_mask is None:
-                self._prefill_mask = self.additive_mask(self.slots, self.slots, diagonal=True, dtype=dtype)
+                # padding and filler rows see themselves, so no row is empty
+                allowed = self.allowed(self.slots) | torch.eye(self.slots.shape[1], dtype=torch.bool,
+                                                               device=self.device)
+                self._prefill_mask = _additive(allowed, dtype)[:, None]
             kwargs["attention_mask"] = self._prefill_mask
         else:
             kwargs["attention_mask"] = None
@@ -374,22 +380,10 @@ class _Prefill:
             return self.slots
         return torch.arange(self.length, device=self.device).expand(self.batch, -1)
 
-    def current_kinds(self, slots):
-        if self.slots is None:
-            return self.kind
-        return self.kind.gather(1, slots.clamp(min=0)).masked_fill(slots < 0, 0)
-
-    def allowed(self, query_idx, key_idx, key_mask=None):
-        """(batch, Q, K) bool: causal by original position, keys not padding nor filler."""
-        mask = self.key_ok if key_mask is None else key_mask
-        ok = mask.gather(1, key_idx.clamp(min=0)) & (key_idx >= 0)
-        return ok[:, None, :] & (key_idx[:, None, :] <= query_idx[:, :, None])
-
-    def additive_mask(self, query_idx, key_idx, diagonal, dtype, key_mask=None):
-        allowed = self.allowed(query_idx, key_idx, key_mask)
-        if diagonal:  # padding and filler rows see themselves, so no row is empty
-            allowed |= torch.eye(allowed.shape[1], allowed.shape[2], dtype=torch.bool, device=allowed.device)
-        return _additive(allowed, dtype)[:, None]
+    def allowed(self, query_positions):
+        """(batch, Q, S) bool: the keys of the current sequence that queries at these original
+        positions (batch, Q) see: causal by original position, not padding nor filler."""
+        return self.keys_ok[:, None, :] & (self.current_slots()[:, None, :] <= query_positions[:, :, None])
 
     def chosen(self, layer_idx, choice, valid):
         """The policy's choice as a (batch, V) bool over the visual columns, and per sample
@@ -410,14 +404,17 @@ class _Prefill:
 
     def apply_deletions(self, layer_idx, drop, deleted, hidden_states):
         """``drop``: (batch, S) bool over the current slots, ``deleted`` its per-sample
-        counts. Returns positions of the kept slots (fillers after them) and their slots."""
+        counts. Returns the current positions of the slots that stay (fillers after them)."""
         slots = self.current_slots()
         if not any(deleted):
             self.visual_out.append(list(self.counts))
-            return torch.arange(slots.shape[1], device=self.device).expand(self.batch, -1), slots
+            return torch.arange(slots.shape[1], device=self.device).expand(self.batch, -1)
         self.real = [n - k for n, k in zip(self.real, deleted)]
         order = torch.argsort(drop.to(torch.int8), dim=1, stable=True)[:, :max(self.real)]
-        new_slots = slots.gather(1, order).masked_fill(drop.gather(1, order), -1)
+        gone = drop.gather(1, order)    # dropped slots sorted past the survivors become fillers
+        new_slots = slots.gather(1, order).masked_fill(gone, -1)
+        self.kinds = self.kinds.gather(1, order).masked_fill(gone, 0)
+        self.keys_ok = self.keys_ok.gather(1, order).masked_fill(gone, False)
         if self.parked is None:   # one spare row takes the writes of slots that are not parked
             self.parked = hidden_states.new_zeros(self.batch, self.length + 1, hidden_states.shape[-1])
         self._scatter(self.parked, torch.where(drop, slots, self.length), hidden_states)
@@ -428,7 +425,7 @@ class _Prefill:
         self.pruned = True
         self._positions = None
         self._prefill_mask = None
-        return order, new_slots
+        return order
 
     @staticmethod
     def _scatter(target, positions, rows):
@@ -460,18 +457,17 @@ class _Prefill:
         self._new_keys_mask = None
 
     def decode_kwargs(self, layer_idx, kwargs, dtype):
-        slots = self.layer_slots[layer_idx]
-        if slots is None:
+        keys_ok = self.layer_keys[layer_idx]
+        if keys_ok is None:
             return kwargs
         past_len, q_len, mask2d = self._decode
         # without a mask, SDPA would align a multi-token query causally to the first keys
         if kwargs.get("attention_mask") is None and not self.layer_fillers[layer_idx] and q_len == 1:
             return kwargs
-        key = id(slots)
+        key = id(keys_ok)
         if key not in self._decode_masks:
             if key not in self._prompt_masks:
-                ok = self.key_ok.gather(1, slots.clamp(min=0)) & (slots >= 0)
-                self._prompt_masks[key] = _additive(ok, dtype)[:, None]
+                self._prompt_masks[key] = _additive(keys_ok, dtype)[:, None]
             if self._new_keys_mask is None:
                 self._new_keys_mask = self._mask_of_new_keys(past_len, q_len, mask2d, dtype)
             prompt = self._prompt_masks[key].expand(-1, q_len, -1)
@@ -517,6 +513,11 @@ def _positions_of(kinds, kind, width):
     return order, kinds.gather(1, order) == kind
 
 
+def _take(x, index):
+    """x (batch, seq, dim), index (batch, R) -> (batch, R, dim)."""
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
 def _gather_rows(x, index):
     """x (batch, heads, seq, dim), index (batch, R) -> (batch, heads, R, dim)."""
     return x.gather(2, index[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1]))
@@ -527,7 +528,7 @@ def _layer_statistics(state, statistic, query, key, slots, kinds, columns, valid
     if statistic == SELF_CROSS:
         text, text_valid = _positions_of(kinds, TEXT_QUERY, state.text_width)
         rows = torch.cat([columns, text], dim=1)
-        allowed = state.allowed(slots.gather(1, rows), slots)
+        allowed = state.allowed(slots.gather(1, rows))
         probs = attention_to_columns(_gather_rows(query, rows), key, allowed, columns, "max")
         # rows that are padding may have seen no key at all: zero them before the means
         probs = probs.masked_fill(~torch.cat([valid, text_valid], dim=1)[:, :, None], 0.0)
@@ -535,10 +536,9 @@ def _layer_statistics(state, statistic, query, key, slots, kinds, columns, valid
         return {"self": probs[:, :width].sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp(min=1),
                 "cross": probs[:, width:].sum(dim=1) / text_valid.sum(dim=1, keepdim=True).clamp(min=1)}
     if statistic == LAST_QUERY:
-        real = (slots >= 0) & state.key_ok.gather(1, slots.clamp(min=0))
         positions = torch.arange(slots.shape[1], device=slots.device).expand_as(slots)
-        last = torch.where(real, positions, -1).amax(dim=1, keepdim=True)
-        allowed = state.allowed(slots.gather(1, last), slots)
+        last = torch.where(state.keys_ok, positions, -1).amax(dim=1, keepdim=True)
+        allowed = state.allowed(slots.gather(1, last))
         return {"last": attention_to_columns(_gather_rows(query, last), key, allowed, columns, "mean")[:, 0]}
     raise ValueError(f"unknown statistic {statistic!r}; accepted: {SELF_CROSS}, {LAST_QUERY}, {dart.DART_INPUTS}")
 
@@ -553,7 +553,7 @@ def _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots, kinds, co
     first = state.key_ok.to(torch.int8).argmax(dim=1, keepdim=True)   # positions count from the first real token
     positions = slots - first
     rows = torch.cat([columns, text], dim=1)
-    normed = decoder.norm(hidden_states.gather(1, rows[:, :, None].expand(-1, -1, hidden_states.shape[-1])))
+    normed = decoder.norm(_take(hidden_states, rows))
     width = columns.shape[1]
     return {"key_l1_visual": key_l1.gather(1, columns), "key_l1_text": key_l1.gather(1, text),
             "normed_visual": normed[:, :width], "normed_text": normed[:, width:],
@@ -577,11 +577,12 @@ def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statisti
     if cache is not None:
         key, value = cache.update(key, value, attn.layer_idx)
     groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
 
     slots = state.current_slots()
-    kinds = state.current_kinds(slots)
+    kinds = state.kinds
     columns, valid = _positions_of(kinds, VISUAL, max(state.counts))
     if statistic == dart.DART_INPUTS:
         stats = _dart_statistics(state, layer_idx, hidden_states, cos, sin, slots, kinds, columns, valid)
@@ -589,16 +590,13 @@ def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statisti
         stats = _layer_statistics(state, statistic, query, key, slots, kinds, columns, valid)
     drop_columns, deleted = state.chosen(layer_idx, policy.choose(layer_idx, stats, list(state.counts)), valid)
     drop = torch.zeros(batch, seq, dtype=torch.bool, device=hidden_states.device).scatter_(1, columns, drop_columns)
-    kept_positions, kept_slots = state.apply_deletions(layer_idx, drop, deleted, residual)
+    kept_positions = state.apply_deletions(layer_idx, drop, deleted, residual)
 
-    # survivors only: attention output, output projection, residual, MLP
-    width = kept_positions.shape[1]
-    query = _gather_rows(query, kept_positions)
-    mask = state.additive_mask(kept_slots, slots, diagonal=False, dtype=query.dtype)
-    # filler rows reuse a dropped token's query; let them see their own key so no row is empty
-    mask[:, 0].scatter_(2, kept_positions[:, :, None], 0.0)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(batch, width, -1)
-    hidden = residual.gather(1, kept_positions[:, :, None].expand(-1, -1, residual.shape[-1])) + attn.o_proj(out)
+    # every row attends as in the model's own layer (its mask, or causal); then survivors only:
+    # output projection, residual, MLP (filler rows carry a dropped token's row, masked later)
+    mask = kwargs.get("attention_mask")
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None)
+    out = out.transpose(1, 2).reshape(batch, seq, -1)
+    hidden = _take(residual, kept_positions) + attn.o_proj(_take(out, kept_positions))
     hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return convention.layer_output(hidden, cache, kwargs)

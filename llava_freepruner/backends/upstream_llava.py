@@ -186,9 +186,10 @@ def prepare_inputs_labels_for_multimodal(
     else:
         features = self.encode_images(images)
         counts = [features.shape[1]] * features.shape[0]
-    # Upstream walks images in order; a text-only sample still consumes one.
-    session.tag_samples([b for b, ids in enumerate(input_ids)
-                         for _ in range(max(1, int((ids == IMAGE_TOKEN_INDEX).sum())))])
+    # Upstream walks images in order; a text-only sample still consumes one. One read of the ids serves this
+    # and the visual spans below.
+    prompt_rows = input_ids.tolist()
+    session.tag_samples([b for b, ids in enumerate(prompt_rows) for _ in range(max(1, ids.count(IMAGE_TOKEN_INDEX)))])
     if features is None:
         out = original(self, *args, images, image_sizes)
     else:
@@ -204,7 +205,7 @@ def prepare_inputs_labels_for_multimodal(
             llm_runtime.attach(self, session.llm)
             session.llm_models.add(self)
         spans = llm_runtime.visual_spans(
-            input_ids, attention_mask, counts, getattr(self.config, "tokenizer_model_max_length", None),
+            prompt_rows, attention_mask, counts, getattr(self.config, "tokenizer_model_max_length", None),
             getattr(self.config, "tokenizer_padding_side", "right"))
         llm_runtime.begin_prefill(self, spans)
     return out

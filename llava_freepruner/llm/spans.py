@@ -14,7 +14,8 @@ def visual_spans(input_ids, attention_mask, image_token_counts, max_length=None,
                  padding_side="right", image_token_index=IMAGE_TOKEN_INDEX):
     """Return, per sample, the ``[start, end)`` spans of visual tokens after the splice.
 
-    ``input_ids``: (batch, seq) ids with ``image_token_index`` placeholders.
+    ``input_ids``: (batch, seq) ids with ``image_token_index`` placeholders (a tensor, or
+    its rows as lists when the caller has read them already).
     ``attention_mask``: (batch, seq) or None (no padding).
     ``image_token_counts``: the number of visual tokens of each image, in the order
     upstream consumes them (a text-only sample consumes one image, as upstream does).
@@ -27,7 +28,7 @@ def visual_spans(input_ids, attention_mask, image_token_counts, max_length=None,
     if any(c < 0 for c in counts):
         raise ValueError(f"image_token_counts={counts} must be non-negative")
 
-    rows = input_ids.tolist()
+    rows = input_ids if isinstance(input_ids, list) else input_ids.tolist()
     masks = attention_mask.bool().tolist() if attention_mask is not None else [[True] * len(r) for r in rows]
 
     cursor = 0

@@ -1,10 +1,11 @@
 """Decoder-side pruning through upstream llava's generate: no host sync in decode steps, at
-most two before the first token, and no per-sample work (ops flat in the batch size)."""
+most two before the first token (spans included), and no per-sample work (ops flat in the
+batch size)."""
 
 import pytest
 import torch
 
-from llava_freepruner.bench import model
+from llava_freepruner.bench import count, model
 from llm_sync_checks import LLM_METHODS, Counted, check_ops_flat_in_batch, check_syncs
 
 
@@ -15,9 +16,9 @@ def counted():
 
 @pytest.mark.parametrize("method", LLM_METHODS)
 def test_llm_side_pruning_syncs_at_most_twice_and_never_in_decode(counted, method):
-    check_syncs(counted, method)
+    check_syncs(counted, method, count.BEFORE_DECODE)
 
 
 @pytest.mark.parametrize("method", LLM_METHODS)
 def test_llm_side_pruning_ops_do_not_grow_with_the_batch(counted, method):
-    check_ops_flat_in_batch(counted, method)
+    check_ops_flat_in_batch(counted, method, count.BEFORE_DECODE)

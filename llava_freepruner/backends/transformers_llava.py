@@ -570,7 +570,8 @@ class _ShorteningHooks:
 
     def _prefill(self, call, drop, visual) -> Optional[Compression]:
         """Shorten ``call`` in place; the compression, or None when nothing is dropped."""
-        if not bool(drop.any()):
+        # without a vision-side method every token is kept: no need to ask the device
+        if (_session is not None and _session.vision is None) or not bool(drop.any()):
             self._begin_llm_pruning(visual)
             return None
         embeds = call["inputs_embeds"]
@@ -594,7 +595,7 @@ class _ShorteningHooks:
     def _begin_llm_pruning(self, visual: torch.Tensor) -> None:
         """Hand the decoder-side policy (FitPrune, FastV, DART) the visual spans the decoder will see."""
         if _session is not None and _session.llm is not None:
-            llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.cpu()])
+            llm_runtime.begin_prefill(self.decoder, [_runs(row) for row in visual.tolist()])
 
     @staticmethod
     def _translate_decode(call, compression: Compression, cache):
@@ -674,9 +675,8 @@ def _drop_leading(call, count: int) -> None:
         call["cache_position"] = call["cache_position"][count:]
 
 
-def _runs(visual_row: torch.Tensor) -> List[tuple]:
+def _runs(flags: List[bool]) -> List[tuple]:
     """[start, end) runs of True in one row."""
-    flags = visual_row.tolist()
     runs, start = [], None
     for i, flag in enumerate(flags + [False]):
         if flag and start is None:

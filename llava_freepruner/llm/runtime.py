@@ -297,16 +297,10 @@ class _Prefill:
         self.notes = policy.begin(list(self.counts))
         schedule = policy.schedule(self.num_layers)
         self.schedule = None if schedule is None else _clamped(schedule, self.counts)
-        # one copy to the device: what each position holds (built as lists: no op per sample), and the schedule
-        rows = []
-        for sample, sample_deletions in zip(spans, zip(*self.schedule) if schedule is not None else [()] * batch):
-            row = [0] * length
-            if sample:
-                row[min(s for s, _ in sample):] = [TEXT_QUERY] * (length - min(s for s, _ in sample))
-            for start, end in sample:
-                row[start:end] = [VISUAL] * (end - start)
-            rows.append(row + list(sample_deletions))
-        table = upload(torch.tensor(rows, dtype=torch.long), device)
+        # one copy to the device: what each position holds, and the schedule (built as lists: no op per sample)
+        per_sample = zip(*self.schedule) if schedule is not None else [()] * batch
+        table = upload(torch.tensor([_kinds_row(sample, length) + list(deletions)
+                                     for sample, deletions in zip(spans, per_sample)], dtype=torch.long), device)
         self.kind = table[:, :length] * self.key_ok
         self.scheduled = table[:, length:]  # (batch, layers)
         self.visual_in, self.visual_out, self.seq_len = [], [], []
@@ -323,6 +317,7 @@ class _Prefill:
         self.rope_len = length
         self._positions = None
         self._prefill_mask = None
+        self._prompt_masks = {}   # per distinct keys_ok of the layers: the additive mask of the prompt's keys
         self.keys = None   # the k_proj output of the policy's key layer, once it ran
         key_layer = policy.key_layer()
         self._capture = None if key_layer is None else \
@@ -450,8 +445,6 @@ class _Prefill:
 
     def begin_decode(self, past_len, q_len, mask2d):
         self.rope_len = past_len + q_len
-        if not hasattr(self, "_prompt_masks"):
-            self._prompt_masks = {}   # per layer's slots: (batch, 1, W) additive mask of the prompt's keys
         self._decode = (past_len, q_len, mask2d)
         self._decode_masks = {}
         self._new_keys_mask = None
@@ -489,6 +482,18 @@ class _Prefill:
 def _additive(allowed, dtype):
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
                                                                                        torch.finfo(dtype).min)
+
+
+def _kinds_row(spans, length):
+    """What each position of one sample holds: VISUAL in its spans, TEXT_QUERY after its
+    first span, 0 elsewhere."""
+    row = [0] * length
+    if spans:
+        first = min(start for start, _ in spans)
+        row[first:] = [TEXT_QUERY] * (length - first)
+    for start, end in spans:
+        row[start:end] = [VISUAL] * (end - start)
+    return row
 
 
 def _clamped(schedule, counts):

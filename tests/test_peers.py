@@ -306,9 +306,15 @@ def test_dart_reads_layer_one_keys_as_the_cache_holds_them():
     handle = attn.k_proj.register_forward_hook(lambda module, args, output: captured.append(output))
     with torch.no_grad():
         out = model(inputs_embeds=embeds, position_ids=positions, use_cache=True)
-        cos, sin = attn.rotary_emb(embeds, seq_len=9)     # transformers 4.37's tables
-        key_l1 = key_norms(attn, captured[0], cos[positions], sin[positions])
+        if hasattr(attn, "rotary_emb"):         # transformers 4.37: each attention's tables
+            cos, sin = attn.rotary_emb(embeds, seq_len=9)
+            cos, sin = cos[positions], sin[positions]
+        else:
+            cos, sin = model.rotary_emb(embeds, positions)
+        key_l1 = key_norms(attn, captured[0], cos, sin)
     handle.remove()
-    cached = out.past_key_values[1][0]                          # (batch, kv heads, seq, head_dim), after RoPE
+    cache = out.past_key_values
+    # (batch, kv heads, seq, head_dim), after RoPE
+    cached = cache.layers[1].keys if hasattr(cache, "layers") else cache[1][0]
     expected = 2 * cached.abs().sum(dim=-1).sum(dim=1)          # each kv head is repeated for 2 query heads
     torch.testing.assert_close(key_l1, expected)

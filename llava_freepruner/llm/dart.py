@@ -77,18 +77,8 @@ def keep_mask(key_l1_visual, key_l1_text, normed_visual, normed_text, visual_pos
     # the one read-back: the pivots' positions and how many text tokens each sample has
     readback = torch.cat([visual_pos.gather(1, image_order), text_pos.gather(1, text_order),
                           text_valid.sum(dim=1, keepdim=True)], dim=1).tolist()
-    rounds, image_used = [], []
-    for row, count in zip(readback, keep):
-        images = min(image_slots, count)
-        slots = list(range(images)) + list(range(image_slots, image_slots + min(text_slots, row[-1])))
-        positions = [row[slot] for slot in slots]
-        slot_at = dict(zip(positions, slots))
-        order = list(set(positions))    # from the list, as the official code builds it: the order depends on that
-        share, extra = divmod(count - images, max(1, len(order)))
-        rounds.append([(slot_at[position], share + int(rank < extra)) for rank, position in enumerate(order)])
-        image_used.append([int(slot < images) for slot in range(image_slots)])
-    width = max(map(len, rounds))
-    rounds = [r + [(0, 0)] * (width - len(r)) for r in rounds]
+    rounds, image_used = _plan_rounds(readback, keep, image_slots, text_slots)
+    width = len(rounds[0])
     plan = upload(torch.tensor([[slot for slot, _ in r] + [n for _, n in r] + used
                                 for r, used in zip(rounds, image_used)], dtype=torch.long), visual_valid.device)
     pivot_of, picks_of, used = plan[:, :width], plan[:, width:2 * width], plan[:, 2 * width:].bool()
@@ -108,6 +98,25 @@ def keep_mask(key_l1_visual, key_l1_text, normed_visual, normed_text, visual_pos
         taken = torch.arange(most, device=picks.device) < picks_of[:, rank, None]
         free = free.scatter(1, picks, free.gather(1, picks) & ~taken)
     return visual_valid & ~free
+
+
+def _plan_rounds(readback, keep, image_slots, text_slots):
+    """On the host, per sample: the rounds in the official iteration order, each
+    (pivot slot, tokens it picks), padded with (0, 0) to the same count; and which image
+    slots hold a pivot. ``readback`` rows: pivot positions (image slots, then text
+    slots), then the sample's text token count."""
+    rounds, image_used = [], []
+    for row, count in zip(readback, keep):
+        images = min(image_slots, count)
+        slots = list(range(images)) + list(range(image_slots, image_slots + min(text_slots, row[-1])))
+        positions = [row[slot] for slot in slots]
+        slot_at = dict(zip(positions, slots))
+        order = list(set(positions))    # from the list, as the official code builds it: the order depends on that
+        share, extra = divmod(count - images, max(1, len(order)))
+        rounds.append([(slot_at[position], share + int(rank < extra)) for rank, position in enumerate(order)])
+        image_used.append([int(slot < images) for slot in range(image_slots)])
+    width = max(map(len, rounds))
+    return [r + [(0, 0)] * (width - len(r)) for r in rounds], image_used
 
 
 def _unit(x):

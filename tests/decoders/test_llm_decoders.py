@@ -207,29 +207,56 @@ def test_cached_generation_equals_masked_reference(family, mode, attn):
     assert generate(model, embeds, mode) != pruned or mode == "sample"
 
 
+def padded_pair(model):
+    """Two prompts with different visual counts: each alone ((embeds, span) pairs), and as a
+    left-padded batch (embeds, mask, spans)."""
+    long, long_span = prompt(model, visual=24, seed=5)
+    short, short_span = prompt(model, visual=16, system=5, seed=6)
+    pad = long.shape[1] - short.shape[1]
+    batch = torch.cat([long, torch.cat([torch.zeros(1, pad, long.shape[2]), short], dim=1)])
+    mask = torch.ones(2, long.shape[1], dtype=torch.long)
+    mask[1, :pad] = 0
+    spans = [[long_span], [(short_span[0] + pad, short_span[1] + pad)]]
+    return [(long, long_span), (short, short_span)], (batch, mask, spans)
+
+
+def singles_of(model, pairs, mode):
+    """Tokens generated for each prompt alone, and the layer that deleted each of its visual tokens."""
+    singles, drops = [], []
+    for embeds, span in pairs:
+        begin_prefill(model, [[span]])
+        singles += generate(model, embeds, mode)
+        drops.append(last_record(model).drop_layer[0])
+    return singles, drops
+
+
 @pytest.mark.parametrize("family,mode", [(family, "greedy") for family in FAMILIES] + [("llama", "beams")])
 @torch.no_grad()
 def test_left_padded_batch_equals_singles(family, mode):
     """Different visual counts per sample (the recipe scales), so different deletions and filler slots."""
     model = tiny_decoder(family)
-    long, long_span = prompt(model, visual=24, seed=5)
-    short, short_span = prompt(model, visual=16, system=5, seed=6)
+    pairs, (batch, mask, spans) = padded_pair(model)
     attach(model, FitPrunePolicy(RECIPE))
-    singles, drops = [], []
-    for embeds, span in ((long, long_span), (short, short_span)):
-        begin_prefill(model, [[span]])
-        singles += generate(model, embeds, mode)
-        drops.append(last_record(model).drop_layer[0])
-    pad = long.shape[1] - short.shape[1]
-    batch = torch.cat([long, torch.cat([torch.zeros(1, pad, long.shape[2]), short], dim=1)])
-    mask = torch.ones(2, long.shape[1], dtype=torch.long)
-    mask[1, :pad] = 0
-    begin_prefill(model, [[long_span], [(short_span[0] + pad, short_span[1] + pad)]])
+    singles, drops = singles_of(model, pairs, mode)
+    begin_prefill(model, spans)
     assert generate(model, batch, mode, attention_mask=mask) == singles
     record = last_record(model)
     per_sample = len(record.drop_layer) // 2  # beam search runs each sample num_beams times
     assert record.drop_layer[::per_sample] == drops
     assert record.visual_out[0] != record.visual_out[per_sample]
+
+
+@pytest.mark.parametrize("policy", [FastVPolicy(0.5, layer=1), DartPolicy(0.5)], ids=["fastv", "dart"])
+@torch.no_grad()
+def test_fastv_and_dart_in_a_left_padded_batch_choose_as_for_each_sample_alone(policy):
+    model = tiny_decoder("qwen2")
+    pairs, (batch, mask, spans) = padded_pair(model)
+    attach(model, policy)
+    singles, drops = singles_of(model, pairs, "greedy")
+    begin_prefill(model, spans)
+    assert generate(model, batch, "greedy", attention_mask=mask) == singles
+    assert last_record(model).drop_layer == drops
+    assert [sum(layer >= 0 for layer in sample) for sample in drops] == [12, 8]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -11,7 +11,7 @@ held at any time.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -47,16 +47,20 @@ def head_mean_attention(q: torch.Tensor, k: torch.Tensor, rows: Optional[torch.T
     return _probabilities(q if rows is None else gather_rows(q, rows), k)
 
 
+def row_chunks(q: torch.Tensor, k: torch.Tensor) -> Iterator[Tuple[int, torch.Tensor]]:
+    """(first row, head-mean probabilities (crops, rows, tokens)) of each chunk of query rows."""
+    step = chunk_rows(q, k)
+    for start in range(0, q.shape[2], step):
+        yield start, _probabilities(q[:, :, start:start + step], k)
+
+
 def received_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """For every token j: sum over queries i != j of the head-mean attention A[i, j].
 
     Returns (crops, tokens) fp32.
     """
-    num_tokens = q.shape[2]
-    total = torch.zeros(q.shape[0], num_tokens, dtype=torch.float32, device=q.device)
-    step = chunk_rows(q, k)
-    for start in range(0, num_tokens, step):
-        probs = _probabilities(q[:, :, start:start + step], k)
+    total = torch.zeros(q.shape[0], q.shape[2], dtype=torch.float32, device=q.device)
+    for start, probs in row_chunks(q, k):
         total += probs.sum(dim=1)
         # the chunk's own entries A[i, i] sit on its diagonal shifted by ``start``
         total[:, start:start + probs.shape[1]] -= torch.diagonal(probs, offset=start, dim1=1, dim2=2)
@@ -70,11 +74,8 @@ def attention_to_columns(q: torch.Tensor, k: torch.Tensor, columns: torch.Tensor
     columns: (crops, C) token indices; weights: (crops, C) or None (all ones).
     Returns (crops, tokens) fp32.
     """
-    num_tokens = q.shape[2]
-    total = torch.empty(q.shape[0], num_tokens, dtype=torch.float32, device=q.device)
-    step = chunk_rows(q, k)
-    for start in range(0, num_tokens, step):
-        probs = _probabilities(q[:, :, start:start + step], k)
+    total = torch.empty(q.shape[0], q.shape[2], dtype=torch.float32, device=q.device)
+    for start, probs in row_chunks(q, k):
         total[:, start:start + probs.shape[1]] = weighted_columns(probs, columns, weights)
     return total
 

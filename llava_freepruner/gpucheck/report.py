@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from ..bench import report as bench_report
 from .plan import BENCH, CHECKS, FIT
@@ -23,15 +23,21 @@ def _bench_lines(result: dict) -> List[str]:
                   "| method | ratio | FitPrune recipe | mean visual tokens over LLM layers |", "|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['ratio']} | {r.get('recipe', 'n/a')} | {r['mean_layer_visual_tokens']} |"
                   for r in llm_side]
-    batch = meta and meta.get("batch_size", 1) > 1
-    if batch:
-        lines += ["", "| method | ratio | images/s (batch / TTFT) | prefill tokens/s | decode tok/s |", "|---|---|---|---|---|"]
-        for r in records:
-            if "error" not in r:
-                images = 1000 * meta["batch_size"] / r["ttft_ms"]
-                prefill = 1000 * meta["batch_size"] * r["llm_input_tokens"] / r["llm_prefill_ms"]
-                lines.append(f"| {r['method']} | {r['ratio']} | {images:.1f} | {prefill:.0f} | {r['decode_tok_s']:.1f} |")
+    batched = [r for r in records if "error" not in r and _batch(r, meta) > 1]
+    if batched:
+        lines += ["", "| method | ratio | batch | images/s (batch / TTFT) | prefill tokens/s | decode tok/s |",
+                  "|---|---|---|---|---|---|"]
+        for r in batched:
+            batch = _batch(r, meta)
+            images = 1000 * batch / r["ttft_ms"]
+            prefill = 1000 * batch * r["llm_input_tokens"] / r["llm_prefill_ms"]
+            lines.append(f"| {r['method']} | {r['ratio']} | {batch} | {images:.1f} | {prefill:.0f} | {r['decode_tok_s']:.1f} |")
     return lines
+
+
+def _batch(record: dict, meta: Optional[dict]) -> int:
+    """A row's batch size (results from before batch lists keep it in the meta)."""
+    return record.get("batch_size") or (meta or {}).get("batch_size", 1)
 
 
 def _checks_lines(result: dict) -> List[str]:

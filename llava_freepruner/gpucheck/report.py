@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from ..bench import report as bench_report
-from .plan import BENCH, CHECKS, FIT
+from .plan import BENCH, CHECKS, FIT, PENDING
 
 FIT_FIELDS = [("build_s", "model built in s"), ("fit_s", "fit s"), ("fit_s_per_sample", "fit s per sample"),
               ("samples", "samples"), ("visual_tokens", "visual tokens"), ("layers", "layers"),
@@ -65,16 +65,24 @@ def markdown(results: dict) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
-        f"Command: `{results['command']}`; {results['elapsed_s']:.0f} s in all, budget {results['budget_s']:.0f} s "
-        "(no section starts after it).",
-        "",
-        "| section | status | seconds |",
-        "|---|---|---|",
     ]
+    calls = results.get("calls", [])
+    merged = len(calls) > 1
+    if merged:      # sections merged from several calls: each says when it ran
+        lines += [f"Calls, each under its own budget of {results['budget_s']:.0f} s (no section starts after it):", ""]
+        lines += [f"- {c['date']} on {c['device_name']}, {c['elapsed_s']:.0f} s: `{c['command']}` "
+                  f"({', '.join(c['sections']) or 'no section'})" for c in calls]
+        lines += ["", "| section | status | seconds | ran |", "|---|---|---|---|"]
+    else:
+        lines += [f"Command: `{results['command']}`; {results['elapsed_s']:.0f} s in all, budget {results['budget_s']:.0f} s "
+                  "(no section starts after it).", "", "| section | status | seconds |", "|---|---|---|"]
     for s in results["sections"]:
         status = s["status"] + (f": {s['reason']}" if s.get("reason") else "")
-        lines.append(f"| {s['name']} | {status} | {s['elapsed_s']:.1f} |")
+        cells = [s["name"], status, f"{s['elapsed_s']:.1f}"] + ([s.get("date", "")] if merged else [])
+        lines.append("| " + " | ".join(cells) + " |")
     for s in results["sections"]:
+        if s["status"] in PENDING:
+            continue
         lines += ["", f"## {s['title']}", "", f"Status: {s['status']}" + (f": {s['reason']}" if s.get("reason") else "") + "."]
         if s.get("command") and not (s.get("result") or {}).get("meta"):   # a bench's own line is fuller
             lines += ["", f"Command: `{s['command']}`"]

@@ -225,8 +225,8 @@ class Check:
             self.call["sections"].append(section.name)
             self.write()
         self.write()
-        bad = [s["name"] for s in self.results["sections"]
-               if s["name"] in self.call["sections"] and s["status"] not in ("ok", "skipped")]
+        bad = [s["name"] for s in self.results["sections"]      # left for --resume: not a failure
+               if s["name"] in self.call["sections"] and s["status"] not in ("ok", "skipped", *plan.PENDING)]
         left = [s["name"] for s in self.results["sections"] if s["status"] in plan.PENDING]
         print(f"gpu-check: done in {self.elapsed():.0f} s; wrote {self.out_dir}/results.json and gpu.md"
               + (f"; not ok: {', '.join(bad)}" if bad else "; every section that ran is ok")

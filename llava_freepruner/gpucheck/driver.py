@@ -136,7 +136,6 @@ class Check:
         if profile.mode == "gpu" and not upstream["device_name"]:
             raise SystemExit("gpu-check: torch sees no CUDA device; without a GPU run with --cpu-smoke")
         host = probe(python, self.envs[plan.HOST]) if site else upstream
-        self.previous = previous
         self.call = {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                      "device_name": upstream["device_name"] or f"CPU ({os.cpu_count()} cores)",
                      "elapsed_s": 0.0, "sections": []}
@@ -172,6 +171,7 @@ class Check:
             return dict(entry, status="not started", reason=f"time budget: {left:.0f} s left of {self.profile.budget_s:.0f} s, "
                                                             f"needs about {needed:.0f} s (--resume runs it)")
         argv = [self.python, *section.args]
+        shutil.rmtree(os.path.join(self.out_dir, section.name), ignore_errors=True)    # no earlier call's result
         entry["command"] = " ".join(shlex.quote(a) for a in ["python", *section.args])
         print(f"gpu-check: [{self.elapsed():5.0f} s] {section.name}: {section.title}", flush=True)
         started = time.time()

@@ -60,7 +60,7 @@ def _rounds(meta: dict) -> str:
         return (f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens{_clip(meta)}, {meta['new_tokens']} new tokens, "
                 f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up, {meta['clock']} clock.")
     return (f"batch {', '.join(map(str, meta['batch_sizes']))}, {meta['text_tokens']} text tokens{_clip(meta)}, "
-            f"{meta['new_tokens']} new tokens, {meta['warmup']} warm-ups per row, then medians [interquartile range] "
+            f"{meta['new_tokens']} new tokens, {meta['warmup']} warm-up calls per row, then medians [interquartile range] "
             f"of {meta['repeats']} repeats in shuffled round-robin rounds over the rows, {meta['clock']} clock.")
 
 

@@ -229,6 +229,7 @@ def run(args) -> int:
         bench_model = host.builder(args.backend)
         dtype = parse_dtype(args.dtype or ("float16" if device == "cuda" or args.count_ops else "float32"))
         warmup, repeats, round_warnings = resolve_rounds(device, args.warmup, args.repeats)
+        args.warmup, args.repeats = warmup, repeats        # the command line in the results spells them out
         settings = Settings(methods, _floats(args.ratios), repeats, warmup, args.new_tokens, args.seed,
                             args.clock, args.keep_going, video_modes)
         if args.model and args.backend != "upstream" and quants != [bench_quant.NONE]:

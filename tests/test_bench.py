@@ -208,6 +208,43 @@ def test_call_stages_come_from_the_marks_after_one_finish():
     assert (call.vision_s, call.select_s, call.prefill_s, call.ttft_s) == (4.0, 2.0, 12.0, 25.0)
 
 
+def test_on_cuda_a_call_is_timed_by_events_with_one_synchronize_after_it(checkpoint, monkeypatch):
+    """The CUDA path on a CPU model: events and synchronize replaced by recorders. Inside the
+    call the hooks only record events; the one synchronize after it (and one before, outside
+    the timed region) are all."""
+    from llava_freepruner.bench import model as bench_model
+    from llava_freepruner.bench.runner import generate
+
+    timeline = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = len(timeline)
+            timeline.append("event")
+
+        def elapsed_time(self, end):
+            return float(end.at - self.at)      # "ms": events apart
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: timeline.append("sync"))
+    bench = bench_model.load_checkpoint(checkpoint, "cpu", torch.float32)
+    inputs = bench_model.make_inputs(bench, batch_size=1, text_tokens=4)
+    probe = bench_probe.Probe(bench.parts, torch.device("cuda"))
+    try:
+        with probe.call() as scope, torch.inference_mode():
+            generate(bench, inputs, 3, scope.streamer)
+    finally:
+        probe.remove()
+    # start, tower start and end, prefill start and end, first token; then the one synchronize
+    assert timeline == ["sync"] + ["event"] * 6 + ["sync"]
+    call = scope.call
+    assert (call.vision_s, call.select_s, call.prefill_s, call.ttft_s) == (0.001, 0.001, 0.001, 0.005)
+    assert len(call.token_times) == 3
+
+
 def test_bad_batch_sizes_are_refused_by_name(checkpoint, capsys):
     for text in ("0", "1,x", "8,8"):
         assert main(["bench", "--model", checkpoint, "--batch-size", text, "--device", "cpu"]) == 2

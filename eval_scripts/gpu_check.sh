@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# One-command GPU check: verify and time llava_freepruner on a CUDA machine in under
-# 8 minutes; writes OUT_DIR/results.json and OUT_DIR/gpu.md.
+# GPU check: verify and time llava_freepruner on a CUDA machine, in calls of at most
+# 7 minutes each (install included); writes OUT_DIR/results.json and OUT_DIR/gpu.md.
 #
 #   bash eval_scripts/gpu_wheels.sh                   # beforehand, where PyPI is reachable
-#   bash eval_scripts/gpu_check.sh OUT_DIR            # on the GPU machine, offline
+#   bash eval_scripts/gpu_check.sh OUT_DIR            # on the GPU machine, offline: what fits in one call
+#   bash eval_scripts/gpu_check.sh --resume OUT_DIR   # the next call: the sections not run yet
+#   bash eval_scripts/gpu_check.sh --sections transformers,quant-4bit OUT_DIR   # those sections
+#   bash eval_scripts/gpu_check.sh --list-sections    # the sections and their estimated minutes
 #   bash eval_scripts/gpu_check.sh --cpu-smoke OUT_DIR   # the same sections, tiny shapes, CPU
+#
+# --resume and --sections merge into the results.json already in OUT_DIR.
 #
 # GPU mode installs the wheels of gpu_requirements.txt (upstream llava and its pinned
 # transformers) offline into a folder of its own and puts it first on PYTHONPATH for the
@@ -22,17 +27,26 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 
 usage() {
-    echo "usage: bash eval_scripts/gpu_check.sh [--cpu-smoke] OUT_DIR" >&2
+    echo "usage: bash eval_scripts/gpu_check.sh [--cpu-smoke] [--sections NAME,... | --resume] OUT_DIR" >&2
+    echo "       bash eval_scripts/gpu_check.sh [--cpu-smoke] --list-sections" >&2
     exit 2
 }
 
 smoke=()
-if [[ "${1:-}" == "--cpu-smoke" ]]; then
-    smoke=(--cpu-smoke)
-    shift
-fi
-[[ $# -eq 1 && "$1" != -* ]] || usage
-out_dir="$1"
+which=()
+out_dir=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --cpu-smoke) smoke=(--cpu-smoke); shift ;;
+        --list-sections) cd "$repo_root"; exec env PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}" \
+                             "$python" -m llava_freepruner.gpucheck "${smoke[@]}" --list-sections ;;
+        --resume) [[ ${#which[@]} -eq 0 ]] || usage; which=(--resume); shift ;;
+        --sections) [[ ${#which[@]} -eq 0 && $# -ge 2 && "$2" != -* ]] || usage; which=(--sections "$2"); shift 2 ;;
+        -*) usage ;;
+        *) [[ -z "$out_dir" ]] || usage; out_dir="$1"; shift ;;
+    esac
+done
+[[ -n "$out_dir" ]] || usage
 
 site_args=()
 if [[ ${#smoke[@]} -eq 0 ]]; then
@@ -56,4 +70,4 @@ fi
 
 cd "$repo_root"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m llava_freepruner.gpucheck "${smoke[@]}" "${site_args[@]}" --started "$started" "$out_dir"
+exec "$python" -m llava_freepruner.gpucheck "${smoke[@]}" "${which[@]}" "${site_args[@]}" --started "$started" "$out_dir"

@@ -1,16 +1,21 @@
 """The bench: end to end on a tiny checkpoint, the oracle's token count, FLOPs, inputs."""
 
+import contextlib
+import io
 import json
+import re
 
 import pytest
 import torch
 
-from llava_freepruner.bench import archs, flops
-from llava_freepruner.bench.runner import Settings, plugin_config
+from llava_freepruner.bench import archs, flops, probe as bench_probe
+from llava_freepruner.bench.runner import (NOISE, STAGES, Settings, compare, plugin_config, quartiles, resolve_rounds,
+                                           schedule)
 from llava_freepruner.cli import main
 
 RATIOS = (1.0, 0.5)
 METHODS = ("cls_topk", "freepruner", "grid", "random", "visionzip", "divprune")
+BATCHES = (1, 2)
 
 
 @pytest.fixture(scope="module")
@@ -23,22 +28,24 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
-    code = main(["bench", "--model", checkpoint, "--methods", ",".join(METHODS),
-                 "--ratios", ",".join(map(str, RATIOS)), "--repeats", "2",
-                 "--warmup", "0", "--new-tokens", "2", "--device", "cpu", "--out", str(out)])
-    assert code == 0
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        code = main(["bench", "--model", checkpoint, "--methods", ",".join(METHODS),
+                     "--ratios", ",".join(map(str, RATIOS)), "--repeats", "2", "--batch-size", ",".join(map(str, BATCHES)),
+                     "--warmup", "1", "--new-tokens", "2", "--device", "cpu", "--out", str(out)])
+    assert code == 0, log.getvalue()[-3000:]
     with open(out / "results.json") as handle:
-        return out, json.load(handle)
+        return out, json.load(handle), log.getvalue()
 
 
 # --- end to end -------------------------------------------------------------------
 
 
-def test_bench_writes_one_well_formed_record_per_method_and_ratio(results):
-    out, data = results
+def test_bench_writes_one_well_formed_record_per_method_ratio_and_batch_size(results):
+    out, data, _ = results
     records = data["records"]
-    assert sorted((r["method"], r["ratio"]) for r in records) == sorted(
-        (m, r) for m in ("oracle",) + METHODS for r in RATIOS)
+    assert sorted((r["method"], r["ratio"], r["batch_size"]) for r in records) == sorted(
+        (m, r, b) for m in ("oracle",) + METHODS for r in RATIOS for b in BATCHES)
     numeric = ("vision_ms", "select_ms", "llm_prefill_ms", "ttft_ms", "decode_tok_s", "peak_mem_mb", "prefill_flops")
     for r in records:
         assert r["visual_tokens"] == (576 if r["ratio"] == 1.0 else 288)
@@ -48,31 +55,59 @@ def test_bench_writes_one_well_formed_record_per_method_and_ratio(results):
                 (r["method"], key, r[key])
         # Stages are parts of the time to first token.
         assert r["ttft_ms"] > r["llm_prefill_ms"] and r["ttft_ms"] > r["vision_ms"]
-        assert r["repeats"] == 2 and len(r["layer_tokens"]) == 2
+        assert r["repeats"] == 2 and r["warmup"] == 1 and len(r["layer_tokens"]) == 2
         assert r["layer_tokens"] == [r["llm_input_tokens"]] * 2
         assert r["prefill_flops"] == r["llm_prefill_flops"] + r["vision_flops"] + r["projector_flops"]
+        assert r["clock"] == "wall" and r["apply_ms"] > 0
     assert data["meta"]["weights"] == "checkpoint" and data["meta"]["llm_layers"] == 2
-    assert data["meta"]["backend"] == "upstream"
+    assert data["meta"]["backend"] == "upstream" and data["meta"]["batch_sizes"] == list(BATCHES)
+    assert (data["meta"]["repeats"], data["meta"]["warmup"]) == (2, 1)
     text = (out / "results.md").read_text()
-    assert text.count("\n| oracle |") == 2 and "Command: `python -m llava_freepruner bench" in text
+    assert text.count("\n| oracle |") == 2 * len(BATCHES) and "Command: `python -m llava_freepruner bench" in text
+    assert "shuffled round-robin rounds" in text
     with open(out / "time_vs_tokens.png", "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_every_method_is_compared_with_the_oracle_of_its_ratio(results):
+def test_every_method_is_compared_with_the_oracle_of_its_ratio_and_batch_size(results):
     # Structure only: which method is faster is the benchmark's output, not something to assert.
     records = results[1]["records"]
-    by_key = {(r["method"], r["ratio"]): r for r in records}
-    assert {r["ratio"] for r in records if r["method"] == "oracle"} == set(RATIOS)
+    by_key = {(r["method"], r["ratio"], r["batch_size"]): r for r in records}
+    assert {(r["ratio"], r["batch_size"]) for r in records if r["method"] == "oracle"} == {
+        (r, b) for r in RATIOS for b in BATCHES}
     for r in records:
-        oracle = by_key[("oracle", r["ratio"])]
+        oracle = by_key[("oracle", r["ratio"], r["batch_size"])]
         assert r["efficiency"] == pytest.approx(oracle["ttft_ms"] / r["ttft_ms"], rel=1e-3)
         assert r["llm_input_tokens"] == oracle["llm_input_tokens"]
-    assert all(by_key[("oracle", r)]["efficiency"] == 1.0 for r in RATIOS)
+        assert isinstance(r["warnings"], list)
+    assert all(by_key[("oracle", r, b)]["efficiency"] == 1.0 for r in RATIOS for b in BATCHES)
+
+
+def test_every_stage_has_a_median_inside_its_quartiles_and_the_stages_add_up(results):
+    for r in results[1]["records"]:
+        for key in (*STAGES, "decode_tok_s"):
+            spread = r["spread"][key]
+            assert spread["q1"] <= r[key] <= spread["q3"], (r["method"], key, spread, r[key])
+            assert spread["iqr"] == pytest.approx(spread["q3"] - spread["q1"], abs=2e-3)
+        # call by call the stages follow each other inside the time to first token
+        assert r["vision_ms"] > 0 and r["llm_prefill_ms"] > 0
+        assert r["spread"]["selection_ms"]["q1"] >= 0 and r["spread"]["rest_ms"]["q1"] >= 0
+
+
+def test_every_row_warms_up_before_the_first_round_and_runs_each_round_once(results):
+    log = results[2]
+    calls = re.findall(r"\[\d+/\d+\] (\S+ ratio \S+ batch \d+)\s+(warm-up|repeat (\d)/2)", log)
+    rows = {label for label, _, _ in calls}
+    assert len(rows) == len(("oracle",) + METHODS) * len(RATIOS) * len(BATCHES)
+    phases = [phase for _, phase, _ in calls]
+    assert phases[:len(rows)] == ["warm-up"] * len(rows) and "warm-up" not in phases[len(rows):]
+    rounds = [[label for label, _, n in calls if n == str(k)] for k in (1, 2)]
+    assert calls[len(rows):] == [c for c in calls if c[2] == "1"] + [c for c in calls if c[2] == "2"]
+    assert all(sorted(r) == sorted(rows) for r in rounds) and rounds[0] != rounds[1]
 
 
 def test_fewer_visual_tokens_mean_fewer_prefill_flops(results):
-    records = results[1]["records"]
+    records = [r for r in results[1]["records"] if r["batch_size"] == 1]
     for method in ("oracle",) + METHODS:
         full, half = (next(r for r in records if r["method"] == method and r["ratio"] == x) for x in RATIOS)
         assert half["llm_prefill_flops"] < full["llm_prefill_flops"]
@@ -82,7 +117,7 @@ def test_fewer_visual_tokens_mean_fewer_prefill_flops(results):
 def test_side_by_side_lines_up_the_rows_of_two_runs(results, tmp_path, capsys):
     from llava_freepruner.bench import side_by_side
 
-    out, data = results
+    out, data, _ = results
     other = tmp_path / "other"
     other.mkdir()
     twin = dict(data, meta=dict(data["meta"], backend="transformers"),
@@ -91,17 +126,129 @@ def test_side_by_side_lines_up_the_rows_of_two_runs(results, tmp_path, capsys):
     assert side_by_side.main([str(out), str(other)]) == 0
     lines = capsys.readouterr().out.splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
-    rows = {tuple(c[:2]): c for c in cells}
-    header = rows[("method", "ratio")]
+    rows = {tuple(c[:3]): c for c in cells}
+    header = rows[("method", "ratio", "batch")]
     mine, theirs = (side_by_side.label(d["meta"]) for d in (data, twin))
     assert theirs.startswith("transformers ")
     assert header.index(f"efficiency ({mine})") + 1 == header.index(f"efficiency ({theirs})")
-    assert rows[("oracle", "0.5")][header.index(f"efficiency ({theirs})")] == "1.000"
-    assert rows[("grid", "1.0")][header.index(f"TTFT ms ({theirs})")] == "n/a"
-    assert rows[("grid", "1.0")][header.index(f"visual tokens ({mine})")] == "576"
+    assert rows[("oracle", "0.5", "2")][header.index(f"efficiency ({theirs})")] == "1.000"
+    assert rows[("grid", "1.0", "1")][header.index(f"TTFT ms ({theirs})")] == "n/a"
+    assert rows[("grid", "1.0", "1")][header.index(f"visual tokens ({mine})")] == "576"
     assert side_by_side.main([str(out), str(out)]) == 2
     assert side_by_side.main([str(out), str(tmp_path / "missing")]) == 2
     assert "holds no results.json" in capsys.readouterr().err
+
+
+# --- how the rows are timed and compared, without a clock ---------------------------------
+
+
+def test_schedule_warms_every_row_up_first_then_shuffles_each_round():
+    order = schedule(rows=6, warmup=3, repeats=10, seed=0)
+    assert order[:18] == [(i, None) for i in range(6) for _ in range(3)]
+    rounds = [[i for i, k in order[18:] if k == r] for r in range(10)]
+    assert [k for _, k in order[18:]] == [r for r in range(10) for _ in range(6)]     # round after round
+    assert all(sorted(r) == list(range(6)) for r in rounds)                          # every row once a round
+    assert len({tuple(r) for r in rounds}) > 1                                      # not one fixed order
+    assert schedule(6, 3, 10, seed=0) == order and schedule(6, 3, 10, seed=1) != order
+
+
+def test_cuda_defaults_and_minimums_cpu_stays_small():
+    assert resolve_rounds("cpu", None, None) == (1, 3, [])
+    assert resolve_rounds("cuda", None, None) == (3, 10, [])
+    assert resolve_rounds("cuda", 5, 20) == (5, 20, [])
+    warmup, repeats, warnings = resolve_rounds("cuda", 1, 3)
+    assert (warmup, repeats) == (1, 3)
+    assert [w.split()[0] for w in warnings] == ["--warmup", "--repeats"] and "below 10" in warnings[1]
+    assert resolve_rounds("cpu", 0, 1) == (0, 1, [])
+
+
+def test_quartiles_bracket_the_median():
+    assert quartiles([5.0]) == (5.0, 5.0, 5.0)
+    q1, median, q3 = quartiles([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert (q1, median, q3) == (2.0, 3.0, 4.0)
+    assert quartiles([1.0, 2.0]) == (1.25, 1.5, 1.75)
+
+
+def _row(method, prefill, visual=288, batch=1, ratio=0.5, clock="cuda events", **extra):
+    stages = dict(vision_ms=10.0, selection_ms=1.0, llm_prefill_ms=prefill, rest_ms=2.0)
+    return {"method": method, "ratio": ratio, "batch_size": batch, "visual_tokens": visual, "clock": clock,
+            "layer_tokens": [40 + visual] * 2, "ttft_ms": sum(stages.values()), "select_ms": None, **stages, **extra}
+
+
+def test_a_row_whose_prefill_strays_from_the_oracles_at_the_same_tokens_is_warned_about():
+    records = compare([
+        _row("oracle", 20.0), _row("grid", 20.0 * (1 + NOISE) - 0.01), _row("random", 23.0),
+        _row("freepruner", 15.0, vision_ms=12.5, selection_ms=1.5),
+        _row("fastv", 40.0, visual=576) | {"layer_tokens": [616, 328]},      # fewer tokens after layer 2: not the same
+        _row("oracle", 100.0, batch=8), _row("random", 100.0, batch=8),       # its own oracle: batch 8
+        {"method": "divprune", "ratio": 0.5, "batch_size": 1, "error": "RuntimeError: broke"},
+    ])
+    warned = {(r["method"], r["batch_size"]) for r in records if r.get("warnings")}
+    assert warned == {("random", 1), ("freepruner", 1)}
+    message = next(r for r in records if r["method"] == "random")["warnings"][0]
+    assert "23.0 ms" in message and "20.0 ms" in message and "+15%" in message and "288 visual tokens" in message
+    by_method = {(r["method"], r["batch_size"]): r for r in records}
+    # on CUDA a vision method's select time is its tower and selection stages over the oracle's
+    assert by_method[("freepruner", 1)]["select_ms"] == pytest.approx(3.0)
+    assert by_method[("oracle", 1)]["select_ms"] == 0 and by_method[("fastv", 1)]["select_ms"] is None
+    assert "warnings" not in by_method[("divprune", 1)]
+
+
+def test_call_stages_come_from_the_marks_after_one_finish():
+    class Marks(bench_probe.HostMarks):
+        finished = 0
+
+        def finish(self):
+            self.finished += 1
+
+    marks = Marks()
+    call = bench_probe.Call(start=0.0, towers=[[1.0, 3.0], [4.0, 6.0]], prefill=[8.0, 20.0], first_token=25.0)
+    call.finish(marks)
+    assert marks.finished == 1
+    assert (call.vision_s, call.select_s, call.prefill_s, call.ttft_s) == (4.0, 2.0, 12.0, 25.0)
+
+
+def test_on_cuda_a_call_is_timed_by_events_with_one_synchronize_after_it(checkpoint, monkeypatch):
+    """The CUDA path on a CPU model: events and synchronize replaced by recorders. Inside the
+    call the hooks only record events; the one synchronize after it (and one before, outside
+    the timed region) are all."""
+    from llava_freepruner.bench import model as bench_model
+    from llava_freepruner.bench.runner import generate
+
+    timeline = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = len(timeline)
+            timeline.append("event")
+
+        def elapsed_time(self, end):
+            return float(end.at - self.at)      # "ms": events apart
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: timeline.append("sync"))
+    bench = bench_model.load_checkpoint(checkpoint, "cpu", torch.float32)
+    inputs = bench_model.make_inputs(bench, batch_size=1, text_tokens=4)
+    probe = bench_probe.Probe(bench.parts, torch.device("cuda"))
+    try:
+        with probe.call() as scope, torch.inference_mode():
+            generate(bench, inputs, 3, scope.streamer)
+    finally:
+        probe.remove()
+    # start, tower start and end, prefill start and end, first token; then the one synchronize
+    assert timeline == ["sync"] + ["event"] * 6 + ["sync"]
+    call = scope.call
+    assert (call.vision_s, call.select_s, call.prefill_s, call.ttft_s) == (0.001, 0.001, 0.001, 0.005)
+    assert len(call.token_times) == 3
+
+
+def test_bad_batch_sizes_are_refused_by_name(checkpoint, capsys):
+    for text in ("0", "1,x", "8,8"):
+        assert main(["bench", "--model", checkpoint, "--batch-size", text, "--device", "cpu"]) == 2
+        assert f"--batch-size {text!r} is not valid" in capsys.readouterr().err
 
 
 # --- the oracle feeds K tokens to the LLM -------------------------------------------------

@@ -13,7 +13,7 @@ from llava_freepruner.methods import REGISTRY
 
 from eval_helpers import REPO, subprocess_env
 
-REQUIRED = ("selection", "bench-v1.5", "batch", "fitprune-fit", "anyres-v1.6")
+REQUIRED = ("selection", "bench-v1.5", "batch-2", "fitprune-fit", "anyres-v1.6")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,9 @@ def test_bench_rows_cover_the_registry_and_every_ratio(smoke):
             assert r["visual_tokens"] == Config(ratio=r["ratio"]).budget(576)
         elif r["ratio"] < 1.0:                    # LLM-side: fewer tokens in later layers
             assert r["mean_layer_visual_tokens"] < r["visual_tokens"] == 576
-    batch = sections["batch"]["result"]
-    assert batch["meta"]["batch_size"] == plan.CPU_SMOKE.batch
+    batch = sections["batch-2"]["result"]
+    assert batch["meta"]["batch_sizes"] == list(plan.CPU_SMOKE.batches) == [2]
+    assert {r["batch_size"] for r in batch["records"]} == {2}
     anyres = {(r["method"], r["ratio"]): r for r in sections["anyres-v1.6"]["result"]["records"]}
     assert anyres[("oracle", 1.0)]["visual_tokens"] > 2000 > anyres[("freepruner", 0.5)]["visual_tokens"]
 
@@ -74,7 +75,8 @@ def test_markdown_names_the_machine_and_holds_the_tables(smoke):
     assert "| section | status | seconds |" in md
     for name in REQUIRED:
         assert f"| {name} | ok |" in md
-    assert "| freepruner | 0.5 | 288 |" in md and "| freepruner | 0.11 | 63 |" in md
+    assert "| freepruner | 0.5 | 1 | 288 |" in md and "| freepruner | 0.11 | 1 | 63 |" in md
+    assert "| freepruner | 0.5 | 2 | 288 |" in md
     assert "| ratio 1.0 identical to unpatched | freepruner | pass |" in md
     assert "images/s (batch / TTFT)" in md and "FitPrune recipe" in md
     assert "transformers (upstream llava) 4.37.2" in md
@@ -110,10 +112,73 @@ def test_a_failing_section_is_recorded_and_the_next_runs(tmp_path, monkeypatch):
     assert "| broken | failed: exit code 1 |" in (tmp_path / "gpu.md").read_text()
 
 
+def _writer(name, root):
+    """A section that leaves an empty checks.json in its folder."""
+    code = (f"import json, os, sys; d = os.path.join(sys.argv[1], {name!r}); os.makedirs(d, exist_ok=True); "
+            "json.dump({'checks': []}, open(os.path.join(d, 'checks.json'), 'w'))")
+    return plan.Section(name, f"section {name}", plan.CHECKS, plan.UPSTREAM, ["-c", code, str(root)])
+
+
+def test_sections_are_chosen_by_name_or_by_what_is_left():
+    every = [_writer(n, "x") for n in ("a", "b", "c", "d")]
+    assert [s.name for s in plan.choose(every, ["c", "a"], None)] == ["a", "c"]     # plan order
+    assert [s.name for s in plan.choose(every, None, None)] == ["a", "b", "c", "d"]
+    previous = {"a": "ok", "b": "not started", "c": "failed"}       # d never ran
+    assert [s.name for s in plan.choose(every, None, previous)] == ["b", "d"]
+    with pytest.raises(ValueError, match="unknown section.*zz; expected some of a, b, c, d"):
+        plan.choose(every, ["a", "zz"], None)
+    listing = plan.listing(plan.sections(plan.GPU, "out", "", None)).splitlines()
+    assert len(listing) == len(plan.sections(plan.GPU, "out", "", None)) + 1
+    assert listing[0].startswith("selection") and "min" in listing[0] and "in all" in listing[-1]
+    names = [s.name for s in plan.sections(plan.GPU, "out", "", None)]
+    for never_ran in ("transformers", "video-llava-7b-hf", "llava-next-video-7b-hf", "quant-4bit", "batch-32"):
+        assert never_ran in names
+    # every GPU section fits a 7-minute call with its install
+    assert all(s.minutes * 60 <= plan.GPU.budget_s - plan.GPU.min_start_s for s in plan.sections(plan.GPU, "o", "", None))
+
+
+def test_calls_merge_into_one_results_file_and_resume_runs_what_is_left(tmp_path, monkeypatch):
+    every = [_writer(n, tmp_path) for n in ("a", "b", "c")]
+    monkeypatch.setattr(plan, "sections", lambda *args: every)
+    monkeypatch.setattr(plan, "MINUTES", {"a": 0, "b": 10, "c": 0})       # b does not fit the first call
+    profile = plan.Profile(**dict(plan.CPU_SMOKE.__dict__, budget_s=60, min_start_s=1, estimates=True))
+    (tmp_path / "logs").mkdir()
+
+    def call(names=None, resume=False):
+        previous = driver.previous_results(str(tmp_path), profile.mode) if names or resume else None
+        check = driver.Check(profile, str(tmp_path), sys.executable, None, driver.time.time(), f"call {names} {resume}",
+                             previous)
+        code = check.run(names, resume)
+        return code, json.loads((tmp_path / "results.json").read_text())
+
+    code, first = call(["c"])
+    assert code == 0 and [(s["name"], s["status"]) for s in first["sections"]] == [
+        ("a", "not run yet"), ("b", "not run yet"), ("c", "ok")]
+    code, second = call(resume=True)
+    status = {s["name"]: s for s in second["sections"]}
+    assert status["a"]["status"] == "ok" and status["b"]["status"] == "not started"
+    assert "needs about 600 s" in status["b"]["reason"] and status["c"] == first["sections"][2]   # c kept as it was
+    monkeypatch.setattr(plan, "MINUTES", {"a": 0, "b": 0, "c": 0})
+    code, third = call(resume=True)
+    assert code == 0 and [s["status"] for s in third["sections"]] == ["ok", "ok", "ok"]
+    assert [c["sections"] for c in third["calls"]] == [["c"], ["a", "b"], ["b"]]
+    md = (tmp_path / "gpu.md").read_text()
+    assert md.count("\n- ") == 3 and "| section | status | seconds | ran |" in md and md.count("## section ") == 3
+    with pytest.raises(ValueError, match="holds a 'cpu-smoke' run, not 'gpu'"):
+        driver.previous_results(str(tmp_path), "gpu")
+
+
 def test_bad_usage_is_refused_before_anything_is_written(tmp_path):
-    for argv in ([], ["--cpu-smoke"], ["a", "b"], ["--gpu", "x"]):
+    for argv in ([], ["--cpu-smoke"], ["a", "b"], ["--gpu", "x"], ["--sections"], ["--resume", "--sections", "a", "x"]):
         done = subprocess.run(["bash", "eval_scripts/gpu_check.sh", *argv], cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 2 and "usage: bash eval_scripts/gpu_check.sh" in done.stderr
     done = subprocess.run(["bash", "eval_scripts/gpu_check.sh", str(tmp_path / "out")], cwd=REPO,
                           env=subprocess_env(GPU_CHECK_WHEELS=str(tmp_path / "none")), capture_output=True, text=True)
     assert done.returncode == 2 and "gpu_wheels.sh" in done.stderr and not (tmp_path / "out").exists()
+    done = subprocess.run(["bash", "eval_scripts/gpu_check.sh", "--cpu-smoke", "--sections", "nope", str(tmp_path / "out")],
+                          cwd=REPO, env=subprocess_env(PYTHON=sys.executable), capture_output=True, text=True)
+    assert done.returncode == 2 and "--sections 'nope': unknown section(s) nope" in done.stderr
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run(["bash", "eval_scripts/gpu_check.sh", "--list-sections"], cwd=REPO,
+                          env=subprocess_env(PYTHON=sys.executable), capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.splitlines()[0].split()[:2] == ["selection", "~0.5"]

@@ -150,7 +150,7 @@ def test_count_ops_cli_writes_a_row_per_method_ratio_and_batch_size(tmp_path, ca
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "1,8"], "--batch-size '1,8': a list of batch sizes applies to --count-ops only"),
+    (["--batch-size", "8,8", "--count-ops"], "--batch-size '8,8' is not valid: expected a number >= 1 or a comma"),
     (["--batch-size", "0", "--count-ops"], "--batch-size '0' is not valid: expected a number >= 1 or a comma"),
     (["--batch-size", "one"], "--batch-size 'one' is not valid: expected a number >= 1"),
     (["--count-ops", "--clock", "thread"], "--clock applies to timing runs, not to --count-ops"),

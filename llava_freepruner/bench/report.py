@@ -7,16 +7,20 @@ import os
 from typing import List, Optional
 
 from . import oracle
+from .probe import CUDA_EVENTS
 
 COLUMNS = [
     ("method", "method", "{}"),
     ("video_mode", "mode", "{}"),
     ("frames", "frames", "{}"),
     ("ratio", "ratio", "{}"),
+    ("batch_size", "batch", "{}"),
     ("visual_tokens", "visual tokens", "{}"),
     ("vision_ms", "vision ms", "{:.1f}"),
+    ("selection_ms", "selection ms", "{:.2f}"),
     ("select_ms", "select ms", "{:.2f}"),
     ("llm_prefill_ms", "LLM prefill ms", "{:.1f}"),
+    ("rest_ms", "rest ms", "{:.1f}"),
     ("ttft_ms", "TTFT ms", "{:.1f}"),
     ("decode_tok_s", "decode tok/s", "{:.2f}"),
     ("peak_mem_mb", "peak MB", "{:.0f}"),
@@ -30,12 +34,15 @@ COLUMNS = [
 ]
 
 
-def _cell(key: str, fmt: str, value) -> str:
+def _cell(key: str, fmt: str, record: dict) -> str:
+    """A cell; a time with quartiles also shows its interquartile range in brackets."""
+    value = record.get(key)
     if value is None:
         return "n/a"
     if key == "prefill_flops":
         value = value / 1e9
-    return fmt.format(value)
+    spread = record.get("spread", {}).get(key)
+    return fmt.format(value) + (f" [{fmt.format(spread['iqr'])}]" if spread and key.endswith("_ms") else "")
 
 
 def table(records: List[dict]) -> List[str]:
@@ -44,7 +51,17 @@ def table(records: List[dict]) -> List[str]:
     video = any("frames" in r for r in records)
     columns = [c for c in COLUMNS if video or c[0] not in ("video_mode", "frames")]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
-    return lines + ["| " + " | ".join(_cell(k, f, r.get(k)) for k, _, f in columns) + " |" for r in records]
+    return lines + ["| " + " | ".join(_cell(k, f, r) for k, _, f in columns) + " |" for r in records]
+
+
+def _rounds(meta: dict) -> str:
+    """How the times were taken: older results (one batch size, rows one after another) say less."""
+    if "batch_sizes" not in meta:
+        return (f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens{_clip(meta)}, {meta['new_tokens']} new tokens, "
+                f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up, {meta['clock']} clock.")
+    return (f"batch {', '.join(map(str, meta['batch_sizes']))}, {meta['text_tokens']} text tokens{_clip(meta)}, "
+            f"{meta['new_tokens']} new tokens, {meta['warmup']} warm-up calls per row, then medians [interquartile range] "
+            f"of {meta['repeats']} repeats in shuffled round-robin rounds over the rows, {meta['clock']} clock.")
 
 
 def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = None) -> str:
@@ -52,8 +69,7 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
         f"Model: {meta['model']} ({meta['weights']}, {meta.get('backend', 'upstream')} backend), "
         f"LLM layers {meta['llm_layers']}, vision layers "
         f"{meta['vision_layers']}, {meta['dtype']} on {meta['device_name']}, {meta['threads']} threads, "
-        f"batch {meta['batch_size']}, {meta['text_tokens']} text tokens{_clip(meta)}, {meta['new_tokens']} new tokens, "
-        f"medians of {meta['repeats']} repeats after {meta['warmup']} warm-up, {meta['clock']} clock.",
+        + _rounds(meta),
         "",
         f"Command: `{meta['command']}`",
         "",
@@ -64,10 +80,17 @@ def markdown(meta: dict, records: List[dict], capture: Optional[List[dict]] = No
         lines += ["", "Failed rows (every cell n/a): " + "; ".join(f"{r['method']} at ratio {r['ratio']}: {r['error']}"
                                                                for r in failed) + "."]
     done = [r for r in records if "error" not in r]
+    warnings = meta.get("warnings", []) + [f"{r['method']} ratio {r['ratio']} batch {r['batch_size']}: {w}"
+                                           for r in done for w in r.get("warnings", [])]
+    if warnings:
+        lines += ["", "Warnings:", "", *(f"- {w}" for w in warnings)]
+    select = ("on CUDA, the method's vision and selection stages less the oracle's" if meta["clock"] == CUDA_EVENTS
+              else "time in the method's observe (attention reduction in the capture hooks) and select")
     lines += [
         "",
-        f"Peak memory: {done[0]['peak_mem_kind'] if done else ''}. select ms: time in the method's "
-        "observe (attention reduction in the capture hooks) and select. select % vision: of the oracle's tower time "
+        f"Peak memory: {done[0]['peak_mem_kind'] if done else ''}. vision: the tower, capture hooks included. "
+        "selection: from the tower's end to the LLM prefill's start (select, projector, merge). rest: the time to "
+        f"first token less the three stages. select ms: {select}. select % vision: of the oracle's tower time "
         "(no hooks). TTFT: from the generate call to the first token on the host.",
     ]
     if capture:
@@ -116,6 +139,7 @@ def _line(record: dict) -> str:
     """A plotted line: the method, its video mode and its weights when quantized."""
     quant = record.get("quant", "none")
     name = record["method"] + (f" {record['video_mode']}" if record.get("video_mode") else "")
+    name += f" batch {record['batch_size']}" if record.get("batch_size", 1) != 1 else ""
     return name if quant == "none" else f"{name} ({quant})"
 
 

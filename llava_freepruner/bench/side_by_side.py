@@ -2,7 +2,7 @@
 
     python -m llava_freepruner.bench.side_by_side RUN_DIR RUN_DIR [...]
 
-Rows are matched by method and ratio; each run adds its visual tokens, vision,
+Rows are matched by method, ratio and batch size; each run adds its visual tokens, vision,
 select, LLM prefill and TTFT medians and its efficiency against its own oracle.
 """
 
@@ -34,16 +34,21 @@ def table(runs: List[dict]) -> str:
     labels = [label(run["meta"]) for run in runs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two runs share the label {labels}: expected runs of different backends or models")
-    keys = list(dict.fromkeys((r["method"], r["ratio"]) for run in runs for r in run["records"]))
-    rows = [{(r["method"], r["ratio"]): r for r in run["records"]} for run in runs]
-    header = ["method", "ratio"] + [f"{title} ({name})" for _, title, _ in COLUMNS for name in labels]
+    keys = list(dict.fromkeys(_key(r) for run in runs for r in run["records"]))
+    rows = [{_key(r): r for r in run["records"]} for run in runs]
+    header = ["method", "ratio", "batch"] + [f"{title} ({name})" for _, title, _ in COLUMNS for name in labels]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, ratio in keys:
-        cells = [method, str(ratio)]
+    for key3 in keys:
+        cells = [str(part) for part in key3]
         for key, _, fmt in COLUMNS:
-            cells += [_cell(fmt, run.get((method, ratio), {}).get(key)) for run in rows]
+            cells += [_cell(fmt, run.get(key3, {}).get(key)) for run in rows]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _key(record: dict) -> tuple:
+    """Rows match by method, ratio and batch size (results from before batch lists: batch 1)."""
+    return record["method"], record["ratio"], record.get("batch_size", 1)
 
 
 def _cell(fmt: str, value) -> str:

@@ -1,6 +1,8 @@
-"""A timing wrapper around the vision method of the applied plugin.
+"""A timing wrapper around the vision method of the applied plugin (CPU runs).
 
 The bench puts it (or the unregistered oracle) in with ``backends.set_vision_method``.
+It reads a host clock and never waits for a device: on CUDA the bench does not
+install it and derives selection time from its stage events instead.
 """
 
 from __future__ import annotations
@@ -12,25 +14,22 @@ from ..methods.base import AttentionView, SelectionContext, Selection, VisionMet
 
 class TimedMethod(VisionMethod):
     """Delegates to ``inner`` and adds up, on ``clock``, the time its ``observe``
-    and ``select`` take (``sync`` runs before each reading, for CUDA)."""
+    and ``select`` take."""
 
-    def __init__(self, inner: VisionMethod, clock: Callable[[], float], sync: Callable[[], None]):
+    def __init__(self, inner: VisionMethod, clock: Callable[[], float]):
         self.inner = inner
         self.name = inner.name
         self.needs_hidden = inner.needs_hidden
         self.needs_instruction = inner.needs_instruction
         self.clock = clock
-        self.sync = sync
         self.seconds = 0.0
 
     def attention_layers(self, num_layers: int, feature_layer: int) -> Tuple[int, ...]:
         return self.inner.attention_layers(num_layers, feature_layer)
 
     def _timed(self, call, *args):
-        self.sync()
         start = self.clock()
         result = call(*args)
-        self.sync()
         self.seconds += self.clock() - start
         return result
 

@@ -38,12 +38,17 @@ def add_arguments(parser) -> None:
                              "method, the LLM-side ones and 'none', the unpatched model); default: every registered "
                              "vision method that needs no instruction text")
     parser.add_argument("--ratios", default="1.0,0.5,0.25", help="fractions of visual tokens kept (default: 1.0,0.5,0.25)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration; medians are reported")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per row, in shuffled round-robin rounds over the rows; medians and "
+                             "quartiles are reported (default: 10 on cuda, 3 on cpu; fewer than 10 on cuda is warned about)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed runs of every row before the first round (default: 3 on cuda, 1 on cpu; "
+                             "fewer than 3 on cuda is warned about)")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per run (all of them: EOS is suppressed)")
     parser.add_argument("--text-tokens", type=int, default=40, help="prompt length besides the image (random weights only)")
     parser.add_argument("--batch-size", default="1",
-                        help="prompts per generate call (default: 1); with --count-ops a comma-separated list, e.g. 1,8")
+                        help="prompts per generate call, or a comma-separated list, e.g. 1,8,32: rows per batch size "
+                             "(default: 1)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on cuda, float32 on cpu)")
     parser.add_argument("--clock", default="wall", choices=["wall", "thread"],
@@ -92,17 +97,14 @@ def _video_modes(args):
     return [mode.strip() for mode in (args.video_modes or "frame,temporal").split(",") if mode.strip()]
 
 
-def _batch_sizes(text: str, count_ops: bool):
+def _batch_sizes(text: str):
     try:
         sizes = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         sizes = []
-    if not sizes or any(size < 1 for size in sizes):
-        raise ValueError(f"--batch-size {text!r} is not valid: expected a number >= 1"
-                         + (" or a comma-separated list, e.g. 1,8" if count_ops else ""))
-    if len(sizes) > 1 and not count_ops:
-        raise ValueError(f"--batch-size {text!r}: a list of batch sizes applies to --count-ops only; "
-                         "expected one number")
+    if not sizes or any(size < 1 for size in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(f"--batch-size {text!r} is not valid: expected a number >= 1 or a comma-separated "
+                         "list of different ones, e.g. 1,8,32")
     return sizes
 
 
@@ -191,7 +193,7 @@ def run(args) -> int:
 
     from ..bench import capture_memory, host, quant as bench_quant, report
     from ..bench.model import parse_dtype
-    from ..bench.runner import Bench, Settings, known_methods
+    from ..bench.runner import Bench, Settings, known_methods, resolve_rounds
     from ..methods import REGISTRY
 
     def fail(message: str) -> int:
@@ -219,14 +221,16 @@ def run(args) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     log = lambda text: print(text, file=sys.stderr, flush=True)
     try:
-        batch_sizes = _batch_sizes(args.batch_size, args.count_ops)
+        batch_sizes = _batch_sizes(args.batch_size)
         if args.count_ops:
             _check_count_flags(args)
         video_modes = _video_modes(args)
         quants = bench_quant.parse(args.quant, bool(args.model), device)
         bench_model = host.builder(args.backend)
         dtype = parse_dtype(args.dtype or ("float16" if device == "cuda" or args.count_ops else "float32"))
-        settings = Settings(methods, _floats(args.ratios), args.repeats, args.warmup, args.new_tokens, args.seed,
+        warmup, repeats, round_warnings = resolve_rounds(device, args.warmup, args.repeats)
+        args.warmup, args.repeats = warmup, repeats        # the command line in the results spells them out
+        settings = Settings(methods, _floats(args.ratios), repeats, warmup, args.new_tokens, args.seed,
                             args.clock, args.keep_going, video_modes)
         if args.model and args.backend != "upstream" and quants != [bench_quant.NONE]:
             raise ValueError("--quant with a --model checkpoint needs --backend upstream (its loader quantizes); "
@@ -235,15 +239,16 @@ def run(args) -> int:
         return fail(str(err))
     if args.count_ops:
         return _count_ops(args, bench_model, device, dtype, settings, batch_sizes, log, fail)
+    for warning in round_warnings:
+        log(f"bench: warning: {warning}")
     records = []
     for quant in quants:
         try:
             log(f"bench: building {args.model or args.random_weights} ({args.backend}) on {device} "
                 f"({dtype}, weights {quant})")
             bench = _build(args, bench_model, device, dtype, quant)
-            inputs = (bench_model.make_inputs(bench, batch_sizes[0], args.text_tokens, args.video)
-                      if args.backend == "transformers" else
-                      bench_model.make_inputs(bench, batch_sizes[0], args.text_tokens))
+            video = (args.video,) if args.backend == "transformers" else ()
+            inputs = {size: bench_model.make_inputs(bench, size, args.text_tokens, *video) for size in batch_sizes}
             runner = Bench(bench, inputs, settings, args.out, log)
         except ValueError as err:
             return fail(str(err))
@@ -276,8 +281,9 @@ def run(args) -> int:
     meta = {
         **_model_meta(args, bench, device, dtype),
         "threads": torch.get_num_threads(),
-        "batch_size": batch_sizes[0], "text_tokens": inputs.text_tokens, "video_frames": args.video, "new_tokens": args.new_tokens,
-        "clock": args.clock, "repeats": args.repeats, "warmup": args.warmup,
+        "batch_sizes": batch_sizes, "text_tokens": inputs[batch_sizes[0]].text_tokens, "video_frames": args.video,
+        "new_tokens": args.new_tokens, "clock": runner.clock_name, "repeats": settings.repeats, "warmup": settings.warmup,
+        "warnings": round_warnings,
         "quant": quants, **bench_quant.versions(quants),
     }
     for path in report.write(args.out, meta, records, capture):

@@ -1,9 +1,15 @@
 """Run the GPU check's sections, each in its own process, under one time budget.
 
 A section that fails, crashes or runs out of time is recorded with its error and
-the next one starts; no section starts once the budget is spent. ``results.json``
-and ``gpu.md`` are rewritten after every section, so an interrupted run still
+the next one starts; no section starts once the budget is spent, nor (on a GPU)
+when its estimated minutes do not fit in what is left. ``results.json`` and
+``gpu.md`` are rewritten after every section, so an interrupted run still
 leaves what finished.
+
+One call need not run everything: ``--sections a,b`` runs those, ``--resume``
+the ones the calls before did not start or never ran. Either merges into the
+``results.json`` already in OUT_DIR, so ``gpu.md`` holds every section's latest
+run, each with its date and machine.
 """
 
 from __future__ import annotations
@@ -107,17 +113,34 @@ def nvidia_smi() -> Optional[str]:
     return done.stdout.strip() or None
 
 
+def previous_results(out_dir: str, mode: str) -> Optional[dict]:
+    """The results.json an earlier call left in ``out_dir`` (None: there is none); one of
+    another mode is refused, so GPU and smoke sections never share a gpu.md."""
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        results = json.load(handle)
+    if results.get("mode") != mode:
+        raise ValueError(f"{path} holds a {results.get('mode')!r} run, not {mode!r}: use another OUT_DIR")
+    return results
+
+
 class Check:
     def __init__(self, profile: plan.Profile, out_dir: str, python: str, site: Optional[str], started: float,
-                 command: str):
+                 command: str, previous: Optional[dict] = None):
+        """``previous``: the results of the calls before, which this one merges into."""
         self.profile, self.out_dir, self.python, self.started = profile, out_dir, python, started
         self.envs = {plan.UPSTREAM: environment([site] if site else []), plan.HOST: environment([])}
         upstream = probe(python, self.envs[plan.UPSTREAM])
         if profile.mode == "gpu" and not upstream["device_name"]:
             raise SystemExit("gpu-check: torch sees no CUDA device; without a GPU run with --cpu-smoke")
         host = probe(python, self.envs[plan.HOST]) if site else upstream
+        self.call = {"command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                     "device_name": upstream["device_name"] or f"CPU ({os.cpu_count()} cores)",
+                     "elapsed_s": 0.0, "sections": []}
         self.results = {
-            "mode": profile.mode, "command": command, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "mode": profile.mode, "command": command, "date": self.call["date"],
             "budget_s": profile.budget_s, "elapsed_s": 0.0,
             "machine": {"device_name": upstream["device_name"] or f"CPU ({os.cpu_count()} cores)",
                         "nvidia_smi": nvidia_smi(), "cpus": os.cpu_count()},
@@ -125,7 +148,8 @@ class Check:
                          "transformers (upstream llava)": upstream["transformers"], "tokenizers": upstream["tokenizers"],
                          "accelerate": upstream["accelerate"], "llava-torch": upstream["llava-torch"],
                          "transformers (machine's own)": host["transformers"], "llava_freepruner": _plugin_version()},
-            "sections": [],
+            "sections": list(previous["sections"]) if previous else [],
+            "calls": list(previous.get("calls", [])) + [self.call] if previous else [self.call],
         }
 
     def elapsed(self) -> float:
@@ -137,13 +161,17 @@ class Check:
         return done.stdout
 
     def run_section(self, section: plan.Section) -> dict:
-        entry = {"name": section.name, "title": section.title, "kind": section.kind, "elapsed_s": 0.0}
+        entry = {"name": section.name, "title": section.title, "kind": section.kind, "elapsed_s": 0.0,
+                 "date": datetime.datetime.now().isoformat(timespec="seconds"), "device_name": self.call["device_name"]}
         left = self.profile.budget_s - self.elapsed()
         if section.args is None:
             return dict(entry, status="skipped", reason=section.skipped)
-        if left < self.profile.min_start_s:
-            return dict(entry, status="not started", reason=f"time budget: {left:.0f} s left of {self.profile.budget_s:.0f} s")
+        needed = max(self.profile.min_start_s, 60 * section.minutes if self.profile.estimates else 0)
+        if left < needed:
+            return dict(entry, status="not started", reason=f"time budget: {left:.0f} s left of {self.profile.budget_s:.0f} s, "
+                                                            f"needs about {needed:.0f} s (--resume runs it)")
         argv = [self.python, *section.args]
+        shutil.rmtree(os.path.join(self.out_dir, section.name), ignore_errors=True)    # no earlier call's result
         entry["command"] = " ".join(shlex.quote(a) for a in ["python", *section.args])
         print(f"gpu-check: [{self.elapsed():5.0f} s] {section.name}: {section.title}", flush=True)
         started = time.time()
@@ -163,21 +191,46 @@ class Check:
         print(f"gpu-check: [{self.elapsed():5.0f} s] {section.name}: {entry['status']} in {entry['elapsed_s']:.0f} s", flush=True)
         return entry
 
+    def keep(self, entry: dict, order: List[str]) -> None:
+        """Put a section's entry in, over an earlier call's, in plan order."""
+        sections = {s["name"]: s for s in self.results["sections"]}
+        sections[entry["name"]] = entry
+        self.results["sections"] = [sections[n] for n in order if n in sections]
+
     def write(self) -> None:
         self.results["elapsed_s"] = round(self.elapsed(), 1)
+        self.call["elapsed_s"] = self.results["elapsed_s"]
         with open(os.path.join(self.out_dir, "results.json"), "w") as handle:
             json.dump(self.results, handle, indent=2)
         with open(os.path.join(self.out_dir, "gpu.md"), "w") as handle:
             handle.write(report.markdown(self.results))
 
-    def run(self) -> int:
-        for section in plan.sections(self.profile, self.out_dir, self.bench_help(),
-                                     self.results["versions"]["transformers (machine's own)"]):
-            self.results["sections"].append(self.run_section(section))
+    def run(self, names: Optional[List[str]] = None, resume: bool = False) -> int:
+        """Run the sections ``names`` (None: with ``resume``, those the calls before did not
+        start or never ran; else every one). Sections of the plan this call does not run and
+        no call ran are listed as not run yet."""
+        every = plan.sections(self.profile, self.out_dir, self.bench_help(),
+                              self.results["versions"]["transformers (machine's own)"])
+        order = [s.name for s in every]
+        statuses = {s["name"]: s["status"] for s in self.results["sections"]}
+        todo = plan.choose(every, names, statuses if resume else None)
+        for section in every:
+            if section not in todo and section.name not in statuses:
+                self.keep({"name": section.name, "title": section.title, "kind": section.kind, "elapsed_s": 0.0,
+                           "status": plan.PENDING[-1]}, order)
+        print(f"gpu-check: this call runs {', '.join(s.name for s in todo) or 'nothing: every section has run'}",
+              flush=True)
+        for section in todo:
+            self.keep(self.run_section(section), order)
+            self.call["sections"].append(section.name)
             self.write()
-        bad = [s["name"] for s in self.results["sections"] if s["status"] not in ("ok", "skipped")]
+        self.write()
+        bad = [s["name"] for s in self.results["sections"]      # left for --resume: not a failure
+               if s["name"] in self.call["sections"] and s["status"] not in ("ok", "skipped", *plan.PENDING)]
+        left = [s["name"] for s in self.results["sections"] if s["status"] in plan.PENDING]
         print(f"gpu-check: done in {self.elapsed():.0f} s; wrote {self.out_dir}/results.json and gpu.md"
-              + (f"; not ok: {', '.join(bad)}" if bad else "; every section that ran is ok"), flush=True)
+              + (f"; not ok: {', '.join(bad)}" if bad else "; every section that ran is ok")
+              + (f"; still to run (--resume): {', '.join(left)}" if left else ""), flush=True)
         return 1 if bad else 0
 
 
@@ -191,8 +244,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llava_freepruner.gpucheck",
                                      description="Verify and time llava_freepruner on a CUDA device (or, "
                                                  "with --cpu-smoke, the same sections on tiny shapes on a CPU).")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="where results.json, gpu.md, logs/ and one folder per section go")
+    parser.add_argument("out_dir", metavar="OUT_DIR", nargs="?",
+                        help="where results.json, gpu.md, logs/ and one folder per section go")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU, with this interpreter")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--sections", help="comma-separated sections to run (see --list-sections), merged into "
+                                          "OUT_DIR's results.json and gpu.md")
+    which.add_argument("--resume", action="store_true",
+                       help="run the sections the calls before did not start or never ran, merged into OUT_DIR's results")
+    which.add_argument("--list-sections", action="store_true",
+                       help="print the sections with their estimated minutes on one H100/H200, and exit")
     parser.add_argument("--site", help="folder with upstream llava and its pinned transformers, put first on "
                                        "PYTHONPATH for the upstream sections (gpu_check.sh installs it)")
     parser.add_argument("--started", type=float, default=None,
@@ -200,6 +261,11 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=None, help="override the mode's time budget")
     args = parser.parse_args(argv)
     profile = plan.CPU_SMOKE if args.cpu_smoke else plan.GPU
+    if args.list_sections:
+        print(plan.listing(plan.sections(profile, args.out_dir or "OUT_DIR", "", None)))
+        return 0
+    if args.out_dir is None:
+        parser.error("OUT_DIR is required (except with --list-sections)")
     if args.budget_s is not None:
         if args.budget_s <= 0:
             parser.error(f"--budget-s {args.budget_s} is not valid: expected seconds > 0")
@@ -208,8 +274,21 @@ def main(argv=None) -> int:
         parser.error(f"OUT_DIR {args.out_dir!r} exists and is not a directory")
     if args.site and not os.path.isdir(args.site):
         parser.error(f"--site {args.site!r} is not a directory")
-    command = "bash eval_scripts/gpu_check.sh " + ("--cpu-smoke " if args.cpu_smoke else "") + args.out_dir
+    names = [n.strip() for n in args.sections.split(",") if n.strip()] if args.sections is not None else None
+    if names is not None:
+        try:
+            plan.choose(plan.sections(profile, args.out_dir, "", None), names, None)
+        except ValueError as err:
+            parser.error(str(err))
+    previous = None
+    if names is not None or args.resume:
+        try:
+            previous = previous_results(args.out_dir, profile.mode)
+        except ValueError as err:
+            parser.error(str(err))
+    command = ("bash eval_scripts/gpu_check.sh " + ("--cpu-smoke " if args.cpu_smoke else "")
+               + (f"--sections {','.join(names)} " if names else "") + ("--resume " if args.resume else "") + args.out_dir)
     check = Check(profile, os.path.abspath(args.out_dir), sys.executable, args.site,
-                  args.started or time.time(), command)
+                  args.started or time.time(), command, previous)
     os.makedirs(os.path.join(check.out_dir, "logs"), exist_ok=True)
-    return check.run()
+    return check.run(names, args.resume)

@@ -3,13 +3,16 @@
 A section is one command in its own process. Sections that need a feature the
 bench may not have yet (another backend, video, 4-bit) look for its option in
 ``bench --help`` and are skipped, with the reason recorded, when it is absent.
+Each section carries an estimate of its minutes on one H100/H200, so that a call
+of a few minutes starts only what fits and a later call (``--resume``, or
+``--sections``) runs the rest.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..bench.archs import hf_name
 
@@ -25,19 +28,27 @@ class Profile:
     repeats: int
     warmup: int
     new_tokens: int
-    batch: int
+    batches: Tuple[int, ...]   # a batch section each
     fit_samples: int
-    budget_s: float        # no section starts after this many seconds
+    budget_s: float        # no section starts after this many seconds (the install included)
     min_start_s: float     # nor with less than this left
+    estimates: bool        # a section starts only when its estimated minutes fit in what is left
     videos: Tuple[Tuple[str, int], ...] = ()   # (--random-weights, --video FRAMES) of the video sections
 
 
 GPU = Profile("gpu", "cuda", "float16", "llava-v1.5-7b", "llava-v1.6-7b", "1.0,0.5,0.25,0.11",
-              repeats=3, warmup=1, new_tokens=8, batch=8, fit_samples=32, budget_s=480, min_start_s=30,
-              videos=(("video-llava-7b-hf", 8), ("llava-next-video-7b-hf", 32)))
+              repeats=10, warmup=3, new_tokens=8, batches=(8, 32), fit_samples=32, budget_s=420, min_start_s=30,
+              estimates=True, videos=(("video-llava-7b-hf", 8), ("llava-next-video-7b-hf", 32)))
 CPU_SMOKE = Profile("cpu-smoke", "cpu", "float32", "tiny-llava-v1.5", "tiny-llava-v1.6", "1.0,0.5,0.25,0.11",
-                    repeats=1, warmup=0, new_tokens=2, batch=2, fit_samples=3, budget_s=170, min_start_s=5,
-                    videos=(("tiny-video-llava-hf", 4),))
+                    repeats=1, warmup=0, new_tokens=2, batches=(2,), fit_samples=3, budget_s=170, min_start_s=5,
+                    estimates=False, videos=(("tiny-video-llava-hf", 4),))
+
+# Estimated minutes of each section on one H100/H200 at the GPU sizes (model build included, install
+# not): from the first run's times (3 repeats after 1 warm-up) scaled to 10 repeats after 3; rough.
+MINUTES = {"selection": 0.5, "bench-v1.5": 3.5, "batch-8": 2.5, "batch-32": 5.5, "fitprune-fit": 1.7,
+           "anyres-v1.6": 3.0, "transformers": 3.5, "video-llava-7b-hf": 3.5, "llava-next-video-7b-hf": 4.5,
+           "quant-4bit": 3.0}
+PENDING = ("not started", "not run yet")    # what --resume runs again
 
 UPSTREAM, HOST = "upstream", "host"     # environments: llava's pinned stack, or the machine's own transformers
 BENCH, CHECKS, FIT = "bench", "checks", "fit"   # what a section leaves in its folder
@@ -51,6 +62,11 @@ class Section:
     env: str                        # UPSTREAM or HOST
     args: Optional[List[str]]       # python arguments; None when skipped
     skipped: Optional[str] = None   # why it does not run
+
+    @property
+    def minutes(self) -> float:
+        """Estimated minutes on one H100/H200 at the GPU sizes."""
+        return MINUTES.get(self.name, 3.0)
 
 
 def _bench(p: Profile, folder: str, arch: str, ratios: str, *extra: str) -> List[str]:
@@ -94,8 +110,8 @@ def sections(p: Profile, out_dir: str, bench_help: str, host_transformers: Optio
                            p.device, "--dtype", p.dtype, "--out", folder("selection")]),
         Section("bench-v1.5", f"Upstream backend, {p.v15} (random weights), every method", BENCH, UPSTREAM,
                 _bench(p, folder("bench-v1.5"), p.v15, p.ratios)),
-        Section("batch", f"Batch {p.batch} throughput, {p.v15}", BENCH, UPSTREAM,
-                _bench(p, folder("batch"), p.v15, "1.0,0.5", "--batch-size", str(p.batch))),
+        *(Section(f"batch-{b}", f"Batch {b} throughput, {p.v15}", BENCH, UPSTREAM,
+                  _bench(p, folder(f"batch-{b}"), p.v15, "1.0,0.5", "--batch-size", str(b))) for b in p.batches),
         Section("fitprune-fit", f"FitPrune: time to fit a recipe on {p.v15} ({p.fit_samples} samples)", FIT, UPSTREAM,
                 ["-m", "llava_freepruner.gpucheck.calibration", "--random-weights", p.v15, "--device", p.device,
                  "--dtype", p.dtype, "--samples", str(p.fit_samples), "--out", folder("fitprune-fit")]),
@@ -110,3 +126,28 @@ def sections(p: Profile, out_dir: str, bench_help: str, host_transformers: Optio
         optional("quant-4bit", f"4-bit language model, {p.v15}", UPSTREAM, "--quant",
                  _bench(p, folder("quant-4bit"), p.v15, "1.0,0.5", "--quant", "4bit")),
     ]
+
+
+def choose(all_sections: Sequence[Section], names: Optional[Sequence[str]], previous: Optional[Dict[str, str]]
+           ) -> List[Section]:
+    """The sections a call runs, in plan order: those named (``--sections``), else, with the
+    statuses of the calls before (``previous``, by name: ``--resume``), those that never ran
+    or did not start, else every one."""
+    known = [s.name for s in all_sections]
+    if names is not None:
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise ValueError(f"--sections {','.join(names)!r}: unknown section(s) {', '.join(unknown) or '(none given)'}; "
+                             f"expected some of {', '.join(known)}")
+        return [s for s in all_sections if s.name in names]
+    if previous is not None:
+        return [s for s in all_sections if previous.get(s.name, PENDING[-1]) in PENDING]
+    return list(all_sections)
+
+
+def listing(all_sections: Sequence[Section]) -> str:
+    """The sections with their estimated minutes, one a line."""
+    width = max(len(s.name) for s in all_sections)
+    lines = [f"{s.name:{width}}  ~{s.minutes:.1f} min  {s.title}" for s in all_sections]
+    total = sum(s.minutes for s in all_sections)
+    return "\n".join(lines + [f"{'':{width}}  ~{total:.1f} min in all (on one H100/H200, install not included)"])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from ..bench import report as bench_report
-from .plan import BENCH, CHECKS, FIT
+from .plan import BENCH, CHECKS, FIT, PENDING
 
 FIT_FIELDS = [("build_s", "model built in s"), ("fit_s", "fit s"), ("fit_s_per_sample", "fit s per sample"),
               ("samples", "samples"), ("visual_tokens", "visual tokens"), ("layers", "layers"),
@@ -23,15 +23,21 @@ def _bench_lines(result: dict) -> List[str]:
                   "| method | ratio | FitPrune recipe | mean visual tokens over LLM layers |", "|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['ratio']} | {r.get('recipe', 'n/a')} | {r['mean_layer_visual_tokens']} |"
                   for r in llm_side]
-    batch = meta and meta.get("batch_size", 1) > 1
-    if batch:
-        lines += ["", "| method | ratio | images/s (batch / TTFT) | prefill tokens/s | decode tok/s |", "|---|---|---|---|---|"]
-        for r in records:
-            if "error" not in r:
-                images = 1000 * meta["batch_size"] / r["ttft_ms"]
-                prefill = 1000 * meta["batch_size"] * r["llm_input_tokens"] / r["llm_prefill_ms"]
-                lines.append(f"| {r['method']} | {r['ratio']} | {images:.1f} | {prefill:.0f} | {r['decode_tok_s']:.1f} |")
+    batched = [r for r in records if "error" not in r and _batch(r, meta) > 1]
+    if batched:
+        lines += ["", "| method | ratio | batch | images/s (batch / TTFT) | prefill tokens/s | decode tok/s |",
+                  "|---|---|---|---|---|---|"]
+        for r in batched:
+            batch = _batch(r, meta)
+            images = 1000 * batch / r["ttft_ms"]
+            prefill = 1000 * batch * r["llm_input_tokens"] / r["llm_prefill_ms"]
+            lines.append(f"| {r['method']} | {r['ratio']} | {batch} | {images:.1f} | {prefill:.0f} | {r['decode_tok_s']:.1f} |")
     return lines
+
+
+def _batch(record: dict, meta: Optional[dict]) -> int:
+    """A row's batch size (results from before batch lists keep it in the meta)."""
+    return record.get("batch_size") or (meta or {}).get("batch_size", 1)
 
 
 def _checks_lines(result: dict) -> List[str]:
@@ -59,16 +65,24 @@ def markdown(results: dict) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
-        f"Command: `{results['command']}`; {results['elapsed_s']:.0f} s in all, budget {results['budget_s']:.0f} s "
-        "(no section starts after it).",
-        "",
-        "| section | status | seconds |",
-        "|---|---|---|",
     ]
+    calls = results.get("calls", [])
+    merged = len(calls) > 1
+    if merged:      # sections merged from several calls: each says when it ran
+        lines += [f"Calls, each under its own budget of {results['budget_s']:.0f} s (no section starts after it):", ""]
+        lines += [f"- {c['date']} on {c['device_name']}, {c['elapsed_s']:.0f} s: `{c['command']}` "
+                  f"({', '.join(c['sections']) or 'no section'})" for c in calls]
+        lines += ["", "| section | status | seconds | ran |", "|---|---|---|---|"]
+    else:
+        lines += [f"Command: `{results['command']}`; {results['elapsed_s']:.0f} s in all, budget {results['budget_s']:.0f} s "
+                  "(no section starts after it).", "", "| section | status | seconds |", "|---|---|---|"]
     for s in results["sections"]:
         status = s["status"] + (f": {s['reason']}" if s.get("reason") else "")
-        lines.append(f"| {s['name']} | {status} | {s['elapsed_s']:.1f} |")
+        cells = [s["name"], status, f"{s['elapsed_s']:.1f}"] + ([s.get("date", "")] if merged else [])
+        lines.append("| " + " | ".join(cells) + " |")
     for s in results["sections"]:
+        if s["status"] in PENDING:
+            continue
         lines += ["", f"## {s['title']}", "", f"Status: {s['status']}" + (f": {s['reason']}" if s.get("reason") else "") + "."]
         if s.get("command") and not (s.get("result") or {}).get("meta"):   # a bench's own line is fuller
             lines += ["", f"Command: `{s['command']}`"]

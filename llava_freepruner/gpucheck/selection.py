@@ -35,7 +35,7 @@ def _recording(method):
             self.kept.extend(s.indices.cpu() for s in selections)
             return selections
 
-    recording = Recording(method, time.perf_counter, lambda: None)
+    recording = Recording(method, time.perf_counter)
     recording.kept = []
     return recording
 

@@ -25,11 +25,11 @@ def narrow(monkeypatch):
                                                          intermediate_size=64, num_attention_heads=4))
 
 
-def bench(out, name, methods=METHODS, llm_layers=1):
+def bench(out, name, methods=METHODS, llm_layers=1, ratios=RATIOS, batch="1", repeats=1):
     code = main(["bench", "--backend", "transformers", "--random-weights", name, "--llm-layers", str(llm_layers),
-                 "--vision-layers", "2", "--methods", ",".join(methods), "--ratios", ",".join(map(str, RATIOS)),
-                 "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--text-tokens", "12",
-                 "--device", "cpu", "--out", str(out)])
+                 "--vision-layers", "2", "--methods", ",".join(methods), "--ratios", ",".join(map(str, ratios)),
+                 "--repeats", str(repeats), "--warmup", "0", "--new-tokens", "2", "--text-tokens", "12",
+                 "--batch-size", batch, "--device", "cpu", "--out", str(out)])
     assert code == 0
     with open(out / "results.json") as handle:
         return json.load(handle)
@@ -53,6 +53,21 @@ def test_llava_rows_keep_the_budget_next_to_the_oracle(narrow, tmp_path):
     meta = data["meta"]
     assert (meta["backend"], meta["llm_layers"], meta["vision_layers"]) == ("transformers", 1, 2)
     assert "transformers backend" in (tmp_path / "results.md").read_text()
+
+
+def test_a_batch_size_list_times_rows_per_batch_size(narrow, tmp_path):
+    data = bench(tmp_path, "narrow-llava-1.5-hf", methods=("freepruner",), ratios=(0.5,), batch="1,2", repeats=2)
+    rows = {(r["method"], r["batch_size"]): r for r in data["records"]}
+    assert sorted(rows) == [("freepruner", 1), ("freepruner", 2), ("oracle", 1), ("oracle", 2)]
+    assert data["meta"]["batch_sizes"] == [1, 2]
+    for (method, batch), r in rows.items():
+        assert r["visual_tokens"] == 288 and r["repeats"] == 2
+        # the LLM's FLOPs scale with the batch; each row is compared with the oracle of its batch size
+        assert r["llm_prefill_flops"] == batch * rows[(method, 1)]["llm_prefill_flops"]
+        assert r["efficiency"] == pytest.approx(rows[("oracle", batch)]["ttft_ms"] / r["ttft_ms"], rel=1e-3)
+        for key in ("vision_ms", "selection_ms", "llm_prefill_ms", "ttft_ms"):
+            assert r["spread"][key]["q1"] <= r[key] <= r["spread"][key]["q3"]
+    assert "| freepruner | 0.5 | 2 | 288 |" in (tmp_path / "results.md").read_text()
 
 
 def test_llava_next_rows_count_the_packed_tiles(narrow, tmp_path):

@@ -40,7 +40,7 @@ GPU = Profile("gpu", "cuda", "float16", "llava-v1.5-7b", "llava-v1.6-7b", "1.0,0
               repeats=10, warmup=3, new_tokens=8, batches=(8, 32), fit_samples=32, budget_s=420, min_start_s=30,
               estimates=True, videos=(("video-llava-7b-hf", 8), ("llava-next-video-7b-hf", 32)))
 CPU_SMOKE = Profile("cpu-smoke", "cpu", "float32", "tiny-llava-v1.5", "tiny-llava-v1.6", "1.0,0.5,0.25,0.11",
-                    repeats=1, warmup=0, new_tokens=2, batches=(2,), fit_samples=3, budget_s=170, min_start_s=5,
+                    repeats=1, warmup=0, new_tokens=2, batches=(2,), fit_samples=3, budget_s=900, min_start_s=5,
                     estimates=False, videos=(("tiny-video-llava-hf", 4),))
 
 # Estimated minutes of each section on one H100/H200 at the GPU sizes (model build included, install

@@ -462,8 +462,12 @@ def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
     The placeholder count of each prompt is the one value read from the device; the rest
     is worked out on the host or done in batch-wide device ops."""
     decoder = _shortening_decoder(model.language_model)
-    if _session.llm is None and all(kept.numel() == n for n, kept, _ in pending):
+    whole = all(kept.numel() == n for n, kept, _ in pending)
+    if whole and _session.llm is None:
         return      # nothing leaves the sequence: the host's prefill runs as it is (also in chunks)
+    if whole and _session.stats is None:    # the decoder-side method needs only where the visual tokens are
+        decoder.arm(torch.zeros_like(placeholders), placeholders, [0] * placeholders.shape[0])
+        return
     per_row = placeholders.sum(dim=1).tolist()
     items = _per_placeholder_run(pending, per_row)
     starts = list(itertools.accumulate((n for n, _, _ in items), initial=0))     # in all prompts' placeholders

@@ -34,30 +34,28 @@ import torch
 class Compression:
     drop: torch.Tensor       # (batch, length) bool: prompt positions that leave the sequence
     index: torch.Tensor      # (batch, width) prompt position of each compressed slot, -1 for fillers
+    removed: torch.Tensor    # (batch,) prompt positions each sample drops
     prompt_mask: Optional[torch.Tensor] = None   # (batch, width) compressed prompt mask, once known
 
     @classmethod
-    def from_drop(cls, drop: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> "Compression":
-        """``drop``: (batch, length) bool, True where a position leaves the sequence."""
+    def from_drop(cls, drop: torch.Tensor, width: int,
+                  attention_mask: Optional[torch.Tensor] = None) -> "Compression":
+        """``drop``: (batch, length) bool, True where a position leaves the sequence; ``width``:
+        the most positions a sample keeps, from the caller (reading it off ``drop`` would wait
+        for the device)."""
         batch, length = drop.shape
-        kept = (~drop).sum(dim=1)
-        width = int(kept.max())
-        right_padded = attention_mask is not None and not bool(attention_mask[:, -1].bool().all())
-        index = torch.full((batch, width), -1, dtype=torch.long, device=drop.device)
-        for b in range(batch):
-            positions = torch.nonzero(~drop[b]).flatten()
-            start = 0 if right_padded else width - positions.numel()
-            index[b, start:start + positions.numel()] = positions
-        return cls(drop, index)
+        keep = ~drop
+        kept = keep.sum(dim=1)
+        start = width - kept                # first slot of each sample's kept positions
+        if attention_mask is not None:      # one right-padded prompt puts every sample's fillers last
+            start = start * attention_mask[:, -1].bool().all()
+        slot = (keep.cumsum(dim=1) + (start - 1)[:, None]).masked_fill(drop, width)
+        positions = torch.arange(length, device=drop.device).expand(batch, -1)
+        return cls(drop, _place(slot, positions, width), length - kept)
 
     @property
     def length(self) -> int:
         return self.drop.shape[1]
-
-    @property
-    def removed(self) -> torch.Tensor:
-        """(batch,) prompt positions each sample drops."""
-        return self.drop.sum(dim=1)
 
     @property
     def width(self) -> int:
@@ -112,10 +110,16 @@ class Compression:
     def expand(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, width, dim) decoder output -> (batch, length, dim), dropped positions
         carrying the output of the nearest kept position before them (zeros if none)."""
-        slot_at = torch.full((hidden.shape[0], self.length), -1, dtype=torch.long, device=hidden.device)
-        for b, row in enumerate(self.index.to(hidden.device)):
-            real = row >= 0
-            slot_at[b, row[real]] = torch.nonzero(real).flatten()
+        index = self.index.to(hidden.device)
+        slots = torch.arange(self.width, device=hidden.device).expand(index.shape[0], -1)
+        slot_at = _place(index.masked_fill(index < 0, self.length), slots, self.length)
         source = torch.cummax(slot_at, dim=1).values
         out = hidden.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
         return out.masked_fill((source < 0)[..., None], 0)
+
+
+def _place(columns: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
+    """(batch, size) table holding ``values`` at ``columns``, -1 elsewhere; a column of
+    ``size`` is the spare where unwanted values go (a fixed shape, no host read)."""
+    table = torch.full((columns.shape[0], size + 1), -1, dtype=values.dtype, device=values.device)
+    return table.scatter_(1, columns, values)[:, :size]

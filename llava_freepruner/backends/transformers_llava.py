@@ -27,9 +27,11 @@ and a check in front of the model's ``generate``:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import inspect
+import itertools
 import time
 import weakref
 from dataclasses import dataclass
@@ -57,10 +59,12 @@ HOST_CLASSES = {
     "transformers.models.video_llava.modeling_video_llava": "VideoLlavaModel",
 }
 _ATTR = "_freepruner_compression"
+_NEXT = "_freepruner_next_call"         # on a pruned cache: (generate() call, caller position it continues at)
 
 _session: Optional[Session] = None
 _ORIGINALS = {}                         # (class, attribute) -> original (None: inherited)
 _hooked = weakref.WeakKeyDictionary()   # language model -> its _ShorteningHooks
+_generate_call = None                   # a token per generate() call in flight
 
 
 def check_version(version: str) -> None:
@@ -160,7 +164,12 @@ def _wrap_generate(original):
                 _refuse_prefill_chunks(session.config, options.get("generation_config") or self.generation_config,
                                        options)
             _refuse_new_media_on_a_pruned_cache(self, options)
-        return original(self, *args, **kwargs)
+        global _generate_call
+        outer, _generate_call = _generate_call, object()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _generate_call = outer
 
     return generate
 
@@ -355,16 +364,20 @@ def pooled_features(output):
 
 def _pack_together(images, selections, features, grid) -> Optional[tuple]:
     """(packed features, tokens kept per image) of every image in one gather,
-    where each image is one crop keeping the same number of patches and no
-    merged rows (LLaVA-1.5): what :func:`_llm_sequence` does image by image."""
+    where each image is one crop of the same shape keeping the same number of
+    patches and no merged rows (LLaVA-1.5): what :func:`_llm_sequence` does image
+    by image. The features come back in the host's form: one tensor, or a list."""
     counts = {int(s.indices.numel()) for s in selections}
-    if (not torch.is_tensor(features) or len(counts) != 1 or any(image.layout is not None for image in images)
+    if (len(counts) != 1 or len({tuple(f.shape) for f in features}) != 1
+            or any(image.layout is not None for image in images)
             or any(s.prefix is not None or s.merged is not None for s in selections)):
         return None
-    n = features.shape[1]
     newline = int(images[0].newline)
     if any(int(image.newline) != newline for image in images):
         return None
+    listed = not torch.is_tensor(features)
+    features = torch.stack(features) if listed else features
+    n = features.shape[1]
     lead = n - grid[0] * grid[1] - newline
     device = features.device
     kept = lead + torch.stack([s.indices for s in selections]).to(device)
@@ -376,7 +389,8 @@ def _pack_together(images, selections, features, grid) -> Optional[tuple]:
     taken = torch.cat(pieces, dim=1) if len(pieces) > 1 else kept
     sequence = features.gather(1, taken[:, :, None].expand(-1, -1, features.shape[2]))
     count = taken.shape[1]
-    return torch.cat([sequence, features[:, count:]], dim=1), count
+    packed = torch.cat([sequence, features[:, count:]], dim=1)
+    return list(packed) if listed else packed, count
 
 
 def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector) -> torch.Tensor:
@@ -444,19 +458,43 @@ def _wrap_placeholder_mask(original):
 
 def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
     """Arm the decoder to drop the placeholders of ``pending``'s tokens that were not kept.
-    ``pending``: per image or video, (tokens made, positions kept, its stats record)."""
+    ``pending``: per image or video, (tokens made, positions kept (host), its stats record).
+    The placeholder count of each prompt is the one value read from the device; the rest
+    is worked out on the host or done in batch-wide device ops."""
     decoder = _shortening_decoder(model.language_model)
-    if _session.llm is None and all(kept.numel() == n for n, kept, _ in pending):
+    whole = all(kept.numel() == n for n, kept, _ in pending)
+    if whole and _session.llm is None:
         return      # nothing leaves the sequence: the host's prefill runs as it is (also in chunks)
-    keep = torch.zeros_like(placeholders)
-    flat = torch.nonzero(placeholders.flatten()).flatten()
-    offset = 0
-    for n, kept, record in _per_placeholder_run(pending, placeholders.sum(dim=1).tolist()):
-        keep.view(-1)[flat[offset + kept.to(flat.device)]] = True
-        # the stats record learns its batch row (the first, when generate() repeats rows)
-        record.setdefault("sample", int(flat[offset]) // placeholders.shape[1])
-        offset += n
-    decoder.arm(placeholders & ~keep, placeholders)
+    if whole and _session.stats is None:    # the decoder-side method needs only where the visual tokens are
+        decoder.arm(torch.zeros_like(placeholders), placeholders, [0] * placeholders.shape[0])
+        return
+    per_row = placeholders.sum(dim=1).tolist()
+    items = _per_placeholder_run(pending, per_row)
+    starts = list(itertools.accumulate((n for n, _, _ in items), initial=0))     # in all prompts' placeholders
+    row_ends = list(itertools.accumulate(per_row))
+    removed = [0] * len(per_row)
+    for (n, kept, record), start in zip(items, starts):
+        row = bisect.bisect_right(row_ends, start)
+        if bisect.bisect_right(row_ends, start + n - 1) != row:
+            raise RuntimeError(f"the {n} placeholders of one image or video span two prompts")
+        removed[row] += n - kept.numel()
+        record.setdefault("sample", row)        # the first row, when generate() repeats rows
+    # the placeholder of rank r (over all prompts, in order) reads entry r + 1 of the table
+    table = _drop_table(items, starts).to(placeholders.device, non_blocking=True)
+    drop = table[placeholders.flatten().cumsum(0)].view_as(placeholders) & placeholders
+    decoder.arm(drop, placeholders, removed)
+
+
+def _drop_table(items, starts: List[int]) -> torch.Tensor:
+    """(1 + placeholders,) bool on the host: entry 0 False, entry 1 + r whether the
+    placeholder of rank r leaves the sequence; ``starts``: each item's first rank."""
+    kept = [kept for _, kept, _ in items]
+    sizes = [k.numel() for k in kept]
+    offsets = torch.tensor(starts[:-1]).repeat_interleave(torch.tensor(sizes), output_size=sum(sizes))
+    table = torch.ones(starts[-1] + 1, dtype=torch.bool)
+    table[0] = False
+    table[1 + offsets + torch.cat(kept)] = False
+    return table
 
 
 def _per_placeholder_run(pending, per_row: List[int]) -> list:
@@ -508,7 +546,7 @@ class _ShorteningHooks:
         self.var_keyword = next((p.name for p in self.signature.parameters.values()
                                  if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         self.cache_key = "cache" if "cache" in self.signature.parameters else "past_key_values"
-        self.armed = None        # (drop, visual) for the next prefill: (batch, length) bool each
+        self.armed = None        # (drop, visual, removed) for the next prefill: see arm
         self.running = None      # (compression or None, start time or None) of the forward in flight
         self.handles = [decoder.register_forward_pre_hook(self.before, with_kwargs=True),
                         decoder.register_forward_hook(self.after, with_kwargs=True)]
@@ -517,12 +555,14 @@ class _ShorteningHooks:
         for handle in self.handles:
             handle.remove()
 
-    def arm(self, drop: torch.Tensor, visual: torch.Tensor) -> None:
-        """The next prefill drops ``drop`` and holds visual tokens at ``visual``; images
-        and videos of the same prompts arm in turn and add up."""
+    def arm(self, drop: torch.Tensor, visual: torch.Tensor, removed: List[int]) -> None:
+        """The next prefill drops ``drop`` and holds visual tokens at ``visual`` ((batch, length)
+        bool each), ``removed[b]`` positions of prompt b (host integers); images and videos of
+        the same prompts arm in turn and add up."""
         if self.armed is not None and self.armed[0].shape == drop.shape:
             drop, visual = drop | self.armed[0], visual | self.armed[1]
-        self.armed = (drop, visual)
+            removed = [a + b for a, b in zip(removed, self.armed[2])]
+        self.armed = (drop, visual, removed)
 
     def before(self, module, args, kwargs):
         call = dict(self.signature.bind(module, *args, **kwargs).arguments)
@@ -566,12 +606,12 @@ class _ShorteningHooks:
         for holder in (kwargs.get(self.cache_key), returned):
             if holder is not None:
                 setattr(holder, _ATTR, compression)
+                setattr(holder, _NEXT, (_generate_call, compression.length))
         return out
 
-    def _prefill(self, call, drop, visual) -> Optional[Compression]:
+    def _prefill(self, call, drop, visual, removed: List[int]) -> Optional[Compression]:
         """Shorten ``call`` in place; the compression, or None when nothing is dropped."""
-        # without a vision-side method every token is kept: no need to ask the device
-        if (_session is not None and _session.vision is None) or not bool(drop.any()):
+        if not any(removed):      # host numbers: nothing leaves the sequence
             self._begin_llm_pruning(visual)
             return None
         embeds = call["inputs_embeds"]
@@ -582,7 +622,7 @@ class _ShorteningHooks:
             raise RuntimeError("llava_freepruner prunes an image prompt only at its prefill (empty KV cache); "
                                f"the cache already holds {cache.get_seq_length()} positions")
         mask = _padding_mask(call.get("attention_mask"), drop.shape[1])
-        compression = Compression.from_drop(drop, mask)
+        compression = Compression.from_drop(drop, drop.shape[1] - min(removed), mask)
         call["inputs_embeds"] = compression.gather(embeds)
         call["attention_mask"] = compression.compress_prompt_mask(mask).to(
             mask.dtype if mask is not None else torch.long)
@@ -608,7 +648,10 @@ class _ShorteningHooks:
         cached = cache.get_seq_length()
         past_full = cached - compression.width + compression.length
         steps = _steps(call)
-        caller_past = _caller_past(call, steps)
+        call_of, position = getattr(cache, _NEXT, (None, None))
+        # within one generate(), each step starts where the last one ended: no need to read the device
+        caller_past = position if call_of is _generate_call and call_of is not None else _caller_past(call, steps)
+        setattr(cache, _NEXT, (_generate_call, (past_full if caller_past is None else caller_past) + steps))
         skip = 0
         if caller_past == cached:
             # generate() cut a continuation (earlier turns + new text) by the cache's length,

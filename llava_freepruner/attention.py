@@ -30,7 +30,10 @@ def chunk_rows(q: torch.Tensor, k: torch.Tensor) -> int:
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Head-mean softmax(q k^T): (crops, rows, tokens) fp32."""
-    return torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1).mean(dim=1)
+    crops, heads, rows, _ = q.shape
+    # one bmm over crops x heads: the same kernels whatever the number of crops
+    logits = torch.bmm(q.reshape(crops * heads, rows, -1), k.reshape(crops * heads, k.shape[2], -1).transpose(1, 2))
+    return torch.softmax(logits, dim=-1).view(crops, heads, rows, -1).mean(dim=1)
 
 
 def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -181,14 +181,14 @@ class QueryKeyView(AttentionView):
     both are used in fp32 (cast once, when first needed)."""
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor):
-        self.q, self.k = q.float(), k
+        self.q, self.k = q.float().contiguous(), k
         self.device, self.batch_size = q.device, q.shape[0]
         self._k32: Optional[torch.Tensor] = None
 
     @property
     def k32(self) -> torch.Tensor:
         if self._k32 is None:
-            self._k32 = self.k.float()
+            self._k32 = self.k.float().contiguous()
         return self._k32
 
     def rows(self, rows=None):

@@ -72,9 +72,12 @@ def temporal_redundancy(cells: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def novel_requests(requests: Sequence[CropRequest], redundant: torch.Tensor) -> List[CropRequest]:
-    """The requests of a video's frames, narrowed to their non-redundant cells."""
-    return [CropRequest(r.budget, ~flags.cpu() if r.valid is None else r.valid & ~flags.cpu())
-            for r, flags in zip(requests, redundant)]
+    """The requests of a video's frames, narrowed to their non-redundant cells.
+
+    The one read of the device in temporal mode: how many cells each frame has
+    left decides how many it keeps, so the flags of all frames come to the host at once."""
+    novel = ~redundant.cpu()
+    return [CropRequest(r.budget, flags if r.valid is None else r.valid & flags) for r, flags in zip(requests, novel)]
 
 
 def kept_positions(layout: FrameLayout, kept: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -106,10 +106,12 @@ def assemble(
 
     base: (k_base, dim) kept base-crop features, already in raster order.
     tiles: (num_tiles, side*side, dim) features of every tile patch.
-    kept_tiles: per tile, ascending indices of its kept patches.
+    kept_tiles: per tile, ascending indices of its kept patches, on the host: which
+    rows go where is planned there, and the device gathers them in one index.
     """
     if merge_type == "flat":
-        return torch.cat([base] + [tiles[t][kept_tiles[t]] for t in range(len(kept_tiles))])
+        offsets = [t * tiles.shape[1] + kept for t, kept in enumerate(kept_tiles)]
+        return torch.cat([base, _take(tiles.reshape(-1, tiles.shape[-1]), torch.cat(offsets))])
     side, wide = layout.side, layout.tiles_wide
     height, width = layout.tiles_high * side, wide * side
     mask = torch.zeros(height, width, dtype=torch.bool)
@@ -121,17 +123,27 @@ def assemble(
     # (tiles_high, tiles_wide, side, side, dim) -> one (height, width, dim) patch map
     grid = tiles.view(layout.tiles_high, wide, side, side, -1).permute(0, 2, 1, 3, 4).reshape(height, width, -1)
     if merge_type == "spatial":
-        return torch.cat([base, grid[mask]])
+        return torch.cat([base, _take(grid.reshape(height * width, -1), torch.nonzero(mask.flatten()).flatten())])
     if merge_type != "spatial_unpad":
         raise ValueError(f"mm_patch_merge_type={merge_type!r}: expected one of {', '.join(MERGE_TYPES)}")
     (r0, r1), (c0, c1) = layout.rows, layout.cols
-    pieces: List[torch.Tensor] = [base]
-    newline = newline.to(device=grid.device, dtype=grid.dtype)[None]
+    columns = c1 - c0
+    # the unpadded map with its newline column: row i holds positions i*(columns+1) ..
+    newline = newline.to(device=grid.device, dtype=grid.dtype)[None, None].expand(r1 - r0, 1, -1)
+    rows = torch.cat([grid[r0:r1, c0:c1], newline], dim=1).reshape((r1 - r0) * (columns + 1), grid.shape[-1])
+    positions = []
     for row in range(r0, r1):
         keep = mask[row, c0:c1]
-        if keep.any() or c0 == c1:
-            pieces += [grid[row, c0:c1][keep.to(grid.device)], newline]
-    return torch.cat(pieces)
+        if keep.any() or columns == 0:      # a row emptied by pruning loses its newline too
+            start = (row - r0) * (columns + 1)
+            positions += [start + torch.nonzero(keep).flatten(), torch.tensor([start + columns])]
+    index = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+    return torch.cat([base, _take(rows, index)])
+
+
+def _take(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows[index]`` for a host ``index``, sent to the device without waiting."""
+    return rows.index_select(0, index.to(rows.device, non_blocking=True))
 
 
 def unpruned_length(layout: Optional[TileLayout], merge_type: str, num_crops: int, crop_tokens: int) -> int:

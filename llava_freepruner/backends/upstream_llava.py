@@ -121,6 +121,9 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
     # the result is bit-identical to upstream's.
     projected = projector(run.features) if run.projected is None else run.projected
 
+    # the tile maps are planned on the host: every crop's kept indices come over in one copy
+    counts = [int(s.indices.numel()) for s in run.selections]
+    host_kept = torch.cat([s.indices for s in run.selections]).cpu().split(counts)
     features, first = [], 0
     for layout, crops_i in zip(layouts, crops_per_image):
         selections = run.selections[first:first + crops_i]
@@ -128,7 +131,7 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
         base = torch.cat(_merged_rows(selections[0], "prefix", projector) + [base]
                          + _merged_rows(selections[0], "merged", projector))
         tiles = projected[first + 1:first + crops_i]
-        kept_tiles = [s.indices.to(projected.device) for s in selections[1:]]
+        kept_tiles = host_kept[first + 1:first + crops_i]
         if crops_i == 1:
             image = torch.cat([base, newline[None].to(base)]) if "unpad" in merge_type else base
         elif layout is None:

@@ -43,7 +43,7 @@ from .. import anyres, quantization
 from .. import llm as llm_runtime
 from ..capture import AttentionCapture
 from ..config import ConfigError
-from ..methods.base import CropRequest, SelectionContext, select
+from ..methods.base import CropRequest, SelectionContext, host_indices, select
 from ..sequence import Compression
 from ..session import Session
 from ..stats import crop_record
@@ -320,13 +320,15 @@ def _wrap_image_features(original):
         seconds = clock.stop(features[0])
         pending, packed, first_positions = [], [], {}
         together = None if selections is None else _pack_together(images, selections, features, grid)
-        for i, (image, feats) in enumerate(zip(images, features)):
+        tiled = together is None and selections is not None and any(image.layout is not None for image in images)
+        host_kept = host_indices(selections) if tiled else None      # tile maps are packed on the host
+        for image, feats in zip(images, features):
             n = feats.shape[0]
             if together is not None:
                 kept = together[1]
             else:
                 sequence = feats if selections is None else _llm_sequence(
-                    image, selections, feats, grid, self.multi_modal_projector)
+                    image, selections, feats, grid, self.multi_modal_projector, host_kept)
                 kept = sequence.shape[0]
                 if kept > n:
                     raise RuntimeError(f"{session.config.method} made {kept} tokens for an image of {n}")
@@ -393,7 +395,8 @@ def _pack_together(images, selections, features, grid) -> Optional[tuple]:
     return list(packed) if listed else packed, count
 
 
-def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector) -> torch.Tensor:
+def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector,
+                  host_kept: Optional[List[torch.Tensor]]) -> torch.Tensor:
     """The tokens the LLM sees for one image, in order: the base crop's (tokens the
     tower puts first under strategy "full", a merging method's prefix rows, the kept
     patches, its merged rows), then the map's kept tokens with their newlines, then
@@ -402,8 +405,9 @@ def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projecto
     device = feats.device
     base = crops[0].indices
     if image.layout is not None:    # the tile map is packed on the host
-        base = base.cpu()
-        positions = anyres.packed_positions(image.layout, base, [s.indices.cpu() for s in crops[1:]], image.newline)
+        mine = host_kept[image.first_crop:image.first_crop + image.num_crops]
+        base = mine[0]
+        positions = anyres.packed_positions(image.layout, base, mine[1:], image.newline)
         base_part, rest = positions[:base.numel()], positions[base.numel():]
     else:                           # one crop: positions stay on the device
         lead = feats.shape[0] - grid[0] * grid[1] - int(image.newline)

@@ -19,7 +19,7 @@ from . import upstream_loader
 from .. import llm as llm_runtime
 from ..anyres import TileLayout
 from ..instruction import image_instructions
-from ..methods.base import CropRequest
+from ..methods.base import CropRequest, host_indices
 from ..session import Session
 from ..stats import crop_record
 from ..tower import gather_batch, gather_kept, gather_projected, run_tower
@@ -121,9 +121,7 @@ def _anyres_features(model, crops: torch.Tensor, crops_per_image: List[int], ima
     # the result is bit-identical to upstream's.
     projected = projector(run.features) if run.projected is None else run.projected
 
-    # the tile maps are planned on the host: every crop's kept indices come over in one copy
-    counts = [int(s.indices.numel()) for s in run.selections]
-    host_kept = torch.cat([s.indices for s in run.selections]).cpu().split(counts)
+    host_kept = host_indices(run.selections)      # the tile maps are planned on the host
     features, first = [], 0
     for layout, crops_i in zip(layouts, crops_per_image):
         selections = run.selections[first:first + crops_i]

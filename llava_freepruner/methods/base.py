@@ -27,6 +27,14 @@ class CropRequest:
     valid: Optional[torch.Tensor] = None
     instruction: Optional[str] = None    # the prompt's text, for text-conditioned methods
 
+    def valid_count(self, num_patches: int) -> int:
+        """Patches that may be kept, counted once per request (``valid`` lives on the host)."""
+        if self.valid is None:
+            return num_patches
+        if "_valid_count" not in self.__dict__:
+            object.__setattr__(self, "_valid_count", int(self.valid.sum()))
+        return self.__dict__["_valid_count"]
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -92,6 +100,7 @@ class SelectionContext:
     tower_name: Optional[str] = None   # the vision tower's checkpoint (where its CLIP text half lives)
     output_dtype: Optional[torch.dtype] = None   # dtype of the tower's output (what the projector receives)
     device: torch.device = torch.device("cpu")   # where the tower runs: selections are made there
+    _masks: Dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def num_patches(self) -> int:
@@ -106,13 +115,16 @@ class SelectionContext:
         """(crops, patches) bool of the patches that may be kept; None when all may."""
         if all(r.valid is None for r in self.requests):
             return None
-        every = torch.ones(self.num_patches, dtype=torch.bool)
-        mask = torch.stack([every if r.valid is None else r.valid.to("cpu", torch.bool) for r in self.requests])
-        return to_device(mask, device)
+        key = (id(self.requests), str(device))      # the requests change in temporal video mode
+        if key not in self._masks:
+            every = torch.ones(self.num_patches, dtype=torch.bool)
+            mask = torch.stack([every if r.valid is None else r.valid.bool() for r in self.requests])
+            self._masks = {key: to_device(mask, device)}
+        return self._masks[key]
 
     def valid_counts(self) -> List[int]:
         """Patches each crop may keep (host integers)."""
-        return [self.num_patches if r.valid is None else int(r.valid.sum()) for r in self.requests]
+        return [r.valid_count(self.num_patches) for r in self.requests]
 
     def groups(self) -> List[Tuple[int, int, List[int]]]:
         """(budget, valid patches, crops) for each set of crops that share both:
@@ -304,6 +316,12 @@ def keep_top(scores: torch.Tensor, ctx: SelectionContext) -> List[Selection]:
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows of (crops, n, dim) ``x`` at (crops, m) indices: (crops, m, dim)."""
     return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def host_indices(selections: Sequence[Selection]) -> List[torch.Tensor]:
+    """Every selection's kept indices on the host, in one copy (one wait for the device)."""
+    counts = [int(s.indices.numel()) for s in selections]
+    return list(torch.cat([s.indices for s in selections]).cpu().split(counts))
 
 
 def make_selection(indices: torch.Tensor, pivotal: Optional[torch.Tensor] = None, **extra_rows) -> Selection:

@@ -39,7 +39,7 @@ their budget and number of valid patches are pruned together, in one batched pas
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -86,34 +86,27 @@ class VisionZip(ClsAttentionMethod):
         ctx.state["keys"] = view.mean_keys()[:, ctx.num_prefix:]
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        scores, keys = ctx.state["cls_attention"], ctx.state["keys"]
-        candidates = ctx.candidate_mask(scores.device)
-        order = descending(scores, candidates)
-        has_cls = ctx.num_prefix > 0
-        selections: List[Optional[Selection]] = [None] * len(ctx.requests)
+        order = descending(ctx.state["cls_attention"], ctx.candidate_mask(ctx.state["cls_attention"].device))
+        chosen: Dict[int, Selection] = {}
         for budget, valid, crops in ctx.groups():     # the split and the merge depend on both
-            rows = ctx.rows_of(crops, scores.device)
-            if budget >= valid:                      # passed through unchanged
-                kept = raster_heads(order[rows], [valid] * len(crops))
-                selections = _place(selections, crops, [Selection(k) for k in kept])
-                continue
-            dominant, contextual = split_budget(budget + int(ctx.host_keeps_prefix))
-            kept = raster_heads(order[rows], [dominant - int(has_cls)] * len(crops))
-            prefix = ctx.hidden[rows, :1] if has_cls and not ctx.host_keeps_prefix else [None] * len(crops)
-            if contextual == 0:
-                selections = _place(selections, crops, [Selection(k, prefix=p) for k, p in zip(kept, prefix)])
-                continue
-            # the remaining candidates, in raster order, after the dominant ones
-            rest = order[rows, kept.shape[1]:valid].sort(dim=1).values
-            hidden = ctx.patches()[rows]
-            merged = merge_contextual(gather_rows(hidden, rest), gather_rows(keys[rows].to(hidden.device), rest),
-                                      contextual).to(hidden.dtype)
-            selections = _place(selections, crops, [Selection(k, prefix=p, merged=m)
-                                                    for k, p, m in zip(kept, prefix, merged)])
-        return selections
+            chosen.update(zip(crops, self._select_group(ctx, order, budget, valid, crops)))
+        return [chosen[crop] for crop in range(len(ctx.requests))]
 
-
-def _place(selections: List[Optional[Selection]], crops: List[int], made: List[Selection]) -> List[Optional[Selection]]:
-    for crop, selection in zip(crops, made):
-        selections[crop] = selection
-    return selections
+    def _select_group(self, ctx: SelectionContext, order: torch.Tensor, budget: int, valid: int,
+                      crops: List[int]) -> List[Selection]:
+        """The selections of crops that share their budget and valid patch count."""
+        rows = ctx.rows_of(crops, order.device)
+        if budget >= valid:                      # passed through unchanged
+            return [Selection(kept) for kept in raster_heads(order[rows], [valid] * len(crops))]
+        has_cls = ctx.num_prefix > 0
+        dominant, contextual = split_budget(budget + int(ctx.host_keeps_prefix))
+        kept = raster_heads(order[rows], [dominant - int(has_cls)] * len(crops))
+        prefix = ctx.hidden[rows, :1] if has_cls and not ctx.host_keeps_prefix else [None] * len(crops)
+        if contextual == 0:
+            return [Selection(k, prefix=p) for k, p in zip(kept, prefix)]
+        # the remaining candidates, in raster order, after the dominant ones
+        rest = order[rows, kept.shape[1]:valid].sort(dim=1).values
+        hidden = ctx.patches()[rows]
+        keys = ctx.state["keys"][rows].to(hidden.device)
+        merged = merge_contextual(gather_rows(hidden, rest), gather_rows(keys, rest), contextual).to(hidden.dtype)
+        return [Selection(k, prefix=p, merged=m) for k, p, m in zip(kept, prefix, merged)]

@@ -29,7 +29,7 @@ budget and number of valid patches are pruned together, in one batched pass.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List
 
 import torch
 
@@ -66,23 +66,21 @@ class VisPruner(ClsAttentionMethod):
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
         scores = ctx.state["cls_attention"]
-        candidates = ctx.candidate_mask(scores.device)
-        order = descending(scores, candidates)
-        features: Optional[torch.Tensor] = None
-        selections: List[Optional[Selection]] = [None] * len(ctx.requests)
+        order = descending(scores, ctx.candidate_mask(scores.device))
+        chosen: Dict[int, Selection] = {}
         for budget, valid, crops in ctx.groups():     # the rounds depend on budget and valid count
-            rows = ctx.rows_of(crops, scores.device)
-            ranking = order[rows]
-            important = int(budget * self.important_ratio)
-            if budget >= valid or budget == important:
-                kept = ranking[:, :budget]
-            else:
-                if features is None:
-                    features = ctx.patches().float()
-                    features = features / features.norm(dim=-1, keepdim=True)
-                diverse = remove_duplicates(features[rows], ranking[:, important:valid], budget - important)
-                kept = torch.cat([ranking[:, :important], diverse], dim=1)
-            kept = raster_heads(kept, [budget] * len(crops))
-            for row, crop in enumerate(crops):
-                selections[crop] = Selection(kept[row])
-        return selections
+            ranking = order[ctx.rows_of(crops, scores.device)]
+            kept = raster_heads(self._keep(ctx, ranking, budget, valid, crops), [budget] * len(crops))
+            chosen.update(zip(crops, (Selection(k) for k in kept)))
+        return [chosen[crop] for crop in range(len(ctx.requests))]
+
+    def _keep(self, ctx: SelectionContext, ranking: torch.Tensor, budget: int, valid: int,
+              crops: List[int]) -> torch.Tensor:
+        """(crops, budget) kept patches of crops that share their budget and valid count."""
+        important = int(budget * self.important_ratio)
+        if budget >= valid or budget == important:
+            return ranking[:, :budget]
+        features = ctx.patches()[ctx.rows_of(crops, ranking.device)].float()
+        features = features / features.norm(dim=-1, keepdim=True)
+        diverse = remove_duplicates(features, ranking[:, important:valid], budget - important)
+        return torch.cat([ranking[:, :important], diverse], dim=1)

@@ -13,12 +13,15 @@
 #
 # Environment: PYTHON (default .venv-transformers/bin/python), WEIGHTS (default: the committed
 # toy weights; a file from `python -m llava_freepruner.toy.train --out`), LIMIT (default 200, all of
-# them; 31 cells at 1-2.6 questions per second per process: about 50 minutes on a 2-core CPU).
+# them; 31 cells at 1-2.6 questions per second per process: about 50 minutes on a 2-core CPU),
+# BATCH_SIZE (default 1: questions per generate(); the answers are the same at any size, and a
+# rerun may change it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-toy_accuracy}"
 py="${PYTHON:-.venv-transformers/bin/python}"
 limit="${LIMIT:-200}"
+batch_size="${BATCH_SIZE:-1}"
 ratios="0.5,0.25,0.11"
 vision_methods="none,freepruner,random,grid,cls_topk,visionzip"
 other_methods="divprune,vispruner,fastv,dart,fitprune"
@@ -44,7 +47,8 @@ recipes="0.5=$out/fitprune_0.5.json,0.25=$out/fitprune_0.25.json,0.11=$out/fitpr
 
 accuracy() {
     "$py" -m llava_freepruner accuracy --model "$out/model" --questions "$out/heldout/questions.jsonl" \
-        --images "$out/heldout/images" --ratios "$ratios" --fitprune-recipe "$recipes" "$@"
+        --images "$out/heldout/images" --ratios "$ratios" --fitprune-recipe "$recipes" \
+        --batch-size "$batch_size" "$@"
 }
 # Two halves side by side (one thread each; the second fits the FitPrune recipes first),
 # then one pass over every cell: all answers are on disk by then, so it only writes the

@@ -1,22 +1,34 @@
-"""The prompt of one image question for a transformers LLaVA checkpoint.
+"""The prompts of image questions for a transformers LLaVA checkpoint.
 
 The processor's chat template, one user turn holding the image then the question,
 with the generation prompt: how the accuracy command asks its questions and how
 ``fitprune-fit`` builds its calibration inputs on such a checkpoint. Templates
 that take a message's content as one string (``'USER: ' + message['content']``)
-get the image placeholder and the question as that string.
+get the image placeholder and the question as that string. Several questions
+make one batch, left-padded so that every prompt ends where generation starts.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
 
-def image_question_inputs(processor, image, text: str):
-    """``processor`` outputs (``input_ids``, ``pixel_values``, ...; batch of one) for
-    ``image`` (PIL) and the question ``text``."""
+
+def _prompt(processor, text: str) -> str:
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     try:
-        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return processor.apply_chat_template(conversation, add_generation_prompt=True)
     except TypeError:       # the template concatenates the content as a string
         conversation = [{"role": "user", "content": f"{processor.image_token}\n{text}"}]
-        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    return processor(images=image, text=prompt, return_tensors="pt")
+        return processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+
+def image_questions_inputs(processor, images: Sequence, texts: Sequence[str]):
+    """``processor`` outputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...)
+    for one question per image (PIL), left-padded to the longest prompt."""
+    return processor(images=list(images), text=[_prompt(processor, text) for text in texts],
+                     padding=True, padding_side="left", return_tensors="pt")
+
+
+def image_question_inputs(processor, image, text: str):
+    """:func:`image_questions_inputs` for one image and its question (batch of one)."""
+    return image_questions_inputs(processor, [image], [text])

@@ -111,34 +111,48 @@ class _FakeModel:
     def __init__(self, stats, fail_at=None):
         self.stats, self.fail_at = stats, fail_at
 
-    def inputs(self, item):
-        return item
+    def inputs(self, items):
+        return items
 
-    def answer(self, item):
+    def answer(self, items):
         with open(self.stats, "a") as handle:
-            handle.write('{"tokens_in": 4, "tokens_out": 2}\n')
-        if item.question_id == self.fail_at:
+            handle.writelines('{"tokens_in": 4, "tokens_out": 2}\n' for _ in items)
+        if any(item.question_id == self.fail_at for item in items):
             raise _Interrupted
-        return "a"
+        return ["a"] * len(items)
 
-    def visual_tokens(self, item):
-        return 4
+    def visual_tokens(self, items):
+        return [4] * len(items)
 
 
-def test_an_interrupted_cell_resumes_with_one_stats_record_per_question(tmp_path):
+@pytest.mark.parametrize("batch_sizes", [(1, 1, 1), (2, 1, 3), (1, 2, 2)])
+def test_an_interrupted_cell_resumes_with_one_stats_record_per_question(tmp_path, batch_sizes):
     from llava_freepruner.accuracy import questions as question_file
     from llava_freepruner.accuracy.runner import run_cell
     from llava_freepruner.stats import read_jsonl
 
-    items = question_file.read(*map(str, _question_set(tmp_path, 3)))
+    items = question_file.read(*map(str, _question_set(tmp_path, 5)))
     cell = grid(["freepruner"], [0.5])[0]
     folder = tmp_path / "cells"
     folder.mkdir()
     stats = folder / "freepruner@0.5.stats.jsonl"
     settings = {"--model": "m"}
-    for interrupted_at in ("1", "2"):      # interrupted twice, then finished
+    for interrupted_at, batch_size in zip(("1", "3"), batch_sizes):      # interrupted twice, then finished
         with pytest.raises(_Interrupted):
-            run_cell(_FakeModel(stats, interrupted_at), cell, items, str(folder), settings, lambda: None)
-    records = run_cell(_FakeModel(stats), cell, items, str(folder), settings, lambda: None)
-    assert [r["question_id"] for r in records] == ["0", "1", "2"]
-    assert len(read_jsonl(stats)) == 3
+            run_cell(_FakeModel(stats, interrupted_at), cell, items, str(folder), settings, lambda: None, batch_size)
+    records = run_cell(_FakeModel(stats), cell, items, str(folder), settings, lambda: None, batch_sizes[-1])
+    assert [r["question_id"] for r in records] == ["0", "1", "2", "3", "4"]
+    assert len(read_jsonl(stats)) == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "2.5", "eight"])
+def test_a_bad_batch_size_is_refused_by_name_with_the_accepted_values(tmp_path, capsys, value):
+    from llava_freepruner.cli import main
+
+    questions, images = _question_set(tmp_path, 1)
+    with pytest.raises(SystemExit) as stopped:
+        main(["accuracy", "--model", str(tmp_path), "--questions", str(questions), "--images", str(images),
+              "--batch-size", value, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--batch-size" in err and "expected a whole number >= 1" in err
+    assert not (tmp_path / "out").exists()

@@ -1,9 +1,10 @@
-"""Run every cell over the questions, one answer line at a time, resumably.
+"""Run every cell over the questions, a batch of questions at a time, resumably.
 
 Per cell, ``OUT/cells/<method>@<ratio>.jsonl`` gets one line per answered
-question (flushed as it goes), ``.stats.jsonl`` the plugin's per-image records
-and ``.settings.json`` the settings that produced the answers. A rerun with the
-same settings skips what is answered (and drops the stats records of a question
+question (flushed after each batch), ``.stats.jsonl`` the plugin's per-image
+records and ``.settings.json`` the settings that produced the answers. A rerun
+with the same settings, at any batch size (a batch answers as its questions one
+at a time), skips what is answered (and drops the stats records of questions
 left unanswered by an interruption); a rerun with other settings is refused
 before any work; a failing cell leaves the finished ones intact.
 """
@@ -17,7 +18,7 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from ..prompts import image_question_inputs
+from ..prompts import image_questions_inputs
 from ..stats import read_jsonl
 from ..toy.questions import is_correct
 from ..vision.images import open_image
@@ -45,17 +46,19 @@ class Model:
 
         return AutoProcessor.from_pretrained(self.path)
 
-    def inputs(self, item: Item):
-        return image_question_inputs(self.processor, open_image(item.image), item.text)
+    def inputs(self, items: Sequence[Item]):
+        return image_questions_inputs(self.processor, [open_image(item.image) for item in items],
+                                      [item.text for item in items])
 
     @torch.no_grad()
-    def answer(self, inputs) -> str:
+    def answer(self, inputs) -> List[str]:
         output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [answer.strip() for answer in answers]
 
-    def visual_tokens(self, inputs) -> int:
-        """Image placeholders in the prompt: the unpruned count."""
-        return int((inputs["input_ids"] == self.model.config.image_token_id).sum())
+    def visual_tokens(self, inputs) -> List[int]:
+        """Image placeholders in each prompt: the unpruned counts."""
+        return (inputs["input_ids"] == self.model.config.image_token_id).sum(dim=1).tolist()
 
 
 class SettingsChanged(ValueError):
@@ -107,9 +110,10 @@ def _keep_lines(path: str, count: int) -> None:
 
 
 def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, settings: Dict[str, object],
-             tick: Callable[[], None]) -> List[dict]:
-    """Answer the questions of ``items`` not yet answered, with ``settings`` that
-    :func:`check_resume` accepted (checked for every cell before the first runs)."""
+             tick: Callable[[], None], batch_size: int = 1) -> List[dict]:
+    """Answer the questions of ``items`` not yet answered, ``batch_size`` per
+    ``generate()``, with ``settings`` that :func:`check_resume` accepted (checked
+    for every cell before the first runs)."""
     paths = _paths(folder, cell)
     answers_path, stats_path = paths["answers"], paths["stats"]
     done = _answered(answers_path)
@@ -122,19 +126,21 @@ def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, setti
         # the stats records of a question an interruption left unanswered go: it is answered again
         _keep_lines(stats_path, max((r["stats_records"] for r in done.values()), default=0))
         with applied(cell.config.replace(stats=stats_path)), open(answers_path, "a", encoding="utf-8") as out:
-            for number, item in enumerate(todo):
-                inputs = model.inputs(item)
-                prediction = model.answer(inputs)
-                if number == 0:     # before any answer is kept: a rerun must not reuse unpruned ones
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                inputs = model.inputs(batch)
+                predictions = model.answer(inputs)
+                if start == 0:      # before any answer is kept: a rerun must not reuse unpruned ones
                     check_pruned(cell.config, stats_path)
-                record = {"question_id": item.question_id, "family": item.family, "answer": item.answer,
-                          "prediction": prediction, "correct": is_correct(prediction, item.answer),
-                          "unpruned_tokens": model.visual_tokens(inputs),
-                          "stats_records": len(stats_records(stats_path))}
-                out.write(json.dumps(record) + "\n")
+                written = len(stats_records(stats_path))     # the batch's records included
+                for item, prediction, unpruned in zip(batch, predictions, model.visual_tokens(inputs)):
+                    record = {"question_id": item.question_id, "family": item.family, "answer": item.answer,
+                              "prediction": prediction, "correct": is_correct(prediction, item.answer),
+                              "unpruned_tokens": unpruned, "stats_records": written}
+                    out.write(json.dumps(record) + "\n")
+                    done[item.question_id] = record
+                    tick()
                 out.flush()
-                done[item.question_id] = record
-                tick()
     return [done[item.question_id] for item in items]
 
 

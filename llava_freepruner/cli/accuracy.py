@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from .bench import _floats, command_line
+
+
+def _batch_size(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a whole number >= 1 (default 1)")
+    return int(text)
 
 
 def add_arguments(parser) -> None:
@@ -22,6 +29,9 @@ def add_arguments(parser) -> None:
                              "or one per ratio as RATIO=FILE,... (e.g. 0.5=r50.json,0.25=r75.json)")
     parser.add_argument("--limit", type=int, help="only the first N questions")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--batch-size", type=_batch_size, default=1,
+                        help="questions per generate(), left-padded; the answers are those of one at a time, "
+                             "so a resume may change it (default: 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--out", default="accuracy_out", help="output folder (default: accuracy_out); reruns resume")
 
@@ -81,7 +91,7 @@ def _run(args, grid, items) -> int:
     try:
         for cell in grid:
             progress.set_postfix_str(cell.name)
-            records = run_cell(model, cell, items, folder, settings, progress.update)
+            records = run_cell(model, cell, items, folder, settings, progress.update, args.batch_size)
             rows.append(summarize(cell, records, os.path.join(folder, f"{cell.name}.stats.jsonl")))
     except NotPruned as err:
         print(f"llava_freepruner accuracy: {err}", file=sys.stderr)

@@ -3,7 +3,8 @@
 One checkpoint is assembled per session with ``toy-model``. Six held-out
 questions check that ratio 1.0 gives the unpatched answers and that reruns
 resume; 40 more (another seed) check the committed weights' unpruned accuracy
-next to freePruner at ratio 0.5. ``toy-model --weights`` assembles other
+next to freePruner at ratio 0.5; batches answer as single questions for every
+method. ``toy-model --weights`` assembles other
 weights and refuses unreadable ones before writing.
 """
 
@@ -23,6 +24,8 @@ transformers = pytest.importorskip("transformers", minversion="4.57")
 import torch  # noqa: E402
 
 from llava_freepruner.cli import main  # noqa: E402
+from llava_freepruner.config import LLM_METHODS, VISION_METHODS  # noqa: E402
+from llava_freepruner.prompts import image_questions_inputs  # noqa: E402
 from llava_freepruner.toy.dataset import write_question_set  # noqa: E402
 
 
@@ -101,6 +104,38 @@ def test_accuracy_at_ratio_one_equals_the_unpatched_model_and_resumes(toy, toy_d
     assert main(args) == 0
     kept = [json.loads(line) for line in open(out / "cells" / "none@1.jsonl")]
     assert kept[0]["prediction"] == "kept" and len(kept) == 6
+
+
+def _cells(out):
+    """Per cell: its predictions and its report row."""
+    rows = {(row["method"], row["ratio"]): row for row in json.loads((out / "results.json").read_text())["cells"]}
+    return {key: ([json.loads(line)["prediction"] for line in open(out / "cells" / f"{key[0]}@{key[1]:g}.jsonl")], row)
+            for key, row in rows.items()}
+
+
+def test_batches_answer_as_single_questions_for_every_method_and_a_resume_may_change_the_batch_size(
+        toy, toy_dir, question_dir, tmp_path):
+    from PIL import Image
+
+    model, processor = toy
+    records = _records(question_dir)
+    batched = image_questions_inputs(processor, [Image.open(question_dir / "images" / r["image"]) for r in records[2:5]],
+                                     [r["text"] for r in records[2:5]])
+    assert (batched["attention_mask"][:, 0] == 0).any()      # the prompts differ in length: some are padded
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"num_visual_tokens": 256,
+                                  "deletions": [0, 128] + [0] * (model.config.text_config.num_hidden_layers - 2)}))
+    methods = ["none"] + [m for m in VISION_METHODS + LLM_METHODS if m != "cdpruner"]   # cdpruner: upstream only
+    args = ["accuracy", "--model", str(toy_dir), "--questions", str(question_dir / "questions.jsonl"),
+            "--images", str(question_dir / "images"), "--methods", ",".join(methods), "--ratios", "1.0,0.5",
+            "--fitprune-recipe", str(recipe)]
+    assert main(args + ["--out", str(tmp_path / "single")]) == 0
+    # two questions one at a time, then the other four resumed in batches of three and one
+    assert main(args + ["--out", str(tmp_path / "batched"), "--limit", "2"]) == 0
+    assert main(args + ["--out", str(tmp_path / "batched"), "--batch-size", "3"]) == 0
+    single, batched = _cells(tmp_path / "single"), _cells(tmp_path / "batched")
+    assert len(single) == 2 * len(methods) - 1 and all(len(answers) == 6 for answers, _ in single.values())
+    assert batched == single
 
 
 def test_forty_heldout_questions_unpruned_and_at_half_the_tokens(toy_dir, tmp_path):

@@ -24,9 +24,14 @@ def _prompt(processor, text: str) -> str:
 
 def image_questions_inputs(processor, images: Sequence, texts: Sequence[str]):
     """``processor`` outputs (``input_ids``, ``attention_mask``, ``pixel_values``, ...)
-    for one question per image (PIL), left-padded to the longest prompt."""
+    for one question per image (PIL), left-padded to the longest prompt. A
+    tokenizer without a padding token pads with its end-of-sequence token (the
+    attention mask leaves the padding out either way)."""
+    tokenizer = processor.tokenizer
+    if len(texts) > 1 and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return processor(images=list(images), text=[_prompt(processor, text) for text in texts],
-                     padding=True, padding_side="left", return_tensors="pt")
+                     padding=len(texts) > 1, padding_side="left", return_tensors="pt")
 
 
 def image_question_inputs(processor, image, text: str):

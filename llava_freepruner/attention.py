@@ -36,7 +36,7 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=-1).view(crops, heads, rows, -1).mean(dim=1)
 
 
-def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def gather_queries(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows of (crops, heads, tokens, dim) ``x`` at (crops, R) token indices: (crops, heads, R, dim)."""
     crops, heads, _, dim = x.shape
     return x.gather(2, rows[:, None, :, None].expand(crops, heads, rows.shape[1], dim))
@@ -47,7 +47,7 @@ def head_mean_attention(q: torch.Tensor, k: torch.Tensor, rows: Optional[torch.T
 
     rows: (crops, R) query indices to compute (default: all). Returns (crops, R, tokens) fp32.
     """
-    return _probabilities(q if rows is None else gather_rows(q, rows), k)
+    return _probabilities(q if rows is None else gather_queries(q, rows), k)
 
 
 def row_chunks(q: torch.Tensor, k: torch.Tensor) -> Iterator[Tuple[int, torch.Tensor]]:

@@ -14,4 +14,7 @@ HOST_MODULES = {
     "transformers.models.llava_onevision.modeling_llava_onevision": "transformers_llava",
     "transformers.models.llava_next_video.modeling_llava_next_video": "transformers_llava",
     "transformers.models.video_llava.modeling_video_llava": "transformers_llava",
+    "transformers.models.qwen2_vl.modeling_qwen2_vl": "transformers_qwen",
+    "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "transformers_qwen",
+    "transformers.models.qwen3_vl.modeling_qwen3_vl": "transformers_qwen",
 }

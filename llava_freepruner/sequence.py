@@ -13,8 +13,13 @@ Rules:
 - kept positions keep their order; samples that keep fewer positions get masked
   filler slots, on the side their padding is on (left padding or none: fillers on
   the left, so every sample's last token stays last);
-- position ids are renumbered as if the dropped tokens had never been in the
-  prompt (what the unpruned model does with a shorter prompt);
+- 1-D position ids are renumbered as if the dropped tokens had never been in the
+  prompt (what the unpruned model does with a shorter prompt); multimodal rotary
+  position ids (Qwen-VL's M-RoPE: (3, batch, length) temporal/height/width rows,
+  or (4, batch, length) with a text row first) keep the values the full prompt
+  gave them, so every kept token and the text after it see the rotary angles of
+  the unpruned run, and decode steps go on from the caller's own ids; only the
+  text row, which the host reads for its attention mask, is renumbered;
 - the decoder's output is scattered back to full length; a dropped position
   carries the output of the nearest kept position before it, so the last
   position is the last token the decoder saw.
@@ -85,15 +90,31 @@ class Compression:
         return torch.cumsum(self.drop.long(), dim=1).gather(1, self.index.clamp(min=0))
 
     def prefill_positions(self, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
-        """Position ids of the compressed prompt, renumbered over the kept positions."""
+        """Position ids of the compressed prompt, renumbered over the kept positions
+        (M-RoPE rows: the full prompt's, see the module notes)."""
+        if position_ids is not None and position_ids.dim() == 3:
+            kept = torch.stack([self._gather_positions(rows) for rows in position_ids])
+            if position_ids.shape[0] == 4:
+                kept[0] = self.prefill_positions(position_ids[0])
+            return kept
         if position_ids is None:
             position_ids = torch.arange(self.length, device=self.index.device)[None]
         positions = position_ids.expand(self.index.shape[0], -1)
         out = positions.gather(1, self.index.clamp(min=0)) - self.dropped_before()
         return out.masked_fill(self.fillers, 0)
 
+    def _gather_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """(batch, length) ids -> (batch, width) of the kept positions, unchanged; fillers 0."""
+        out = position_ids.expand(self.index.shape[0], -1).gather(1, self.index.clamp(min=0).to(position_ids.device))
+        return out.masked_fill(self.fillers.to(out.device), 0)
+
     def decode_positions(self, position_ids: Optional[torch.Tensor], past_full: int, steps: int) -> torch.Tensor:
-        """Position ids of a decode step; ``past_full`` counts prompt and earlier steps as the caller does."""
+        """Position ids of a decode step; ``past_full`` counts prompt and earlier steps as the caller does.
+        M-RoPE rows are the caller's (they continue the full prompt); a text row is renumbered."""
+        if position_ids is not None and position_ids.dim() == 3:
+            if position_ids.shape[0] != 4:
+                return position_ids
+            return torch.cat([self.decode_positions(position_ids[0], past_full, steps)[None], position_ids[1:]])
         if position_ids is None:
             position_ids = torch.arange(past_full, past_full + steps, device=self.index.device)[None]
         return position_ids.expand(self.index.shape[0], -1) - self.removed[:, None].to(position_ids.device)

@@ -90,19 +90,25 @@ def install(session: Session, host) -> None:
     global _session
     _session = session
     cls = getattr(host, HOST_CLASSES[host.__name__])
-    _patch(cls, "__init__", _wrap_init(cls.__init__))
-    _patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
-    _patch(cls, "get_placeholder_mask", _wrap_placeholder_mask(cls.get_placeholder_mask))
+    patch(cls, "__init__", _wrap_init(cls.__init__))
+    patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
+    patch(cls, "get_placeholder_mask", wrap_placeholder_mask(cls.get_placeholder_mask))
     generator = getattr(host, HOST_CLASSES[host.__name__].replace("Model", "ForConditionalGeneration"))
-    _patch(generator, "generate", _wrap_generate(generator.generate))
+    patch(generator, "generate", wrap_generate(generator.generate))
     if "get_video_features" in cls.__dict__:
         from . import transformers_video
 
-        _patch(cls, "get_video_features", transformers_video.wrap_video_features(cls.get_video_features))
+        patch(cls, "get_video_features", transformers_video.wrap_video_features(cls.get_video_features))
 
 
 def current_session() -> Optional[Session]:
     return _session
+
+
+def share_session(session: Session) -> None:
+    """Serve ``session`` from the merge and decoder patches (another host family's backend uses them)."""
+    global _session
+    _session = session
 
 
 def uninstall() -> None:
@@ -119,7 +125,7 @@ def uninstall() -> None:
     _session = None
 
 
-def _patch(cls, name: str, replacement) -> None:
+def patch(cls, name: str, replacement) -> None:
     if (cls, name) not in _ORIGINALS:
         _ORIGINALS[(cls, name)] = cls.__dict__.get(name)
         setattr(cls, name, replacement)
@@ -153,7 +159,7 @@ def _wrap_init(original):
     return __init__
 
 
-def _wrap_generate(original):
+def wrap_generate(original):
     @functools.wraps(original)
     def generate(self, *args, **kwargs):
         session = _session
@@ -441,7 +447,7 @@ def _image_record(image, selections, requests, tokens_in, tokens_out, grid, seco
 # -- the merge ------------------------------------------------------------------------------
 
 
-def _wrap_placeholder_mask(original):
+def wrap_placeholder_mask(original):
     @functools.wraps(original)
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, **kwargs):
         masks = original(self, input_ids, inputs_embeds, image_features, **kwargs)
@@ -490,14 +496,16 @@ def _arm_kept(model, placeholders: torch.Tensor, pending) -> None:
 
 
 def _drop_table(items, starts: List[int]) -> torch.Tensor:
-    """(1 + placeholders,) bool on the host: entry 0 False, entry 1 + r whether the
-    placeholder of rank r leaves the sequence; ``starts``: each item's first rank."""
+    """(1 + placeholders,) bool: entry 0 False, entry 1 + r whether the placeholder of
+    rank r leaves the sequence; ``starts``: each item's first rank. Made where the kept
+    positions are (host positions: on the host; device ones: there, without a wait)."""
     kept = [kept for _, kept, _ in items]
     sizes = [k.numel() for k in kept]
+    device = kept[0].device if kept else torch.device("cpu")
     offsets = torch.tensor(starts[:-1]).repeat_interleave(torch.tensor(sizes), output_size=sum(sizes))
-    table = torch.ones(starts[-1] + 1, dtype=torch.bool)
+    table = torch.ones(starts[-1] + 1, dtype=torch.bool, device=device)
     table[0] = False
-    table[1 + offsets + torch.cat(kept)] = False
+    table[1 + offsets.to(device, non_blocking=True) + torch.cat(kept).to(device)] = False
     return table
 
 
@@ -633,6 +641,8 @@ class _ShorteningHooks:
         call["position_ids"] = compression.prefill_positions(call.get("position_ids"))
         if call.get("cache_position") is not None:
             call["cache_position"] = call["cache_position"][:compression.width]
+        if call.get("visual_pos_masks") is not None:
+            _shorten_deepstack(call, compression, sum(removed))
         self._begin_llm_pruning(compression.gather(visual))
         return compression
 
@@ -677,6 +687,21 @@ class _ShorteningHooks:
         if skip == 0:
             return None
         return lambda hidden: torch.cat([hidden.new_zeros(hidden.shape[0], skip, hidden.shape[2]), hidden], dim=1)
+
+
+def _shorten_deepstack(call, compression: Compression, removed: int) -> None:
+    """Qwen3-VL adds deepstack features (one row per visual position, in sequence order)
+    to the hidden states of its first layers: the rows of the kept visual positions
+    follow them. Only placeholders leave the sequence, so ``removed`` rows go."""
+    visual = call["visual_pos_masks"]
+    embeds = call.get("deepstack_visual_embeds")
+    if embeds:
+        kept = visual & ~compression.drop.to(visual.device)
+        rank = visual.flatten().cumsum(0) - 1            # each visual position's row
+        past_every_row = torch.iinfo(rank.dtype).max
+        order = torch.where(kept.flatten(), rank, past_every_row).sort().values[:embeds[0].shape[0] - removed]
+        call["deepstack_visual_embeds"] = [rows.index_select(0, order.to(rows.device)) for rows in embeds]
+    call["visual_pos_masks"] = compression.gather(visual)
 
 
 def _padding_mask(mask, length: int):

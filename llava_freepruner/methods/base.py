@@ -44,7 +44,7 @@ class Selection:
     device: reading :attr:`pivotal` waits for it, so only statistics and overlays do.
 
     A merging method adds rows that are no single patch: ``prefix`` goes before
-    the kept patches, ``merged`` after them. Both hold feature-layer (pre-projector)
+    the kept patches, ``merged`` after them (grown from the patches ``merged_at``). Both hold feature-layer (pre-projector)
     rows, so the projector treats them like any token; None for selecting methods.
     """
 
@@ -52,6 +52,9 @@ class Selection:
     pivot_mask: Optional[torch.Tensor] = None
     prefix: Optional[torch.Tensor] = None
     merged: Optional[torch.Tensor] = None
+    # The patch each merged row grew from (VisionZip's targets), ascending: a host that
+    # keeps tokens at their own positions (Qwen-VL's M-RoPE) puts the row in its place.
+    merged_at: Optional[torch.Tensor] = None
 
     @property
     def pivotal(self) -> torch.Tensor:

@@ -63,14 +63,51 @@ class PooledView(AttentionView):
         return self.query @ self.base.mean_keys()
 
 
+class UnitPooledView(AttentionView):
+    """:class:`PooledView` for cells of ``unit`` consecutive tokens each with equal
+    weights and no prefix (Qwen-VL's 2 x 2 merge units, stored as four consecutive
+    rows): a reshape and a mean/sum instead of the pooling matmuls."""
+
+    def __init__(self, base: AttentionView, unit: int):
+        self.base, self.unit = base, unit
+        self.device, self.batch_size = base.device, base.batch_size
+        self._maps: Optional[MapView] = None
+
+    def _view(self) -> MapView:
+        if self._maps is None:
+            maps = self.base.rows()
+            crops, tokens = maps.shape[:2]
+            cells = tokens // self.unit
+            self._maps = MapView(maps.view(crops, cells, self.unit, cells, self.unit).mean(dim=2).sum(dim=3))
+        return self._maps
+
+    def rows(self, rows=None):
+        return self._view().rows(rows)
+
+    def received(self):
+        return self._view().received()
+
+    def paid_to(self, columns, weights=None):
+        return self._view().paid_to(columns, weights)
+
+    def mean_keys(self):
+        keys = self.base.mean_keys()
+        return keys.view(keys.shape[0], -1, self.unit, keys.shape[-1]).mean(dim=2)
+
+
 class PooledMethod(VisionMethod):
     """``method`` selecting cells: it observes :class:`PooledView` s of the tower's
-    attention and a context whose grid is the cell grid, and whose feature-layer
-    output (``ctx.hidden``) is pooled to the cells before it selects."""
+    attention (:class:`UnitPooledView` s with ``unit``) and a context whose grid is
+    the cell grid, and whose feature-layer output (``ctx.hidden``) is pooled to the
+    cells before it selects (``pool_hidden=False``: the host fills it per cell)."""
 
-    def __init__(self, method: VisionMethod, pool: torch.Tensor):
+    def __init__(self, method: VisionMethod, pool: Optional[torch.Tensor] = None, unit: Optional[int] = None,
+                 pool_hidden: bool = True):
+        if (pool is None) == (unit is None):
+            raise ValueError("PooledMethod pools with a weight matrix or a unit size: give exactly one")
         self.method = method
-        self.pool = pool
+        self.pool, self.unit = pool, unit
+        self.pool_hidden = pool_hidden
         self.name = method.name
         self.needs_hidden = method.needs_hidden
         self.needs_instruction = method.needs_instruction
@@ -79,10 +116,11 @@ class PooledMethod(VisionMethod):
         return self.method.attention_layers(num_layers, feature_layer)
 
     def observe(self, layer: int, view: AttentionView, ctx: SelectionContext) -> None:
-        self.method.observe(layer, PooledView(view, self.pool, ctx.num_prefix), ctx)
+        pooled = UnitPooledView(view, self.unit) if self.unit else PooledView(view, self.pool, ctx.num_prefix)
+        self.method.observe(layer, pooled, ctx)
 
     def select(self, ctx: SelectionContext) -> List[Selection]:
-        if ctx.hidden is not None:
+        if ctx.hidden is not None and self.pool_hidden:
             weights = _with_prefix(self.pool.to(ctx.hidden.device), ctx.num_prefix)
             ctx.hidden = (weights @ ctx.hidden.float()).to(ctx.hidden.dtype)
         return self.method.select(ctx)

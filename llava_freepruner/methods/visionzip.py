@@ -54,6 +54,13 @@ def split_budget(budget: int) -> Tuple[int, int]:
     return budget - contextual, contextual
 
 
+def contextual_targets(remaining: int, count: int) -> slice:
+    """Which of the ``remaining`` patches (raster order) the contextual tokens grow from:
+    0, s, 2s, ... (``count`` of them, fewer only when the patches run out)."""
+    step = max(1, remaining // count)
+    return slice(0, step * count, step)
+
+
 def merge_contextual(hidden: torch.Tensor, keys: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count`` contextual tokens from the remaining patches of every crop.
 
@@ -62,8 +69,7 @@ def merge_contextual(hidden: torch.Tensor, keys: torch.Tensor, count: int) -> to
     fp32 (targets = ``count``, fewer only when R < ``count``).
     """
     remaining = hidden.shape[1]
-    step = max(1, remaining // count)
-    targets = list(range(0, remaining, step))[:count]
+    targets = list(range(remaining))[contextual_targets(remaining, count)]
     chosen = set(targets)
     others = [i for i in range(remaining) if i not in chosen]
     targets, others = (torch.tensor(i, dtype=torch.long).to(hidden.device, non_blocking=True) for i in (targets, others))
@@ -109,4 +115,5 @@ class VisionZip(ClsAttentionMethod):
         hidden = ctx.patches()[rows]
         keys = ctx.state["keys"][rows].to(hidden.device)
         merged = merge_contextual(gather_rows(hidden, rest), gather_rows(keys, rest), contextual).to(hidden.dtype)
-        return [Selection(k, prefix=p, merged=m) for k, p, m in zip(kept, prefix, merged)]
+        targets = rest[:, contextual_targets(rest.shape[1], contextual)]
+        return [Selection(k, prefix=p, merged=m, merged_at=t) for k, p, m, t in zip(kept, prefix, merged, targets)]

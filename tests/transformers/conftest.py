@@ -51,3 +51,18 @@ def plugin():
     llava_freepruner.remove()
     yield lambda **fields: llava_freepruner.apply(Config(**fields))
     llava_freepruner.remove()
+
+
+@pytest.fixture(scope="session")
+def qwen_models():
+    """``qwen_models(TinyQwen(...))`` -> (model, processor), built once per spec."""
+    from llava_freepruner import hf_tiny_qwen
+
+    built = {}
+
+    def get(spec=hf_tiny_qwen.TinyQwen()):
+        if spec not in built:
+            built[spec] = hf_tiny_qwen.build(spec)
+        return built[spec]
+
+    return get

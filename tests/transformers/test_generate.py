@@ -179,6 +179,24 @@ def test_sampling_and_beam_search_keep_the_prompt_prefix(tiny_models, photos, pl
     assert max(layer_lengths(beams.past_key_values)) <= text + 288 + 2
 
 
+@pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
+def test_beams_and_several_return_sequences_at_ratio_one_are_the_hosts(spec, tiny_models, photos, plugin):
+    model, processor = tiny_models(spec)
+    inputs = inputs_for(processor, [photos["astronaut"], photos["coffee"]], QUESTIONS)
+    beams = generate(model, inputs, num_beams=2, max_new_tokens=3)
+    torch.manual_seed(0)
+    sampled = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
+    plugin(ratio=1.0)
+    assert torch.equal(generate(model, inputs, num_beams=2, max_new_tokens=3).sequences, beams.sequences)
+    torch.manual_seed(0)
+    assert torch.equal(generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2,
+                                max_new_tokens=3).sequences, sampled.sequences)
+    plugin(ratio=0.5)
+    length = inputs["input_ids"].shape[1]
+    several = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
+    assert torch.equal(several.sequences[:, :length], inputs["input_ids"].repeat_interleave(2, dim=0))
+
+
 def test_llava_next_keeps_about_half_of_each_image_and_records_it(tiny_models, photos, plugin, tmp_path):
     model, processor = tiny_models(NEXT)
     stats = tmp_path / "stats.jsonl"
@@ -317,9 +335,13 @@ needs_chunked_prefill = pytest.mark.skipif(
     reason=f"generate(prefill_chunk_size=...) arrived in transformers {CHUNKS_SINCE}")
 
 
+@pytest.mark.parametrize("cache_arg", ["cache", "past_key_values"])
 @pytest.mark.parametrize("spec", [LLAVA, NEXT], ids=["llava", "llava_next"])
-def test_a_second_turn_on_a_pruned_cache_equals_the_whole_conversation_run_fresh(spec, tiny_models, photos, plugin):
+def test_a_second_turn_on_a_pruned_cache_equals_the_whole_conversation_run_fresh(spec, cache_arg, tiny_models, photos,
+                                                                                  plugin):
     model, processor = tiny_models(spec)
+    if cache_arg not in inspect.signature(model.forward).parameters:
+        pytest.skip(f"transformers {transformers.__version__} names the cache past_key_values only")
     # an image placeholder generated in turn 1 would hold no pixels in the fresh run
     no_placeholder = {"suppress_tokens": [model.config.image_token_id]}
     inputs = inputs_for(processor, [photos["astronaut"], photos["coffee"]], QUESTIONS)
@@ -332,7 +354,6 @@ def test_a_second_turn_on_a_pruned_cache_equals_the_whole_conversation_run_fresh
     conversation = torch.cat([first.sequences, new], dim=1)
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(conversation[:, length:])], dim=1)
     turn = {"input_ids": conversation, "attention_mask": mask}
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"   # 5.x: cache
     second = generate(model, turn, **{cache_arg: first.past_key_values}, **no_placeholder)
     fresh = generate(model, {**inputs, **turn}, **no_placeholder)       # with the image's pixels
     assert torch.equal(second.sequences, fresh.sequences)

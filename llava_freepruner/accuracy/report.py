@@ -1,24 +1,125 @@
-"""results.json, results.md and accuracy-vs-visual-tokens plot of finished cells."""
+"""results.json, results.md and accuracy-vs-visual-tokens plot of finished cells.
+
+Every cell answers the same questions, so each is compared with the reference
+method's cell of the same ratio (the unpruned cell when the reference is
+``none``) question by question: see :mod:`.significance`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import List
+from typing import Dict, List, Mapping, Optional
+
+from . import significance
+from .significance import DifferentQuestions, paired, wilson
+
+DEFAULT_REFERENCE = "freepruner"
+DIFFERENT = "n/a (different questions)"
+
+
+def cell_name(row: dict) -> str:
+    return f"{row['method']}@{row['ratio']:g}"
+
+
+def _wilson(row: dict) -> List[float]:
+    return list(wilson(round(row["accuracy"] * row["questions"]), row["questions"]))
+
+
+def _interval(row: dict) -> List[float]:
+    return row["accuracy_interval"] if "accuracy_interval" in row else _wilson(row)
+
+
+def reference_cells(rows: List[dict], reference: str) -> Dict[float, dict]:
+    """Ratio -> the reference method's row at that ratio; for ``none`` (one
+    unpruned cell) that row at every ratio of ``rows``."""
+    cells = {row["ratio"]: row for row in rows if row["method"] == reference}
+    if reference == "none" and cells:
+        return {row["ratio"]: next(iter(cells.values())) for row in rows}
+    return cells
+
+
+def annotate(rows: List[dict], answers: Optional[Mapping[str, Mapping[str, bool]]],
+             reference: str = DEFAULT_REFERENCE) -> List[dict]:
+    """Copies of ``rows`` with ``accuracy_interval`` (95% Wilson, fractions) and,
+    given ``answers`` (cell name -> question id -> right), ``vs_reference``: None
+    for the reference's own cells and cells with no reference cell at their ratio,
+    else the reference cell's name and :meth:`.significance.Paired.as_dict` (cell
+    minus reference), or ``difference`` None and ``note`` where the two did not
+    answer the same question ids."""
+    references = reference_cells(rows, reference)
+    annotated = []
+    for row in rows:
+        row = dict(row, accuracy_interval=_wilson(row))
+        if answers is not None:
+            other = references.get(row["ratio"])
+            if row["method"] == reference or other is None:
+                row["vs_reference"] = None
+            else:
+                try:
+                    comparison = paired(answers[cell_name(row)], answers[cell_name(other)]).as_dict()
+                except DifferentQuestions:
+                    comparison = {"difference": None, "note": "different questions"}
+                row["vs_reference"] = dict(reference=cell_name(other), **comparison)
+        annotated.append(row)
+    return annotated
+
+
+def _points(fraction: float, signed: bool = False) -> str:
+    text = f"{100 * fraction:+.1f}" if signed else f"{100 * fraction:.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
+def _p(value: float) -> str:
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _comparison(row: dict, reference: str) -> List[str]:
+    if row["method"] == reference:
+        return ["reference", "", ""]
+    versus = row.get("vs_reference")
+    if versus is None:
+        return ["—", "", ""]
+    if versus["difference"] is None:
+        return [DIFFERENT, "", ""]
+    low, high = versus["interval"]
+    return [_points(versus["difference"], True), f"[{_points(low, True)}, {_points(high, True)}]",
+            _p(versus["mcnemar_p"])]
 
 
 def markdown(meta: dict, rows: List[dict]) -> str:
+    """The table of ``rows`` (those of :func:`annotate` carry the paired columns,
+    against ``meta['reference']``) and its legend."""
     families = sorted({f for row in rows for f in row["families"]})
-    lines = [f"Model `{meta['model']}`, {meta['questions']} questions from `{meta['question_file']}`.", "",
-             "| method | ratio | visual tokens | accuracy | " + " | ".join(families) + " |",
-             "|---|---|---|---|" + "---|" * len(families)]
+    reference = meta.get("reference")
+    compared = reference is not None and any("vs_reference" in row for row in rows) \
+        and any(row["method"] == reference for row in rows)
+    counts = sorted({row["questions"] for row in rows})
+    columns = ["method", "ratio", "visual tokens"] + (["questions"] if len(counts) > 1 else []) + \
+        ["accuracy", "95% CI"] + ([f"Δ vs {reference}", "Δ 95% CI", "McNemar p"] if compared else []) + families
+    questions = f"{meta['questions']} questions" if len(counts) == 1 else \
+        f"{counts[0]}-{counts[-1]} questions (per cell: the questions column)"
+    lines = [f"Model `{meta['model']}`, {questions} from `{meta['question_file']}`.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        per_family = " | ".join(f"{100 * row['families'][f]:.1f}" if f in row["families"] else "" for f in families)
-        lines.append(f"| {row['method']} | {row['ratio']:g} | {row['visual_tokens']:g} | "
-                     f"{100 * row['accuracy']:.1f} | {per_family} |")
+        low, high = _interval(row)
+        cells = [row["method"], f"{row['ratio']:g}", f"{row['visual_tokens']:g}"]
+        cells += [str(row["questions"])] if len(counts) > 1 else []
+        cells += [_points(row["accuracy"]), f"[{_points(low)}, {_points(high)}]"]
+        cells += _comparison(row, reference) if compared else []
+        cells += [_points(row["families"][f]) if f in row["families"] else "" for f in families]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in %, exact match after lower-casing and removing a final period. Visual tokens: "
               "mean per image from the plugin's stats (for methods inside the LLM: averaged over its layers), "
-              "or the unpruned count where it wrote none."]
+              "or the unpruned count where it wrote none. 95% CI: Wilson score interval of the accuracy."]
+    if compared:
+        which = "the unpruned model's (none)" if reference == "none" else f"that of {reference} at the same ratio"
+        lines += ["", f"Δ vs {reference}: the cell's accuracy minus {which}, in points, on the same questions; "
+                  f"Δ 95% CI: percentile bootstrap over the questions ({significance.RESAMPLES:,} resamples, "
+                  f"seed {significance.SEED}). A difference whose interval excludes 0 is real at 95%. McNemar p: "
+                  "exact two-sided test on the questions exactly one of the two cells answers right. "
+                  f"—: no {reference} cell to compare with; {DIFFERENT}: the two cells did not answer the same "
+                  "question ids, so they are not compared."]
     return "\n".join(lines) + "\n"
 
 
@@ -26,16 +127,26 @@ def plot(rows: List[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib import pyplot as plt, transforms
 
     figure, axes = plt.subplots(figsize=(6, 4))
     # tab20 holds ten dark/light pairs: the first ten methods get the dark shades, the next ten the light
     colors, markers = plt.get_cmap("tab20").colors, "os^vDP*Xhp<>"
-    for index, method in enumerate(dict.fromkeys(row["method"] for row in rows)):
-        points = sorted((r["visual_tokens"], 100 * r["accuracy"]) for r in rows if r["method"] == method)
-        axes.plot(*zip(*points), marker=markers[index % len(markers)], color=colors[2 * index % 20 + index // 10 % 2],
-                  label=method)
-    axes.set_xlabel("visual tokens per image")
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    for index, method in enumerate(methods):
+        points = sorted((r["visual_tokens"], 100 * r["accuracy"], *(100 * v for v in _interval(r)))
+                        for r in rows if r["method"] == method)
+        tokens, accuracy, low, high = zip(*points)
+        # methods at the same token count are drawn side by side, 2 points apart, so their bars stay apart
+        dodge = transforms.offset_copy(axes.transData, fig=figure, x=2 * (index - (len(methods) - 1) / 2),
+                                       units="points")
+        axes.errorbar(tokens, accuracy, yerr=([a - lo for a, lo in zip(accuracy, low)],
+                                              [hi - a for a, hi in zip(accuracy, high)]),
+                      marker=markers[index % len(markers)], color=colors[2 * index % 20 + index // 10 % 2],
+                      markersize=4, capsize=2, elinewidth=0.8, transform=dodge, label=method)
+        axes.update_datalim(list(zip(tokens, accuracy)))     # shifted artists do not widen the axes
+    axes.autoscale_view()
+    axes.set_xlabel("visual tokens per image (bars: 95% Wilson interval)")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
@@ -45,7 +156,16 @@ def plot(rows: List[dict], path: str) -> None:
     plt.close(figure)
 
 
-def write(out: str, meta: dict, rows: List[dict]) -> List[str]:
+def write(out: str, meta: dict, rows: List[dict], answers: Optional[Mapping[str, Mapping[str, bool]]] = None,
+          reference: str = DEFAULT_REFERENCE) -> List[str]:
+    """results.json (``meta`` with the reference and how the intervals are made,
+    the :func:`annotate` rows), results.md and accuracy.png in ``out``."""
+    meta = dict(meta, reference=reference, statistics={
+        "accuracy_interval": "95% Wilson score interval",
+        "vs_reference": f"cell minus reference; interval: 95% percentile bootstrap over the questions, "
+                        f"{significance.RESAMPLES} resamples, seed {significance.SEED}; "
+                        "mcnemar_p: exact two-sided McNemar test"})
+    rows = annotate(rows, answers, reference)
     paths = [os.path.join(out, name) for name in ("results.json", "results.md", "accuracy.png")]
     with open(paths[0], "w", encoding="utf-8") as handle:
         json.dump({"meta": meta, "cells": rows}, handle, indent=1)

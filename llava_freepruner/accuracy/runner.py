@@ -19,12 +19,12 @@ from typing import Callable, Dict, List, Sequence
 import torch
 
 from ..prompts import image_questions_inputs
-from ..stats import read_jsonl
 from ..toy.questions import is_correct
 from ..vision.images import open_image
 from .cells import Cell
 from .plugin import applied, check_pruned, stats_records
 from .questions import Item
+from .summary import answered, cell_paths, summarize  # noqa: F401 (summarize: re-exported)
 
 
 class Model:
@@ -65,13 +65,8 @@ class SettingsChanged(ValueError):
     """A resumed cell's answers came from other settings than this run's."""
 
 
-def _answered(path: str) -> Dict[str, dict]:
-    return {r["question_id"]: r for r in read_jsonl(path)} if os.path.isfile(path) else {}
-
-
 def _paths(folder: str, cell: Cell) -> Dict[str, str]:
-    return {kind: os.path.join(folder, cell.name + suffix)
-            for kind, suffix in (("answers", ".jsonl"), ("stats", ".stats.jsonl"), ("settings", ".settings.json"))}
+    return cell_paths(folder, cell.name)
 
 
 def cell_settings(settings: Dict[str, object], cell: Cell) -> Dict[str, object]:
@@ -83,7 +78,7 @@ def check_resume(folder: str, cell: Cell, settings: Dict[str, object]) -> None:
     """Raise :class:`SettingsChanged` naming each option whose value differs from the
     one that produced the cell's answers (nothing answered yet: nothing to check)."""
     paths = _paths(folder, cell)
-    if not _answered(paths["answers"]):
+    if not answered(paths["answers"]):
         return
     if not os.path.isfile(paths["settings"]):
         raise SettingsChanged(f"{paths['answers']} holds answers but not the settings that produced them (no "
@@ -116,7 +111,7 @@ def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, setti
     for every cell before the first runs)."""
     paths = _paths(folder, cell)
     answers_path, stats_path = paths["answers"], paths["stats"]
-    done = _answered(answers_path)
+    done = answered(answers_path)
     todo = [item for item in items if item.question_id not in done]
     for _ in range(len(items) - len(todo)):
         tick()
@@ -142,25 +137,3 @@ def run_cell(model: Model, cell: Cell, items: Sequence[Item], folder: str, setti
                     tick()
                 out.flush()
     return [done[item.question_id] for item in items]
-
-
-def summarize(cell: Cell, records: Sequence[dict], stats_path: str) -> dict:
-    """Accuracy overall and per family; visual tokens per image from the
-    plugin's stats when it wrote any (for a method inside the LLM, the mean over
-    layers of the visual tokens each keeps), else the unpruned count."""
-    families = sorted({r["family"] for r in records})
-    stats = [s for s in stats_records(stats_path) if "tokens_out" in s]
-    alive = [s["llm_visual_alive"] for s in stats if s.get("llm_visual_alive")]
-    if alive:       # pruned inside the LLM: the visual tokens each layer keeps, averaged over layers
-        tokens, source = sum(sum(a) / len(a) for a in alive) / len(alive), "llm_layer_mean"
-    elif stats:
-        tokens, source = sum(s["tokens_out"] for s in stats) / len(stats), "stats"
-    else:
-        tokens, source = sum(r["unpruned_tokens"] for r in records) / len(records), "unpruned"
-    return {
-        "method": cell.method, "ratio": cell.ratio, "questions": len(records),
-        "accuracy": sum(r["correct"] for r in records) / len(records),
-        "families": {f: sum(r["correct"] for r in records if r["family"] == f)
-                     / sum(1 for r in records if r["family"] == f) for f in families},
-        "visual_tokens": round(tokens, 2), "tokens_from": source,
-    }

@@ -22,6 +22,7 @@ COMMANDS = {
     "toy-model": "write the toy LLaVA (DINOv2-S + SmolLM2-135M, projector trained here) as a transformers checkpoint",
     "toy-questions": "write a question set (scenes of coloured shapes on real photos) in model_vqa_loader JSON lines",
     "accuracy": "accuracy of a transformers LLaVA checkpoint per pruning method and ratio, through generate()",
+    "accuracy-report": "rewrite an accuracy folder's results.json, results.md and accuracy.png from its answer files, without a model",
 }
 
 

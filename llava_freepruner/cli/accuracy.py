@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from ..accuracy.report import DEFAULT_REFERENCE as REFERENCE
 from .bench import _floats, command_line
 
 
@@ -34,6 +35,29 @@ def add_arguments(parser) -> None:
                              "so a resume may change it (default: 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--out", default="accuracy_out", help="output folder (default: accuracy_out); reruns resume")
+    parser.add_argument("--reference", metavar="METHOD",
+                        help="the method every other cell is compared with, question by question, at the same ratio "
+                             "(for 'none': the unpruned cell); one of --methods (default: "
+                             f"{REFERENCE}, where --methods has it)")
+
+
+def reference_method(chosen, methods, source="the methods of the run"):
+    """The reference method spelled as the cells spell it: ``chosen`` (``--reference``)
+    must be one of ``methods`` (as cells spell them); when it is None, freepruner
+    (whether or not ``methods`` has it: then nothing is compared). ValueError
+    naming the accepted values, ``source``, otherwise."""
+    from ..config import ConfigError, parse_method
+
+    if chosen is None:
+        return REFERENCE
+    accepted = list(dict.fromkeys(methods))
+    try:
+        method = "+".join(m for m in parse_method(chosen) if m) or "none"
+    except ConfigError:
+        method = None
+    if method not in accepted:
+        raise ValueError(f"--reference {chosen!r} is not valid: expected one of {source} ({', '.join(accepted)})")
+    return method
 
 
 def run(args) -> int:
@@ -54,21 +78,23 @@ def run(args) -> int:
     try:
         grid = cell_grid.grid([m.strip() for m in args.methods.split(",") if m.strip()], _floats(args.ratios),
                               recipes=cell_grid.parse_recipes(args.fitprune_recipe))
+        reference = reference_method(args.reference, [cell.method for cell in grid])
         items = questions.read(args.questions, args.images, args.limit)
     except (ConfigError, ValueError) as err:
         return fail(str(err))
     if not os.path.isdir(args.model):
         return fail(f"--model {args.model!r}: no such checkpoint folder")
-    return _run(args, grid, items)
+    return _run(args, grid, items, reference)
 
 
-def _run(args, grid, items) -> int:
+def _run(args, grid, items, reference=REFERENCE) -> int:
     import torch
     from tqdm import tqdm
 
     from ..accuracy import report
     from ..accuracy.plugin import NotPruned
     from ..accuracy.runner import Model, SettingsChanged, check_resume, run_cell, summarize
+    from ..accuracy.summary import correct_by_question
 
     folder = os.path.join(args.out, "cells")
     # what shapes the answers: a resume into --out must use the same
@@ -86,20 +112,24 @@ def _run(args, grid, items) -> int:
     meta = {"command": command_line(args, "accuracy"),
             "model": args.model, "question_file": args.questions, "questions": len(items),
             "max_new_tokens": args.max_new_tokens}
-    rows = []
+    rows, answers, paths = [], {}, []
     progress = tqdm(total=len(grid) * len(items), desc="accuracy", unit="q")
     try:
         for cell in grid:
             progress.set_postfix_str(cell.name)
             records = run_cell(model, cell, items, folder, settings, progress.update, args.batch_size)
             rows.append(summarize(cell, records, os.path.join(folder, f"{cell.name}.stats.jsonl")))
+            answers[cell.name] = correct_by_question(records)
     except NotPruned as err:
         print(f"llava_freepruner accuracy: {err}", file=sys.stderr)
         return 1
     finally:
         progress.close()
         if rows:        # the finished cells, also when a later one failed
-            for path in report.write(args.out, meta, rows):
+            paths = report.write(args.out, meta, rows, answers, reference)
+            for path in paths:
                 print(f"accuracy: wrote {path}", file=sys.stderr)
-    print(report.markdown(meta, rows))
+    if paths:
+        with open(paths[1], encoding="utf-8") as handle:      # results.md
+            print(handle.read())
     return 0

@@ -290,7 +290,7 @@ def _wrap_features(original, kind: str):
     @functools.wraps(original)
     def get_features(self, *args, **kwargs):
         session = transformers_llava.current_session()
-        if session is None or not session.active:
+        if session is None or not session.active or _encoding:
             return original(self, *args, **kwargs)
         call = inspect.signature(original).bind(self, *args, **kwargs).arguments
         refuse_unservable(session, type(self))      # the plugin may have come after the model
@@ -302,7 +302,7 @@ def _wrap_features(original, kind: str):
         temporal = kind == "video" and config.video_mode == "temporal"
         if session.vision is None or (not temporal and all(r.budget == m.cells for m in media
                                                            for r in requests[m.first_crop:m.first_crop + m.frames])):
-            output = original(self, *args, **kwargs)
+            output = _encode(original, self, args, kwargs)
             _note_whole(session, media, pending_key)
             return output
         _announce(session, media[0])
@@ -310,7 +310,7 @@ def _wrap_features(original, kind: str):
         methods = [PooledMethod(session.vision, unit=tower.spatial_merge_size ** 2, pool_hidden=False)
                    for _ in groups]
         with _TowerCapture(tower, methods, groups, grid_thw):
-            output = original(self, *args, **kwargs)
+            output = _encode(original, self, args, kwargs)
         result = _Output(output)
         if temporal:
             _narrow_to_novel(media, groups, result.features, config.tau)
@@ -328,6 +328,18 @@ def _wrap_features(original, kind: str):
         return result.with_features(features)
 
     return get_features
+
+
+_encoding = False      # inside the host's get_*_features: Qwen3-VL encodes videos through get_image_features
+
+
+def _encode(original, model, args, kwargs):
+    global _encoding
+    _encoding = True
+    try:
+        return original(model, *args, **kwargs)
+    finally:
+        _encoding = False
 
 
 def _note_whole(session: Session, media: List[_Media], pending_key: str) -> None:

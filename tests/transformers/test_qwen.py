@@ -1,0 +1,303 @@
+"""transformers' Qwen2-VL, Qwen2.5-VL and Qwen3-VL under unchanged processor + generate() / forward.
+
+The reference for a pruned prompt: the unpatched model with the dropped placeholders
+masked out of attention and every position id as in the full prompt. Pruning
+removes exactly those keys and keeps every kept token's M-RoPE ids, so the logits agree.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+import transformers
+from packaging.version import Version
+
+from llava_freepruner.backends import transformers_qwen
+from llava_freepruner.config import ConfigError
+from llava_freepruner.hf_tiny_qwen import TinyQwen
+
+KINDS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+VISION_METHODS = ["freepruner", "random", "grid", "cls_topk", "visionzip", "divprune", "vispruner"]
+QUESTIONS = ["What is in the image?", "Describe the picture in one sentence."]
+
+
+def half(n):
+    return math.floor(0.5 * n + 0.5)
+
+
+def prompt(processor, question, images=1):
+    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def inputs_for(processor, images, questions, per_prompt=1):
+    processor.tokenizer.padding_side = "left"
+    texts = [prompt(processor, q, per_prompt) for q in questions]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def generate(model, inputs, **kwargs):
+    kwargs = {"max_new_tokens": 4, "do_sample": False, **kwargs}
+    with torch.no_grad():
+        return model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **kwargs)
+
+
+def merged_tokens(inputs):
+    """Merged tokens of each image, from the processor's grid (2 x 2 merge)."""
+    return [int(t * h * w) // 4 for t, h, w in inputs["image_grid_thw"].tolist()]
+
+
+def cache_of(output):
+    return output.past_key_values if getattr(output, "past_key_values", None) is not None else output.cache
+
+
+def layer_lengths(cache):
+    if hasattr(cache, "layers"):
+        return [layer.keys.shape[-2] for layer in cache.layers]
+    return [cache.key_cache[i].shape[-2] for i in range(len(cache.key_cache))]
+
+
+class DecoderCalls:
+    """The inputs the language model receives, call by call (forward hook, returns nothing)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.model.language_model.register_forward_hook(self._keep, with_kwargs=True)
+
+    def _keep(self, module, args, kwargs, output):
+        self.calls.append({"width": kwargs["inputs_embeds"].shape[1], "position_ids": kwargs.get("position_ids")})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+class KeptSpy:
+    """The kept positions of every image the backend selects for."""
+
+    def __init__(self, monkeypatch):
+        self.kept = []
+        original = transformers_qwen._keep_in_place
+
+        def spy(item, selections, feats):
+            kept, feats = original(item, selections, feats)
+            self.kept.append(kept.cpu())
+            return kept, feats
+
+        monkeypatch.setattr(transformers_qwen, "_keep_in_place", spy)
+
+
+def full_positions(model, inputs):
+    """The position ids the unpatched decoder gets for the whole prompt."""
+    with DecoderCalls(model) as calls, torch.no_grad():
+        model(**inputs)
+    return calls.calls[0]["position_ids"]
+
+
+@pytest.fixture
+def two_sizes(qwen_models, photos):
+    """(model, processor, inputs) of two prompts whose images make different numbers of merged tokens."""
+    def make(kind):
+        model, processor = qwen_models(TinyQwen(kind=kind))
+        inputs = inputs_for(processor, [photos[name] for name in PHOTOS], QUESTIONS)
+        counts = merged_tokens(inputs)
+        assert counts[0] != counts[1]
+        return model, processor, inputs
+    return make
+
+
+PHOTOS = ["astronaut", "rocket"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ratio_one_gives_the_unpatched_tokens_and_scores(kind, two_sizes, plugin):
+    model, _, inputs = two_sizes(kind)
+    reference = generate(model, inputs)
+    plugin(ratio=1.0)
+    out = generate(model, inputs)
+    assert torch.equal(out.sequences, reference.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(out.scores, reference.scores))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pruned_logits_equal_the_unpatched_model_with_the_dropped_tokens_masked(kind, two_sizes, plugin, monkeypatch):
+    model, processor, inputs = two_sizes(kind)
+    positions = full_positions(model, inputs)
+    spy = KeptSpy(monkeypatch)
+    plugin(ratio=0.5, vision_method="freepruner")
+    with DecoderCalls(model) as calls:
+        out = generate(model, inputs, max_new_tokens=2)
+    counts = merged_tokens(inputs)
+    assert [k.numel() for k in spy.kept] == [half(n) for n in counts]
+    keep = inputs["attention_mask"].bool().clone()
+    image = inputs["input_ids"] == model.config.image_token_id
+    for row, kept in enumerate(spy.kept):
+        columns = image[row].nonzero().flatten()
+        dropped = torch.ones(columns.numel(), dtype=torch.bool)
+        dropped[kept] = False
+        keep[row, columns[dropped]] = False
+    with torch.no_grad():
+        reference = model(**{**inputs, "attention_mask": keep.long()}, position_ids=positions).logits[:, -1]
+    torch.testing.assert_close(out.scores[0], reference, rtol=1e-4, atol=1e-5)
+    # the kept tokens (and the text) saw the full prompt's M-RoPE ids; decode steps continue from them
+    prefill, step = calls.calls[0], calls.calls[1]
+    length = inputs["input_ids"].shape[1]
+    assert prefill["width"] == length - min(n - half(n) for n in counts)
+    rope = prefill["position_ids"][-3:]
+    for row in range(2):
+        kept = int(keep[row].sum())
+        assert torch.equal(rope[:, row, -kept:], positions[-3:, row][:, keep[row]])
+    unpruned_step = positions[-3:, :, -1:] + 1
+    assert torch.equal(step["position_ids"][-3:], unpruned_step)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", VISION_METHODS)
+def test_every_vision_method_keeps_half_of_each_image_and_batch_equals_singles(kind, method, two_sizes, photos,
+                                                                               plugin, tmp_path):
+    model, processor, inputs = two_sizes(kind)
+    stats = tmp_path / "stats.jsonl"
+    plugin(ratio=0.5, vision_method=method, stats=str(stats))
+    batch = generate(model, inputs, max_new_tokens=3)
+    singles = [generate(model, inputs_for(processor, [photos[name]], [question]), max_new_tokens=3)
+               for name, question in zip(PHOTOS, QUESTIONS)]
+    import llava_freepruner
+
+    llava_freepruner.remove()       # flushes the stats
+    records = [json.loads(line) for line in stats.read_text().splitlines()]
+    counts = merged_tokens(inputs)
+    assert [(r["tokens_in"], r["tokens_out"]) for r in records[:2]] == [(n, half(n)) for n in counts]
+    length = inputs["input_ids"].shape[1]
+    for row, single in enumerate(singles):
+        assert torch.equal(single.sequences[0, -3:], batch.sequences[row, length:])
+        torch.testing.assert_close(single.scores[0][0], batch.scores[0][row], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_several_images_in_one_prompt_each_keep_their_budget(kind, qwen_models, photos, plugin, tmp_path):
+    model, processor = qwen_models(TinyQwen(kind=kind))
+    inputs = inputs_for(processor, [photos["coffee"], photos["chelsea"], photos["rocket"]], QUESTIONS[:1], per_prompt=3)
+    stats = tmp_path / "stats.jsonl"
+    plugin(ratio=0.5, stats=str(stats))
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True)
+    import llava_freepruner
+
+    llava_freepruner.remove()
+    counts = merged_tokens(inputs)
+    records = [json.loads(line) for line in stats.read_text().splitlines()]
+    assert [r["tokens_out"] for r in records] == [half(n) for n in counts]
+    length = inputs["input_ids"].shape[1]
+    assert set(layer_lengths(cache_of(out))) == {length - sum(n - half(n) for n in counts)}
+    assert out.logits.shape[1] == length          # the caller's positions, all of them
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_only_prompts_are_untouched(kind, qwen_models, plugin):
+    model, processor = qwen_models(TinyQwen(kind=kind))
+    processor.tokenizer.padding_side = "left"
+    inputs = processor.tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    reference = generate(model, inputs)
+    plugin(ratio=0.5)
+    out = generate(model, inputs)
+    assert torch.equal(out.sequences, reference.sequences)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fields", [{"vision_method": "cdpruner", "ratio": 0.5},
+                                    {"vision_method": None, "llm_method": "fastv", "ratio": 0.5}],
+                         ids=["cdpruner", "fastv"])
+def test_what_a_qwen_model_cannot_serve_is_refused_by_name_before_its_weights(kind, fields, plugin):
+    from llava_freepruner import hf_tiny_qwen
+
+    plugin(**fields)
+    method = fields["vision_method"] or fields["llm_method"]
+    with pytest.raises(ConfigError, match=rf"FREEPRUNER_METHOD={method}"):
+        hf_tiny_qwen.build(TinyQwen(kind=kind))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_beams_and_several_return_sequences(kind, two_sizes, plugin):
+    model, _, inputs = two_sizes(kind)
+    length = inputs["input_ids"].shape[1]
+    beams = generate(model, inputs, num_beams=2, max_new_tokens=3)
+    torch.manual_seed(0)
+    sampled = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
+    plugin(ratio=1.0)
+    assert torch.equal(generate(model, inputs, num_beams=2, max_new_tokens=3).sequences, beams.sequences)
+    torch.manual_seed(0)
+    again = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
+    assert torch.equal(again.sequences, sampled.sequences)
+    plugin(ratio=0.5)
+    counts = merged_tokens(inputs)
+    pruned = generate(model, inputs, num_beams=2, max_new_tokens=3)
+    assert torch.equal(pruned.sequences[:, :length], inputs["input_ids"])
+    assert max(layer_lengths(cache_of(pruned))) <= length - min(n - half(n) for n in counts) + 3
+    torch.manual_seed(0)
+    several = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
+    assert torch.equal(several.sequences[:, :length], inputs["input_ids"].repeat_interleave(2, dim=0))
+
+
+CHUNKS_SINCE = "5.23"
+
+
+@pytest.mark.skipif(Version(transformers.__version__) < Version(CHUNKS_SINCE),
+                    reason=f"generate(prefill_chunk_size=...) arrived in transformers {CHUNKS_SINCE}")
+@pytest.mark.parametrize("kind", KINDS)
+def test_prefill_chunks_at_ratio_one_are_the_hosts_and_refused_with_pruning(kind, two_sizes, plugin):
+    model, _, inputs = two_sizes(kind)
+    reference = generate(model, inputs, prefill_chunk_size=16)
+    plugin(ratio=1.0)
+    assert torch.equal(generate(model, inputs, prefill_chunk_size=16).sequences, reference.sequences)
+    plugin(ratio=0.5)
+    with pytest.raises(ConfigError, match=r"generate\(prefill_chunk_size=16\)"):
+        generate(model, inputs, prefill_chunk_size=16)
+
+
+def video_inputs(model, processor, frames, grid, still=False):
+    """A prompt with one video of ``frames`` temporal slices of ``grid`` patches, built by hand
+    (the video processors need torchvision): Qwen3-VL sets each slice apart."""
+    tokenizer = processor.tokenizer
+    config = model.config
+    cells = grid[0] * grid[1] // 4
+    start, end = tokenizer.convert_tokens_to_ids("<|vision_start|>"), tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    per_slice = config.model_type == "qwen3_vl"
+    block = ([start] + [config.video_token_id] * cells + [end]) * frames if per_slice else \
+        [start] + [config.video_token_id] * (frames * cells) + [end]
+    text = tokenizer("What happens in the video?")["input_ids"]
+    ids = torch.tensor([text[:2] + block + text[2:]])
+    vision = config.vision_config
+    width = 3 * vision.temporal_patch_size * vision.patch_size ** 2
+    torch.manual_seed(1)
+    pixels = torch.randn(grid[0] * grid[1], width).repeat(frames, 1) if still else \
+        torch.randn(frames * grid[0] * grid[1], width)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels,
+              "video_grid_thw": torch.tensor([[frames, *grid]])}
+    if Version(transformers.__version__).major >= 5:
+        inputs["mm_token_type_ids"] = 2 * (ids == config.video_token_id).int()
+    return inputs, cells
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_videos_keep_half_of_every_frame_and_temporal_mode_drops_a_still_frame(kind, qwen_models, plugin, tmp_path):
+    model, processor = qwen_models(TinyQwen(kind=kind))
+    inputs, cells = video_inputs(model, processor, frames=3, grid=(8, 12))
+    reference = generate(model, inputs)
+    plugin(ratio=1.0)
+    assert torch.equal(generate(model, inputs).sequences, reference.sequences)
+    length = inputs["input_ids"].shape[1]
+    for mode, still, kept in (("frame", False, 3 * half(cells)), ("temporal", True, half(cells))):
+        stats = tmp_path / f"{mode}.jsonl"
+        plugin(ratio=0.5, video=mode, stats=str(stats))
+        data, _ = video_inputs(model, processor, frames=3, grid=(8, 12), still=still)
+        with torch.no_grad():
+            out = model(**data, use_cache=True)
+        import llava_freepruner
+
+        llava_freepruner.remove()
+        record = json.loads(stats.read_text().splitlines()[0])
+        assert (record["kind"], record["tokens_in"], record["tokens_out"]) == ("video", 3 * cells, kept)
+        assert set(layer_lengths(cache_of(out))) == {length - (3 * cells - kept)}

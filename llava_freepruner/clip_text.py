@@ -76,8 +76,17 @@ class ClipText:
 
 def _load_complete(model_class, path: str, **overrides):
     """``model_class`` from ``path`` in fp32; a weight missing from the checkpoint
-    (a vision-only checkpoint has no text tower) is an error, not a random init."""
-    model, info = model_class.from_pretrained(path, output_loading_info=True, **overrides)
+    (a vision-only checkpoint has no text tower) is an error, not a random init.
+    Each half leaves the other's weights unused, as meant: transformers' report of
+    them (a table per half on 5.x) is not logged."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, **overrides)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     missing = [key for key in info["missing_keys"] if not key.endswith("position_ids")]
     if missing:
         raise ValueError(f"the checkpoint lacks {len(missing)} weights of {model_class.__name__}, e.g. {missing[0]}")

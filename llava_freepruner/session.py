@@ -77,15 +77,18 @@ class Session:
                                "placeholders do not match the images passed")
         return texts
 
-    def prompt_tokenizer(self, model):
-        """The tokenizer saved with ``model``'s checkpoint, to read prompts back as text."""
+    def prompt_tokenizer(self, model, fast: bool = False):
+        """The tokenizer saved with ``model``'s checkpoint, to read prompts back as text
+        (``fast``: the one transformers' processors use; else the slow one, as upstream llava loads)."""
         if model not in self.tokenizers:
             from transformers import AutoTokenizer
 
             path = model.config._name_or_path
             try:
-                self.tokenizers[model] = AutoTokenizer.from_pretrained(path, use_fast=False)
-            except OSError as err:
+                if not path:
+                    raise OSError("the model was not loaded from a checkpoint folder (config._name_or_path is empty)")
+                self.tokenizers[model] = AutoTokenizer.from_pretrained(path, use_fast=fast)
+            except (OSError, ValueError) as err:
                 raise RuntimeError(f"FREEPRUNER_METHOD={self.config.vision_method}: the prompt's text is needed, but "
                                    f"the tokenizer of the checkpoint {path!r} cannot be loaded: {err}") from None
         return self.tokenizers[model]

@@ -94,7 +94,11 @@ def _build_vision(spec: TinySpec, out_dir: str) -> None:
 def _clip_tokenizer(out_dir: str) -> None:
     """A byte-level CLIP tokenizer without merges: every character is a token."""
     from transformers import CLIPTokenizerFast
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    try:
+        from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    except ImportError:         # transformers 5.x keeps it in one place
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars]

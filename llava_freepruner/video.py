@@ -77,7 +77,8 @@ def novel_requests(requests: Sequence[CropRequest], redundant: torch.Tensor) -> 
     The one read of the device in temporal mode: how many cells each frame has
     left decides how many it keeps, so the flags of all frames come to the host at once."""
     novel = ~redundant.cpu()
-    return [CropRequest(r.budget, flags if r.valid is None else r.valid & flags) for r, flags in zip(requests, novel)]
+    return [CropRequest(r.budget, flags if r.valid is None else r.valid & flags, r.instruction)
+            for r, flags in zip(requests, novel)]
 
 
 def kept_positions(layout: FrameLayout, kept: Sequence[torch.Tensor]) -> torch.Tensor:

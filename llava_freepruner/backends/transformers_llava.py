@@ -23,6 +23,14 @@ and a check in front of the model's ``generate``:
 - ``generate``: refused before any work are ``prefill_chunk_size`` with pruning
   (chunks split an image's placeholders over several prefill calls) and a new
   image or video in a turn that continues a pruned cache.
+
+Text-conditioned methods (CDPruner) read each image's instruction back from the
+prompt's ``input_ids`` (:mod:`llava_freepruner.instruction`). Those are noted where
+the images get encoded from: transformers 5.x ``generate()`` encodes them before
+the prefill, from its own arguments (the rows not yet repeated for beams); the
+model's ``forward`` (4.57's ``generate()``, and any direct call) from its
+arguments (4.57 repeats ids and images alike). The ``forward`` of each host class
+is wrapped for that alone.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from .. import anyres, quantization
 from .. import llm as llm_runtime
 from ..capture import AttentionCapture
 from ..config import ConfigError
+from ..instruction import expanded_instructions, prompt_rows
 from ..methods.base import CropRequest, SelectionContext, host_indices, select
 from ..sequence import Compression
 from ..session import Session
@@ -65,6 +74,8 @@ _session: Optional[Session] = None
 _ORIGINALS = {}                         # (class, attribute) -> original (None: inherited)
 _hooked = weakref.WeakKeyDictionary()   # language model -> its _ShorteningHooks
 _generate_call = None                   # a token per generate() call in flight
+_prompt = None                          # the _Prompt of the generate() or forward call in flight (text methods)
+_clip_widths = {}                       # FREEPRUNER_CLIP_TEXT folder -> its vision half's width
 
 
 def check_version(version: str) -> None:
@@ -93,6 +104,7 @@ def install(session: Session, host) -> None:
     patch(cls, "__init__", _wrap_init(cls.__init__))
     patch(cls, "get_image_features", _wrap_image_features(cls.get_image_features))
     patch(cls, "get_placeholder_mask", wrap_placeholder_mask(cls.get_placeholder_mask))
+    patch(cls, "forward", _wrap_forward(cls.forward))
     generator = getattr(host, HOST_CLASSES[host.__name__].replace("Model", "ForConditionalGeneration"))
     patch(generator, "generate", wrap_generate(generator.generate))
     if "get_video_features" in cls.__dict__:
@@ -131,15 +143,52 @@ def patch(cls, name: str, replacement) -> None:
         setattr(cls, name, replacement)
 
 
-def refuse_unservable(session: Session, cls) -> None:
-    """Refuse what the plugin cannot do with a model of class ``cls`` (known once it is built)."""
-    if session.vision is not None and session.vision.needs_instruction:
-        raise ConfigError(f"FREEPRUNER_METHOD={session.vision.name} reads the prompt's instruction, which "
-                          "transformers' LLaVA classes do not hand to image encoding: run it through "
-                          "upstream llava, or choose a method that needs no text.")
+def refuse_unservable(session: Session, cls, config=None) -> None:
+    """Refuse what the plugin cannot do with a model of class ``cls`` and ``config`` (known once it is built)."""
+    if _needs_text(session) and config is not None:
+        _refuse_without_text_tower(session, config)
     if session.config.video_variables and not hasattr(cls, "get_video_features"):
         raise ConfigError(f"{' and '.join(session.config.video_variables)} set, but {cls.__name__} is an "
                           "image-only model: unset the video variables (or use a video model).")
+
+
+def _needs_text(session: Optional[Session]) -> bool:
+    return session is not None and session.vision is not None and session.vision.needs_instruction
+
+
+def _refuse_without_text_tower(session: Session, config) -> None:
+    """A text-conditioned method (CDPruner) embeds the instruction with the CLIP text tower
+    of the vision tower's checkpoint. transformers' LLaVA checkpoints hold the vision half
+    only: the whole CLIP checkpoint comes from FREEPRUNER_CLIP_TEXT, read here (its
+    config.json alone) before any weight loads."""
+    method = session.config.vision_method or session.vision.name
+    vision = config.vision_config
+    if vision.model_type != "clip_vision_model":
+        raise ConfigError(f"FREEPRUNER_METHOD={method} scores patches against the instruction in a CLIP "
+                          f"checkpoint's joint space, and this model's vision tower is {vision.model_type}, "
+                          "which has no CLIP text tower: choose a method that needs no text.")
+    path = getattr(session.vision, "text_source", None) or session.config.clip_text
+    if not path:
+        raise ConfigError(f"FREEPRUNER_METHOD={method} needs the CLIP text tower of the vision tower's checkpoint, "
+                          "and transformers' LLaVA checkpoints hold its vision half only: set FREEPRUNER_CLIP_TEXT "
+                          "to a local folder holding that whole CLIP checkpoint (for the llava-hf 1.5 and 1.6 "
+                          "models, openai/clip-vit-large-patch14-336).")
+    if path not in _clip_widths:
+        from transformers import AutoConfig
+
+        try:
+            clip = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"FREEPRUNER_CLIP_TEXT={path!r} holds no CLIP checkpoint ({err}): set it to a local "
+                              "folder holding the vision tower's whole CLIP checkpoint.") from None
+        if clip.model_type != "clip":
+            raise ConfigError(f"FREEPRUNER_CLIP_TEXT={path!r} holds a {clip.model_type!r} checkpoint, not a whole CLIP "
+                              "(text tower and visual projection): set it to the vision tower's CLIP checkpoint.")
+        _clip_widths[path] = clip.vision_config.hidden_size
+    if _clip_widths[path] != vision.hidden_size:
+        raise ConfigError(f"FREEPRUNER_CLIP_TEXT={path!r} holds a CLIP whose vision width is {_clip_widths[path]}, "
+                          f"and this model's vision tower is {vision.hidden_size} wide: set it to the CLIP checkpoint "
+                          "the vision tower was taken from.")
 
 
 def _wrap_init(original):
@@ -148,7 +197,7 @@ def _wrap_init(original):
         """Refusals the configuration alone decides, before any weight is made or loaded."""
         session = _session
         if session is not None and session.active:
-            refuse_unservable(session, type(self))
+            refuse_unservable(session, type(self), config)
             if session.llm is not None:
                 try:
                     session.llm.check_model(config.text_config.num_hidden_layers)
@@ -162,7 +211,9 @@ def _wrap_init(original):
 def wrap_generate(original):
     @functools.wraps(original)
     def generate(self, *args, **kwargs):
+        global _generate_call, _prompt
         session = _session
+        prompt = _prompt
         if session is not None:
             # generate(inputs, generation_config, ...): the positional ones, then the keywords
             options = {**inspect.signature(original).bind_partial(self, *args).arguments, **kwargs}
@@ -170,14 +221,76 @@ def wrap_generate(original):
                 _refuse_prefill_chunks(session.config, options.get("generation_config") or self.generation_config,
                                        options)
             _refuse_new_media_on_a_pruned_cache(self, options)
-        global _generate_call
+            if _needs_text(session):        # 5.x encodes the images from these, before the prefill
+                prompt = _Prompt.of(options.get("input_ids", options.get("inputs")), options.get("attention_mask"))
         outer, _generate_call = _generate_call, object()
+        outer_prompt, _prompt = _prompt, prompt
         try:
             return original(self, *args, **kwargs)
         finally:
-            _generate_call = outer
+            _generate_call, _prompt = outer, outer_prompt
 
     return generate
+
+
+def _wrap_forward(original):
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        """Notes the call's prompt for the images it encodes (text-conditioned methods only)."""
+        if not _needs_text(_session):
+            return original(self, *args, **kwargs)
+        call = inspect.signature(original).bind_partial(self, *args, **kwargs).arguments
+        global _prompt
+        outer, _prompt = _prompt, _Prompt.of(call.get("input_ids"), call.get("attention_mask"))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _prompt = outer
+
+    return forward
+
+
+@dataclass
+class _Prompt:
+    """The token ids of the prompts whose images are encoded, read to the host once, when first needed."""
+
+    input_ids: Optional[torch.Tensor]
+    attention_mask: Optional[torch.Tensor]
+    _rows: Optional[List[List[int]]] = None
+
+    @classmethod
+    def of(cls, input_ids, attention_mask) -> "_Prompt":
+        is_ids = isinstance(input_ids, torch.Tensor) and not input_ids.is_floating_point() and input_ids.dim() == 2
+        mask = attention_mask if isinstance(attention_mask, torch.Tensor) else None
+        return cls(input_ids if is_ids else None, mask)
+
+    def rows(self) -> List[List[int]]:
+        if self._rows is None:
+            self._rows = prompt_rows(self.input_ids, self.attention_mask)
+        return self._rows
+
+
+def instructions(model, kind: str, lengths: List[int]) -> List[str]:
+    """The instruction of each image (``kind`` "image") or video ("video") of the call in
+    flight, from the prompt's ids: ``lengths``, the placeholders each one fills, in order."""
+    session = _session
+    method = session.config.vision_method or session.vision.name
+    prompt = _prompt
+    if prompt is None or prompt.input_ids is None:
+        raise RuntimeError(f"FREEPRUNER_METHOD={method} reads each {kind}'s instruction from the prompt's input_ids, "
+                           f"and these {kind}s were encoded without them (a call with inputs_embeds, or "
+                           f"get_{kind}_features called directly): pass input_ids to generate() or the model.")
+    tokenizer = session.prompt_tokenizer(model, fast=True)
+    # a special token after the placeholders (chatml's <|im_end|>, an end of sequence) ends the turn
+    ends = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+
+    def decode(ids) -> str:
+        cut = next((i for i, token in enumerate(ids) if token in ends), len(ids))
+        return tokenizer.decode(ids[:cut], skip_special_tokens=True)
+
+    config = model.config
+    placeholders = {getattr(config, f"{other}_token_id", None) for other in ("image", "video")} - {None}
+    return expanded_instructions(prompt.rows(), decode, getattr(config, f"{kind}_token_id"), lengths, placeholders)
 
 
 def _refuse_prefill_chunks(config, generation_config, options) -> None:
@@ -304,7 +417,7 @@ def _wrap_image_features(original):
         if not isinstance(layer, int):
             raise ConfigError(f"vision_feature_layer={layer!r}: llava_freepruner selects on one tower layer; "
                               "models that concatenate several layers' features are not supported.")
-        refuse_unservable(session, type(self))      # the plugin may have come after the model
+        refuse_unservable(session, type(self), self.config)      # the plugin may have come after the model
         requests, images, grid = _plan(self, pixel_values, call, session.config)
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=grid, num_prefix=_num_prefix(vision),
@@ -320,6 +433,11 @@ def _wrap_image_features(original):
             with AttentionCapture(getattr(self, "image_tower", None) or self.vision_tower, session.vision, ctx) as capture:
                 output = original(self, *args, **kwargs)
             ctx.output_dtype = pooled_features(output)[0].dtype
+            if session.vision.needs_instruction:
+                texts = instructions(self, "image", [f.shape[0] for f in pooled_features(output)])
+                ctx.requests = requests = [dataclasses.replace(r, instruction=texts[i])
+                                           for i, image in enumerate(images)
+                                           for r in requests[image.first_crop:image.first_crop + image.num_crops]]
             selections = select(session.vision, ctx)
             select_seconds = capture.seconds
         features = pooled_features(output)

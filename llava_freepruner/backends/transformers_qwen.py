@@ -84,8 +84,9 @@ def refuse_unservable(session: Session, cls) -> None:
     """What the plugin cannot do on a Qwen-VL model, refused by name."""
     config = session.config
     if session.vision is not None and session.vision.needs_instruction:
-        raise ConfigError(f"FREEPRUNER_METHOD={config.method} reads the prompt's instruction, which "
-                          f"{cls.__name__} does not hand to image encoding: choose a method that needs no text.")
+        raise ConfigError(f"FREEPRUNER_METHOD={config.method} scores tokens against the prompt's instruction in "
+                          f"the joint space of a CLIP checkpoint's vision and text halves; {cls.__name__}'s vision "
+                          "tower has no CLIP text half. Choose a method that needs no text.")
     if session.llm is not None:
         raise ConfigError(f"FREEPRUNER_METHOD={config.method} prunes inside the LLM, which llava_freepruner supports "
                           f"on Llama, Mistral and Qwen2 decoders with 1-D rotary positions; {cls.__name__}'s decoder "

@@ -18,6 +18,7 @@ receives (DivPrune) read the host's own output on each cell.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -124,6 +125,12 @@ def wrap_video_features(original):
         _check_budget(config, layout)
         videos = pixels.shape[0]
         requests = [CropRequest(video.frame_budget(config, layout))] * (videos * layout.frames)
+        if session.vision is not None and session.vision.needs_instruction:
+            transformers_llava.refuse_unservable(session, type(self), self.config)
+            # every frame of a video is selected with the text after the video's placeholders
+            texts = transformers_llava.instructions(self, "video", [layout.tokens] * videos)
+            requests = [dataclasses.replace(r, instruction=texts[v]) for v in range(videos)
+                        for r in requests[v * layout.frames:(v + 1) * layout.frames]]
         vision = self.config.vision_config
         ctx = SelectionContext(requests=requests, grid=layout.cells, num_prefix=transformers_llava._num_prefix(vision),
                                num_layers=vision.num_hidden_layers,

@@ -295,12 +295,12 @@ def _unpatched(model, inputs):
     return generate(model, inputs)
 
 
-def test_a_method_that_reads_the_instruction_is_refused_by_name(tiny_models, photos, plugin):
+def test_a_method_that_reads_the_instruction_without_a_text_tower_is_refused_by_name(tiny_models, photos, plugin):
     from llava_freepruner.config import ConfigError
 
     model, processor = tiny_models(LLAVA)
     plugin(vision_method="cdpruner", ratio=0.5)
-    with pytest.raises(ConfigError, match="FREEPRUNER_METHOD=cdpruner reads the prompt's instruction"):
+    with pytest.raises(ConfigError, match="FREEPRUNER_METHOD=cdpruner needs the CLIP text tower.*FREEPRUNER_CLIP_TEXT"):
         generate(model, inputs_for(processor, [photos["coffee"]], QUESTIONS[:1]))
 
 

@@ -8,7 +8,8 @@ from llava_freepruner.config import ConfigError
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"vision_method": "cdpruner", "ratio": 0.5}, "FREEPRUNER_METHOD=cdpruner reads the prompt's instruction"),
+    ({"vision_method": "cdpruner", "ratio": 0.5}, "FREEPRUNER_METHOD=cdpruner needs the CLIP text tower.*set "
+                                                  "FREEPRUNER_CLIP_TEXT"),
     ({"ratio": 0.5, "video": "temporal"}, "FREEPRUNER_VIDEO set, but LlavaModel is an image-only model"),
     ({"vision_method": None, "llm_method": "fitprune", "fitprune_recipe": "llava-v1.5-7b@60"},
      "FitPrune recipe llava-v1.5-7b@60 has 32 layers, the model's language model has 3"),

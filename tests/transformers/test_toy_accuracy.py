@@ -125,7 +125,7 @@ def test_batches_answer_as_single_questions_for_every_method_and_a_resume_may_ch
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"num_visual_tokens": 256,
                                   "deletions": [0, 128] + [0] * (model.config.text_config.num_hidden_layers - 2)}))
-    methods = ["none"] + [m for m in VISION_METHODS + LLM_METHODS if m != "cdpruner"]   # cdpruner: upstream only
+    methods = ["none"] + [m for m in VISION_METHODS + LLM_METHODS if m != "cdpruner"]   # the toy has no CLIP text tower
     args = ["accuracy", "--model", str(toy_dir), "--questions", str(question_dir / "questions.jsonl"),
             "--images", str(question_dir / "images"), "--methods", ",".join(methods), "--ratios", "1.0,0.5",
             "--fitprune-recipe", str(recipe)]

@@ -72,7 +72,7 @@ def test_cache_holds_text_plus_each_frames_kept_tokens(spec, tiny_models, photos
     assert (record["tokens_in"], record["tokens_out"]) == (visual, 4 * kept + trailing)
 
 
-# every method that needs no instruction (cdpruner reads the prompt's, which videos do not carry)
+# every method that needs no instruction (cdpruner also needs a CLIP text tower: test_cdpruner_hf.py)
 VIDEO_METHODS = sorted(name for name, cls in methods.REGISTRY.items() if not cls.needs_instruction)
 
 

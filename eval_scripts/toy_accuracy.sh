@@ -3,8 +3,9 @@
 #
 #   bash eval_scripts/toy_accuracy.sh [OUT_DIR]      # default OUT_DIR: toy_accuracy
 #
-# Builds the checkpoint (toy-model), a held-out question set (held-out photos, seed 7,
-# 200 questions), a calibration set for FitPrune (training photos, seed 11, 40 questions),
+# Builds the checkpoint (toy-model), a held-out question set (held-out photos, seed 8,
+# 800 questions balanced over the four families), a calibration set for FitPrune (training
+# photos, seed 11, 40 questions),
 # fits one FitPrune recipe per ratio (FLOPs reduction 1 - ratio), runs `accuracy` on the
 # first LIMIT questions in two processes of one thread each (the unpruned model once, every
 # method at each ratio) and writes the combined report (OUT_DIR/results.md, results.json,
@@ -12,15 +13,20 @@
 # LIMIT only answers the new questions.
 #
 # Environment: PYTHON (default .venv-transformers/bin/python), WEIGHTS (default: the committed
-# toy weights; a file from `python -m llava_freepruner.toy.train --out`), LIMIT (default 200, all of
-# them; 31 cells at 1-2.6 questions per second per process: about 50 minutes on a 2-core CPU),
+# toy weights; a file from `python -m llava_freepruner.toy.train --out`), COUNT and QUESTION_SEED
+# (default 800 and 8; BALANCED=0 draws families at random: COUNT=200 QUESTION_SEED=7 BALANCED=0 is
+# the earlier 200-question set), LIMIT (default: all COUNT; 31 cells at 1-2.6 questions per second
+# per process: about 50 minutes per 200 questions on a 2-core CPU),
 # BATCH_SIZE (default 1: questions per generate(); the answers are the same at any size, and a
 # rerun may change it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-toy_accuracy}"
 py="${PYTHON:-.venv-transformers/bin/python}"
-limit="${LIMIT:-200}"
+count="${COUNT:-800}"
+question_seed="${QUESTION_SEED:-8}"
+balanced=(); [[ "${BALANCED:-1}" == 1 ]] && balanced=(--balanced)
+limit="${LIMIT:-$count}"
 batch_size="${BATCH_SIZE:-1}"
 ratios="0.5,0.25,0.11"
 vision_methods="none,freepruner,random,grid,cls_topk,visionzip"
@@ -30,7 +36,8 @@ mkdir -p "$out"
 
 [[ -f "$out/model/config.json" ]] || "$py" -m llava_freepruner toy-model --out "$out/model" ${WEIGHTS:+--weights "$WEIGHTS"}
 [[ -f "$out/heldout/questions.jsonl" ]] ||
-    "$py" -m llava_freepruner toy-questions --out "$out/heldout" --count 200 --seed 7 --photos heldout
+    "$py" -m llava_freepruner toy-questions --out "$out/heldout" --count "$count" --seed "$question_seed" \
+        --photos heldout "${balanced[@]}"
 [[ -f "$out/calibration/questions.jsonl" ]] ||
     "$py" -m llava_freepruner toy-questions --out "$out/calibration" --count 40 --seed 11 --photos train
 

@@ -107,3 +107,13 @@ def test_unknown_photo_is_named():
 def test_scoring_normalisation(prediction, answer, right):
     assert is_correct(prediction, answer) is right
     assert normalize("Purple.") == "purple"
+
+
+def test_balanced_sets_give_each_family_a_quarter(pool):
+    from collections import Counter
+
+    asked = [q for _, _, q in questions(3, pool, 42, balanced=True)]
+    counts = Counter(q.family for q in asked)
+    assert sorted(counts.values()) == [10, 10, 11, 11]
+    exists = counts["exists"]
+    assert Counter(q.answer for q in asked if q.family == "exists") == {"yes": (exists + 1) // 2, "no": exists // 2}

@@ -14,6 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--photos", default="heldout",
                         help=f"comma-separated photo names, sets ({', '.join(PHOTO_SETS)}) or image paths "
                              "(default: heldout, photos never used in training)")
+    parser.add_argument("--balanced", action="store_true",
+                        help="each question family gets a quarter of the questions (default: families drawn at random)")
 
 
 def run(args) -> int:
@@ -21,7 +23,7 @@ def run(args) -> int:
 
     try:
         path = write_question_set(args.out, args.seed, [p.strip() for p in args.photos.split(",") if p.strip()],
-                                  args.count)
+                                  args.count, balanced=args.balanced)
     except ValueError as err:
         print(f"llava_freepruner toy-questions: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """Question sets: scenes and one question each, as upstream ``model_vqa_loader`` reads them.
 
-Families are drawn uniformly; ``exists`` questions alternate between 'yes' and
-'no', so exactly half of them (rounded) are 'no'. A scene that has no question of
+Families are drawn uniformly (``balanced``: in shuffled rounds of all four, so each
+family has a quarter of the questions, give or take one); ``exists`` questions
+alternate between 'yes' and 'no', so exactly half of them (rounded) are 'no'. A scene that has no question of
 the drawn kind is replaced by a new one. The same seed and photos give the same
 set.
 """
@@ -33,11 +34,19 @@ class PhotoPool:
         return scene, render(scene, self.images[path])
 
 
-def questions(seed: int, pool: PhotoPool, count: int) -> Iterator[Tuple[Scene, Image.Image, Question]]:
+def questions(seed: int, pool: PhotoPool, count: int,
+              balanced: bool = False) -> Iterator[Tuple[Scene, Image.Image, Question]]:
     rng = random.Random(seed)
     exists_asked = 0
+    round_left: List[str] = []
     for _ in range(count):
-        family = rng.choice(FAMILIES)
+        if balanced:
+            if not round_left:
+                round_left = list(FAMILIES)
+                rng.shuffle(round_left)
+            family = round_left.pop()
+        else:
+            family = rng.choice(FAMILIES)
         answer = None
         if family == "exists":
             answer = ("yes", "no")[exists_asked % 2]
@@ -50,7 +59,7 @@ def questions(seed: int, pool: PhotoPool, count: int) -> Iterator[Tuple[Scene, I
                 break
 
 
-def write_question_set(out: str, seed: int, photos: Sequence[str], count: int) -> str:
+def write_question_set(out: str, seed: int, photos: Sequence[str], count: int, balanced: bool = False) -> str:
     """Write ``out/images/*.png`` and ``out/questions.jsonl``; returns the JSONL path.
 
     Images are PNG so the shape colours reach the model exactly.
@@ -61,7 +70,7 @@ def write_question_set(out: str, seed: int, photos: Sequence[str], count: int) -
     image_dir = os.path.join(out, "images")
     os.makedirs(image_dir, exist_ok=True)
     records: List[dict] = []
-    for index, (scene, image, question) in enumerate(questions(seed, pool, count)):
+    for index, (scene, image, question) in enumerate(questions(seed, pool, count, balanced)):
         name = f"scene_{seed}_{index:05d}.png"
         image.save(os.path.join(image_dir, name))
         records.append({"question_id": index, "image": name, "text": question.text,

@@ -34,7 +34,30 @@ def _with_prefix(weights: torch.Tensor, num_prefix: int) -> torch.Tensor:
     return out
 
 
-class PooledView(AttentionView):
+class _PooledMaps(AttentionView):
+    """An attention view answered from one pooled map per crop, made when first asked (``_pool``)."""
+
+    _maps: Optional[MapView] = None
+
+    def _pool(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _view(self) -> MapView:
+        if self._maps is None:
+            self._maps = MapView(self._pool())
+        return self._maps
+
+    def rows(self, rows=None):
+        return self._view().rows(rows)
+
+    def received(self):
+        return self._view().received()
+
+    def paid_to(self, columns, weights=None):
+        return self._view().paid_to(columns, weights)
+
+
+class PooledView(_PooledMaps):
     """Head-mean attention between prefix tokens and pooled cells, for every crop; made when first asked."""
 
     def __init__(self, base: AttentionView, pool: torch.Tensor, num_prefix: int):
@@ -43,27 +66,15 @@ class PooledView(AttentionView):
         pool = pool.to(base.device)
         self.query = _with_prefix(pool, num_prefix)
         self.key = _with_prefix(pool / pool.sum(dim=0, keepdim=True).clamp_min(1e-12), num_prefix)
-        self._maps: Optional[MapView] = None
 
-    def _view(self) -> MapView:
-        if self._maps is None:
-            self._maps = MapView(self.query @ self.base.rows() @ self.key.T)
-        return self._maps
-
-    def rows(self, rows=None):
-        return self._view().rows(rows)
-
-    def received(self):
-        return self._view().received()
-
-    def paid_to(self, columns, weights=None):
-        return self._view().paid_to(columns, weights)
+    def _pool(self) -> torch.Tensor:
+        return self.query @ self.base.rows() @ self.key.T
 
     def mean_keys(self):
         return self.query @ self.base.mean_keys()
 
 
-class UnitPooledView(AttentionView):
+class UnitPooledView(_PooledMaps):
     """:class:`PooledView` for cells of ``unit`` consecutive tokens each with equal
     weights and no prefix (Qwen-VL's 2 x 2 merge units, stored as four consecutive
     rows): a reshape and a mean/sum instead of the pooling matmuls."""
@@ -71,24 +82,12 @@ class UnitPooledView(AttentionView):
     def __init__(self, base: AttentionView, unit: int):
         self.base, self.unit = base, unit
         self.device, self.batch_size = base.device, base.batch_size
-        self._maps: Optional[MapView] = None
 
-    def _view(self) -> MapView:
-        if self._maps is None:
-            maps = self.base.rows()
-            crops, tokens = maps.shape[:2]
-            cells = tokens // self.unit
-            self._maps = MapView(maps.view(crops, cells, self.unit, cells, self.unit).mean(dim=2).sum(dim=3))
-        return self._maps
-
-    def rows(self, rows=None):
-        return self._view().rows(rows)
-
-    def received(self):
-        return self._view().received()
-
-    def paid_to(self, columns, weights=None):
-        return self._view().paid_to(columns, weights)
+    def _pool(self) -> torch.Tensor:
+        maps = self.base.rows()
+        crops, tokens = maps.shape[:2]
+        cells = tokens // self.unit
+        return maps.view(crops, cells, self.unit, cells, self.unit).mean(dim=2).sum(dim=3)
 
     def mean_keys(self):
         keys = self.base.mean_keys()

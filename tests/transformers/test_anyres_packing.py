@@ -9,7 +9,7 @@ import torch
 from llava_freepruner import anyres
 from llava_freepruner.hf_tiny import TinyHF
 
-from test_generate import generate, inputs_for
+from chat_generation import generate, inputs_for
 
 SIZES = [(480, 640), (640, 480), (512, 1024), (1008, 336), (800, 800), (300, 1200), (336, 336)]
 # (height, width) whose unpadded tile map has no row, or rows of no patch (a newline each)

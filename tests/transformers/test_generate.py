@@ -8,34 +8,12 @@ import torch
 import transformers
 from packaging.version import Version
 
+from chat_generation import check_beams_and_return_sequences_at_ratio_one, generate, inputs_for, layer_lengths
 from llava_freepruner.hf_tiny import TinyHF
 
 LLAVA = TinyHF()
 NEXT = TinyHF(kind="llava_next")
 QUESTIONS = ["What is in the image?", "Describe the picture in one sentence."]
-
-
-def prompt(processor, question, images=1):
-    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-
-
-def inputs_for(processor, images, questions, padding_side="left", per_prompt=1):
-    processor.tokenizer.padding_side = padding_side
-    texts = [prompt(processor, q, per_prompt) for q in questions]
-    return processor(images=images, text=texts, return_tensors="pt", padding=True)
-
-
-def generate(model, inputs, **kwargs):
-    kwargs = {"max_new_tokens": 5, "do_sample": False, **kwargs}
-    with torch.no_grad():
-        return model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **kwargs)
-
-
-def layer_lengths(cache):
-    if hasattr(cache, "layers"):
-        return [layer.keys.shape[-2] for layer in cache.layers]
-    return [cache.key_cache[i].shape[-2] for i in range(len(cache.key_cache))]
 
 
 def image_token_count(model, inputs):
@@ -183,14 +161,7 @@ def test_sampling_and_beam_search_keep_the_prompt_prefix(tiny_models, photos, pl
 def test_beams_and_several_return_sequences_at_ratio_one_are_the_hosts(spec, tiny_models, photos, plugin):
     model, processor = tiny_models(spec)
     inputs = inputs_for(processor, [photos["astronaut"], photos["coffee"]], QUESTIONS)
-    beams = generate(model, inputs, num_beams=2, max_new_tokens=3)
-    torch.manual_seed(0)
-    sampled = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
-    plugin(ratio=1.0)
-    assert torch.equal(generate(model, inputs, num_beams=2, max_new_tokens=3).sequences, beams.sequences)
-    torch.manual_seed(0)
-    assert torch.equal(generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2,
-                                max_new_tokens=3).sequences, sampled.sequences)
+    check_beams_and_return_sequences_at_ratio_one(model, inputs, plugin)
     plugin(ratio=0.5)
     length = inputs["input_ids"].shape[1]
     several = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)

@@ -9,7 +9,7 @@ from llava_freepruner import quantization
 from llava_freepruner.config import ConfigError
 from llava_freepruner.hf_tiny import TinyHF
 
-from test_generate import generate, inputs_for, layer_lengths
+from chat_generation import generate, inputs_for, layer_lengths
 
 # bitsandbytes' CPU 4-bit kernels pack rows in blocks of 64: the tower must be at least that wide
 SPEC = TinyHF(vision_width=64)

@@ -13,6 +13,8 @@ import torch
 import transformers
 from packaging.version import Version
 
+from chat_generation import (cache_of, check_beams_and_return_sequences_at_ratio_one, generate, inputs_for,
+                             layer_lengths)
 from llava_freepruner.backends import transformers_qwen
 from llava_freepruner.config import ConfigError
 from llava_freepruner.hf_tiny_qwen import TinyQwen
@@ -26,36 +28,9 @@ def half(n):
     return math.floor(0.5 * n + 0.5)
 
 
-def prompt(processor, question, images=1):
-    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-
-
-def inputs_for(processor, images, questions, per_prompt=1):
-    processor.tokenizer.padding_side = "left"
-    texts = [prompt(processor, q, per_prompt) for q in questions]
-    return processor(images=images, text=texts, return_tensors="pt", padding=True)
-
-
-def generate(model, inputs, **kwargs):
-    kwargs = {"max_new_tokens": 4, "do_sample": False, **kwargs}
-    with torch.no_grad():
-        return model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **kwargs)
-
-
 def merged_tokens(inputs):
     """Merged tokens of each image, from the processor's grid (2 x 2 merge)."""
     return [int(t * h * w) // 4 for t, h, w in inputs["image_grid_thw"].tolist()]
-
-
-def cache_of(output):
-    return output.past_key_values if getattr(output, "past_key_values", None) is not None else output.cache
-
-
-def layer_lengths(cache):
-    if hasattr(cache, "layers"):
-        return [layer.keys.shape[-2] for layer in cache.layers]
-    return [cache.key_cache[i].shape[-2] for i in range(len(cache.key_cache))]
 
 
 class DecoderCalls:
@@ -181,7 +156,8 @@ def test_every_vision_method_keeps_half_of_each_image_and_batch_equals_singles(k
 @pytest.mark.parametrize("kind", KINDS)
 def test_several_images_in_one_prompt_each_keep_their_budget(kind, qwen_models, photos, plugin, tmp_path):
     model, processor = qwen_models(TinyQwen(kind=kind))
-    inputs = inputs_for(processor, [photos["coffee"], photos["chelsea"], photos["rocket"]], QUESTIONS[:1], per_prompt=3)
+    inputs = inputs_for(processor, [photos["coffee"], photos["chelsea"], photos["rocket"]], QUESTIONS[:1],
+                        per_prompt=3)
     stats = tmp_path / "stats.jsonl"
     plugin(ratio=0.5, stats=str(stats))
     with torch.no_grad():
@@ -225,14 +201,7 @@ def test_what_a_qwen_model_cannot_serve_is_refused_by_name_before_its_weights(ki
 def test_beams_and_several_return_sequences(kind, two_sizes, plugin):
     model, _, inputs = two_sizes(kind)
     length = inputs["input_ids"].shape[1]
-    beams = generate(model, inputs, num_beams=2, max_new_tokens=3)
-    torch.manual_seed(0)
-    sampled = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
-    plugin(ratio=1.0)
-    assert torch.equal(generate(model, inputs, num_beams=2, max_new_tokens=3).sequences, beams.sequences)
-    torch.manual_seed(0)
-    again = generate(model, inputs, do_sample=True, top_k=5, num_return_sequences=2, max_new_tokens=3)
-    assert torch.equal(again.sequences, sampled.sequences)
+    check_beams_and_return_sequences_at_ratio_one(model, inputs, plugin)
     plugin(ratio=0.5)
     counts = merged_tokens(inputs)
     pruned = generate(model, inputs, num_beams=2, max_new_tokens=3)

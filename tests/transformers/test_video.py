@@ -157,7 +157,7 @@ def test_tokens_beyond_one_frame_are_refused_naming_the_frame_size(tiny_models, 
 
 
 def test_video_variables_on_an_image_only_model_are_refused(tiny_models, photos, plugin):
-    from test_generate import inputs_for
+    from chat_generation import inputs_for
 
     model, processor = tiny_models(TinyHF())
     plugin(ratio=0.5, video="temporal")

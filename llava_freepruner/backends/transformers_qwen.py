@@ -27,6 +27,13 @@ decoder patches of :mod:`.transformers_llava` then drop the other placeholders
 from the sequence, keep the full prompt's M-RoPE ids for the rest (text after an
 image keeps its own; decode steps continue from the caller's ids and
 ``rope_deltas``), and drop the deepstack rows of the dropped tokens.
+
+Decoder-side methods (FitPrune, FastV, DART, alone or after a vision method) run
+in the language model through the same decoder hooks (:mod:`llava_freepruner.llm`
+handles M-RoPE tables and Qwen3-VL's deepstack rows). Refused by name when the
+model is built, before its weights load: an attention implementation other than
+``sdpa`` or ``eager``, and a FastV layer or FitPrune recipe the decoder's depth
+does not have.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import torch
 
 from .. import quantization, video
 from ..config import ConfigError
+from ..llm import decoders as llm_decoders
 from ..methods.base import CropRequest, SelectionContext, QueryKeyView, keeps_everything, select, to_device
 from ..methods.pooled import PooledMethod
 from ..session import Session
@@ -80,18 +88,31 @@ def uninstall() -> None:
     transformers_llava.uninstall()
 
 
-def refuse_unservable(session: Session, cls) -> None:
-    """What the plugin cannot do on a Qwen-VL model, refused by name."""
-    config = session.config
+def refuse_unservable(session: Session, cls, config=None) -> None:
+    """What the plugin cannot do on a Qwen-VL model, refused by name (``config``: the model's,
+    when known: at ``__init__``, before any weight loads)."""
     if session.vision is not None and session.vision.needs_instruction:
-        raise ConfigError(f"FREEPRUNER_METHOD={config.method} scores tokens against the prompt's instruction in "
-                          f"the joint space of a CLIP checkpoint's vision and text halves; {cls.__name__}'s vision "
-                          "tower has no CLIP text half. Choose a method that needs no text.")
-    if session.llm is not None:
-        raise ConfigError(f"FREEPRUNER_METHOD={config.method} prunes inside the LLM, which llava_freepruner supports "
-                          f"on Llama, Mistral and Qwen2 decoders with 1-D rotary positions; {cls.__name__}'s decoder "
-                          "uses M-RoPE. Choose a vision-side method (freepruner, random, grid, cls_topk, visionzip, "
-                          "divprune, vispruner).")
+        raise ConfigError(f"FREEPRUNER_METHOD={session.config.method} scores tokens against the prompt's "
+                          f"instruction in the joint space of a CLIP checkpoint's vision and text halves; "
+                          f"{cls.__name__}'s vision tower has no CLIP text half. Choose a method that needs no text.")
+    if session.llm is not None and config is not None:
+        _refuse_for_the_decoder(session, cls, config.get_text_config())
+
+
+def _refuse_for_the_decoder(session: Session, cls, text) -> None:
+    """A decoder-side method (FitPrune, FastV, DART) runs its own attention at the layers
+    that prune, with SDPA or eager attention only, on every layer of the decoder."""
+    method = session.config.method
+    implementation = getattr(text, "_attn_implementation", None)
+    if implementation is not None and implementation not in llm_decoders.ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(f"FREEPRUNER_METHOD={method} prunes inside the LLM, whose pruning layers compute their "
+                          f"own attention in the 'sdpa' or 'eager' form; {cls.__name__} was asked for "
+                          f"attn_implementation={implementation!r}. Load it with attn_implementation='sdpa' (or "
+                          "'eager'), or choose a vision-side method.")
+    try:
+        session.llm.check_model(text.num_hidden_layers)
+    except ValueError as err:
+        raise ConfigError(f"FREEPRUNER_METHOD={method}: {err}.") from None
 
 
 def _wrap_init(original):
@@ -100,7 +121,7 @@ def _wrap_init(original):
         """Refusals the configuration alone decides, before any weight is made or loaded."""
         session = transformers_llava.current_session()
         if session is not None and session.active:
-            refuse_unservable(session, type(self))
+            refuse_unservable(session, type(self), config)
         original(self, config, *args, **kwargs)
 
     return __init__
@@ -294,7 +315,7 @@ def _wrap_features(original, kind: str):
         if session is None or not session.active or _encoding:
             return original(self, *args, **kwargs)
         call = inspect.signature(original).bind(self, *args, **kwargs).arguments
-        refuse_unservable(session, type(self))      # the plugin may have come after the model
+        refuse_unservable(session, type(self), self.config)      # the plugin may have come after the model
         grid_thw = call[grid_key]
         tower = self.visual
         media = _plan(grid_thw, tower.spatial_merge_size)

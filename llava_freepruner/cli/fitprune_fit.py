@@ -7,9 +7,9 @@ import sys
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model-path", required=True,
-                        help="LLaVA checkpoint directory or hub name: upstream llava's, or transformers' "
-                             "LlavaForConditionalGeneration / LlavaNextForConditionalGeneration (told apart by "
-                             "its config.json)")
+                        help="checkpoint directory or hub name: upstream llava's LLaVA, or transformers' "
+                             "LlavaForConditionalGeneration / LlavaNextForConditionalGeneration / Qwen2-VL / "
+                             "Qwen2.5-VL / Qwen3-VL (told apart by its config.json)")
     parser.add_argument("--model-base", default=None, help="upstream LLaVA checkpoints only (LoRA, projector-only)")
     parser.add_argument("--question-file", required=True,
                         help="calibration questions, llava.eval.model_vqa_loader jsonl ({question_id, image, text})")

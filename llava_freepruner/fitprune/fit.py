@@ -2,8 +2,10 @@
 
 Two kinds of checkpoint, told apart by their ``config.json``: upstream LLaVA
 (inputs built exactly like ``llava.eval.model_vqa_loader``) and transformers'
-``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``
-(inputs from the processor's chat template, see :mod:`.transformers_fit`).
+``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration`` /
+``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` /
+``Qwen3VLForConditionalGeneration`` (inputs from the processor's chat template, see
+:mod:`.transformers_fit`).
 Either way each sample is encoded once (image tower, projector, splice) and its
 embeddings are cached; every bisection round then runs only the language model,
 with the fitting policy deciding deletions layer by layer (:func:`fit_encoded`).
@@ -167,7 +169,7 @@ def _check_reduction(reduction):
 
 UPSTREAM, TRANSFORMERS = "upstream", "transformers"
 UPSTREAM_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava_mpt")
-TRANSFORMERS_MODEL_TYPES = ("llava", "llava_next")
+TRANSFORMERS_MODEL_TYPES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def _read_config(model_path):
@@ -198,8 +200,8 @@ def _read_config(model_path):
 
 def checkpoint_kind(model_path):
     """``"upstream"`` (upstream llava's ``Llava*ForCausalLM``) or ``"transformers"``
-    (transformers' ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``),
-    from the checkpoint's config.json; ValueError naming the accepted kinds otherwise."""
+    (transformers' LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL and Qwen3-VL classes), from
+    the checkpoint's config.json; ValueError naming the accepted kinds otherwise."""
     config = _read_config(model_path)
     model_type = config.get("model_type")
     if model_type in UPSTREAM_MODEL_TYPES or "mm_vision_tower" in config:
@@ -207,7 +209,7 @@ def checkpoint_kind(model_path):
     if model_type in TRANSFORMERS_MODEL_TYPES:
         return TRANSFORMERS
     raise ValueError(f"model {model_path}: config.json has model_type {model_type!r}; fitprune-fit accepts "
-                     f"transformers LLaVA checkpoints (model_type {', '.join(TRANSFORMERS_MODEL_TYPES)}) and "
+                     f"transformers checkpoints (model_type {', '.join(TRANSFORMERS_MODEL_TYPES)}) and "
                      f"upstream LLaVA checkpoints (model_type {', '.join(UPSTREAM_MODEL_TYPES)}, "
                      "or any with mm_vision_tower)")
 
@@ -218,8 +220,8 @@ def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=
     visual-token FLOPs, write it to ``out`` (JSON) and return it.
 
     ``model_path``: an upstream LLaVA checkpoint (``conv_mode``, default ``llava_v1``, and
-    ``model_base`` apply) or a transformers LLaVA / LLaVA-NeXT checkpoint (its processor's
-    chat template builds the prompt)."""
+    ``model_base`` apply) or a transformers LLaVA / LLaVA-NeXT / Qwen-VL checkpoint (its
+    processor's chat template builds the prompt)."""
     _check_reduction(reduction)
     rounds_for(tolerance)
     started = time.time()
@@ -281,10 +283,12 @@ def _refuse_applied_plugin():
 def fit_encoded(decoder, encode, model_name, questions, question_file, reduction, out, progress=True,
                 tolerance=0.01, started=None, metadata=None, prompt_metadata=None):
     """The fit shared by every kind of checkpoint. ``encode(record) -> (embeds (1, L, d),
-    (start, end))``: one question's spliced decoder input and its visual span, computed once
-    per sample; ``decoder``: the language model's decoder (the module holding ``layers``),
-    run on the cached inputs in every bisection round. Writes the recipe to ``out`` and
-    returns it; ``wall_time_s`` counts from ``started`` (default: now)."""
+    (start, end))`` or ``(embeds, (start, end), decoder_kwargs)``: one question's spliced
+    decoder input, its visual span and what else the decoder is called with (a Qwen-VL
+    decoder: its M-RoPE ``position_ids``, Qwen3-VL's deepstack rows), computed once per
+    sample; ``decoder``: the language model's decoder (the module holding ``layers``), run on
+    the cached inputs in every bisection round. Writes the recipe to ``out`` and returns it;
+    ``wall_time_s`` counts from ``started`` (default: now)."""
     from tqdm import tqdm
 
     _check_reduction(reduction)
@@ -296,30 +300,31 @@ def fit_encoded(decoder, encode, model_name, questions, question_file, reduction
     bar = tqdm(total=len(questions) * (rounds + 3), desc="FitPrune fit", disable=not progress)
     cached = []
     for record in questions:
-        cached.append(encode(record))
+        encoded = encode(record)
+        cached.append(encoded if len(encoded) == 3 else (*encoded, {}))
         bar.update(1)
-    counts = [span[1] - span[0] for _, span in cached]
+    counts = [span[1] - span[0] for _, span, _ in cached]
     num_visual = int(statistics.median(counts))
 
-    def run(policy, embeds, span):
+    def run(policy, embeds, span, extra):
         attach(decoder, policy)
         begin_prefill(decoder, [[span]])
         with torch.inference_mode():
-            decoder(inputs_embeds=embeds, use_cache=False)
+            decoder(inputs_embeds=embeds, use_cache=False, **extra)
         bar.update(1)
 
     try:
         masses = []
-        for embeds, span in cached:
+        for embeds, span, extra in cached:
             observer = _ReferenceMasses()
-            run(observer, embeds, span)
+            run(observer, embeds, span, extra)
             masses.append(observer.masses)
 
         def evaluate(alpha):
             per_sample = []
-            for (embeds, span), sample_masses in zip(cached, masses):
+            for (embeds, span, extra), sample_masses in zip(cached, masses):
                 rule = _ToleranceRule(alpha, sample_masses, *sizes, reduction)
-                run(rule, embeds, span)
+                run(rule, embeds, span, extra)
                 per_sample.append(rule.deletions)
             deletions = _average_recipe(per_sample, counts, num_visual, model_name)
             achieved = flops_reduction(num_visual, deletions, *sizes)

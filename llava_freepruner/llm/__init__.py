@@ -1,4 +1,5 @@
-"""Decoder-side visual-token pruning (FitPrune, FastV, DART) on Llama, Mistral and Qwen2 decoders."""
+"""Decoder-side visual-token pruning (FitPrune, FastV, DART) on Llama, Mistral and Qwen2 decoders
+and the language models of Qwen2-VL, Qwen2.5-VL and Qwen3-VL."""
 
 from .dart import DartPolicy
 from .policies import FastVPolicy, FitPrunePolicy, PrunePolicy

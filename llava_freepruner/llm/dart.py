@@ -53,9 +53,14 @@ _EPS = 1e-8   # F.cosine_similarity's
 def key_norms(attn, keys, cos, sin):
     """L1 norm per token (batch, seq) of a layer's rotated keys, over heads (repeated
     for grouped KV) and head_dim. ``keys``: (batch, seq, kv_heads * head_dim), the
-    layer's ``k_proj`` output; ``cos``/``sin``: rotary tables (batch or 1, seq, head_dim)."""
+    layer's ``k_proj`` output (Qwen3-VL's per-head key norm is applied here, as the layer
+    applies it); ``cos``/``sin``: rotary tables (batch or 1, seq, head_dim)."""
     batch, seq, _ = keys.shape
-    key = rotate(keys.view(batch, seq, -1, attn.head_dim).transpose(1, 2), cos, sin)
+    key = keys.view(batch, seq, -1, attn.head_dim)
+    norm = getattr(attn, "k_norm", None)
+    if norm is not None:
+        key = norm(key)
+    key = rotate(key.transpose(1, 2), cos, sin)
     key = key.repeat_interleave(attn.num_key_value_groups, dim=1)    # (batch, heads, seq, head_dim)
     return key.float().abs().sum(dim=-1).sum(dim=1)
 

@@ -1,9 +1,10 @@
-"""Decoder-side visual-token pruning for Llama, Mistral and Qwen2 decoders.
+"""Decoder-side visual-token pruning for Llama, Mistral and Qwen2 decoders, and the
+language models of Qwen2-VL, Qwen2.5-VL and Qwen3-VL.
 
 ``attach(model, policy)`` wraps the decoder's forward and each decoder layer's forward
-of a model instance (on transformers 4.37 also each attention's rotary embedding);
-``detach(model)`` undoes it. What differs between transformers versions lives in
-:mod:`.decoders`.
+of a model instance (on transformers 4.37 also each attention's rotary embedding;
+on Qwen3-VL the decoder's deepstack step); ``detach(model)`` undoes it. What differs
+between decoders and transformers versions lives in :mod:`.decoders`.
 ``begin_prefill(model, spans)`` arms the next forward with query length > 1:
 
 - layers before the first deletion run untouched (the model's own attention and mask);
@@ -15,6 +16,10 @@ of a model instance (on transformers 4.37 also each attention's rotary embedding
   original position ids (and rotary tables) and a mask built from the survivors'
   original positions; each layer's KV cache holds the tokens that entered it, so
   per-layer cache lengths differ (layer 0 holds the whole prompt);
+- M-RoPE decoders (Qwen-VL): the rotary tables the model computed for the whole
+  prompt are gathered for the survivors, so every token keeps its (t, h, w) angles;
+  Qwen3-VL's deepstack rows, added to the visual positions after its first layers,
+  follow the survivors (a deleted token's row is not added);
 - after the last layer the sequence is scattered back to its full length (a deleted
   token keeps the hidden state it had when it was dropped), so logits keep the shape
   of an unpruned forward;
@@ -125,7 +130,7 @@ def last_record(model):
 class _Runtime:
     def __init__(self, model, decoder, policy):
         self.model, self.decoder, self.policy = model, decoder, policy
-        self.convention = decoders.calling_convention()
+        self.convention = decoders.calling_convention(decoder)
         self.window = decoders.sliding_window(decoder.config)
         self.pending = None
         self.state = None
@@ -141,23 +146,26 @@ class _Runtime:
             for rotary in self.convention.rotary_modules(decoder):
                 handle = rotary.register_forward_pre_hook(self._rotary_pre_hook, with_kwargs=True)
                 self._restore.append(handle.remove)
+            if callable(getattr(decoder, "_deepstack_process", None)):      # Qwen3-VL
+                self._wrap(decoder, self._deepstack, "_deepstack_process")
         except BaseException:
             self.uninstall()        # a decoder it cannot drive is left as it was
             raise
 
-    def _wrap(self, module, wrapper):
-        had_own = "forward" in module.__dict__
-        previous = module.__dict__.get("forward")
-        original = module.forward
-        installed = module.forward = functools.partial(wrapper, original)
+    def _wrap(self, module, wrapper, name="forward"):
+        had_own = name in module.__dict__
+        previous = module.__dict__.get(name)
+        original = getattr(module, name)
+        installed = functools.partial(wrapper, original)
+        setattr(module, name, installed)
 
         def restore():
-            if module.__dict__.get("forward") is not installed:
+            if module.__dict__.get(name) is not installed:
                 return  # wrapped again on top (a backend): that wrapper calls ours, which now passes through
             if had_own:
-                module.forward = previous
+                setattr(module, name, previous)
             else:
-                del module.forward
+                delattr(module, name)
         self._restore.append(restore)
 
     def uninstall(self):
@@ -246,6 +254,14 @@ class _Runtime:
             outputs = decoders.with_hidden_states(outputs, full)
         return outputs
 
+    def _deepstack(self, original, hidden_states, visual_pos_masks, visual_embeds):
+        """Qwen3-VL adds one deepstack row per visual position of the prompt to the output of its
+        first layers; once tokens are deleted, the survivors' rows go to the slots they sit in."""
+        state = self.state
+        if state is None or state.finished or state.slots is None or state.restored:
+            return original(hidden_states, visual_pos_masks, visual_embeds)
+        return state.add_deepstack(hidden_states, visual_pos_masks, visual_embeds)
+
     def _rotary_pre_hook(self, module, args, kwargs):
         # with a pruned cache a layer holds fewer keys than the highest position id
         state = self.state
@@ -313,6 +329,7 @@ class _Prefill:
         self.deletions = []
         self.parked = None
         self.pruned = False
+        self.restored = False    # the last layer scattered the sequence back to its full length
         self.finished = False
         self.rope_len = length
         self._positions = None
@@ -428,7 +445,20 @@ class _Prefill:
 
     def restore_full_length(self, hidden_states):
         self._scatter(self.parked, torch.where(self.slots >= 0, self.slots, self.length), hidden_states)
+        self.restored = True
         return self.parked[:, :self.length]
+
+    def add_deepstack(self, hidden_states, visual_pos_masks, visual_embeds):
+        """``hidden_states`` (batch, S) of the current slots plus each visual slot's deepstack row:
+        ``visual_pos_masks`` (batch, length) marks the prompt's visual positions, ``visual_embeds``
+        holds one row per marked position in row-major order. Gathers only: no read-back."""
+        mask = visual_pos_masks.to(hidden_states.device)
+        index = self.slots.clamp(min=0)
+        rank = (mask.flatten().cumsum(0) - 1).view_as(mask).gather(1, index)
+        here = mask.gather(1, index) & (self.slots >= 0)
+        rows = visual_embeds.to(hidden_states.device, hidden_states.dtype).index_select(
+            0, rank.clamp(min=0).flatten()).view_as(hidden_states)
+        return torch.where(here[:, :, None], hidden_states + rows, hidden_states)
 
     def finish(self):
         self.finished = True
@@ -574,8 +604,11 @@ def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statisti
     residual = hidden_states
     x = layer.input_layernorm(hidden_states)
     shape = (batch, seq, -1, attn.head_dim)
-    query = attn.q_proj(x).view(shape).transpose(1, 2)
-    key = attn.k_proj(x).view(shape).transpose(1, 2)
+    query, key = attn.q_proj(x).view(shape), attn.k_proj(x).view(shape)
+    q_norm, k_norm = decoders.head_norms(attn)
+    if q_norm is not None:
+        query, key = q_norm(query), k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)
     value = attn.v_proj(x).view(shape).transpose(1, 2)
     cos, sin = convention.cos_sin(attn, kwargs, value, max(seq, state.rope_len))
     query, key = rotate(query, cos, sin), rotate(key, cos, sin)

@@ -57,12 +57,13 @@ def test_the_cached_input_is_the_spliced_prompt_of_the_model(checkpoints, calibr
     model, processor = transformers_fit.load(checkpoints(LLAVA), "cpu")
     questions, images = calibration
     record = json.loads(questions.read_text().splitlines()[0])
-    embeds, (start, end) = transformers_fit.encode_sample(model, processor, record, str(images))
+    embeds, (start, end), extra = transformers_fit.encode_sample(model, processor, record, str(images))
     inputs = image_question_inputs(processor, photos[record["image"][:-4]], record["text"])
     ids = inputs["input_ids"][0]
     assert embeds.shape[:2] == (1, ids.shape[0])
     image = ids == model.config.image_token_id
     assert image[start:end].all() and end - start == 576 and int(image.sum()) == 576
+    assert set(extra) <= {"attention_mask"}      # LLaVA's language model gets no position ids
     with torch.no_grad():
         reference = model(**inputs).logits
         hidden = model.model.language_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
@@ -145,10 +146,11 @@ def test_bad_inputs_are_refused_by_name_before_loading(checkpoints, calibration,
         fit_recipe(folder, str(broken), str(images), 0.5, out)
     with pytest.raises(ValueError, match=r"conv_mode \(--conv-mode\) applies to upstream LLaVA checkpoints only"):
         fit_recipe(folder, str(questions), str(images), 0.5, out, conv_mode="llava_v1")
-    other = tmp_path / "qwen"
+    other = tmp_path / "gemma"
     other.mkdir()
-    (other / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    with pytest.raises(ValueError, match="model_type 'qwen2_vl'.*llava, llava_next.*llava_llama"):
+    (other / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    with pytest.raises(ValueError, match="model_type 'gemma3'.*llava, llava_next, qwen2_vl, qwen2_5_vl, "
+                                         "qwen3_vl.*llava_llama"):
         fit_recipe(str(other), str(questions), str(images), 0.5, out)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         fit_recipe(str(tmp_path), str(questions), str(images), 0.5, out)

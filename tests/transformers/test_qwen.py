@@ -186,8 +186,8 @@ def test_text_only_prompts_are_untouched(kind, qwen_models, plugin):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("fields", [{"vision_method": "cdpruner", "ratio": 0.5},
-                                    {"vision_method": None, "llm_method": "fastv", "ratio": 0.5}],
-                         ids=["cdpruner", "fastv"])
+                                    {"vision_method": None, "llm_method": "fastv", "ratio": 0.5, "fastv_layer": 3}],
+                         ids=["cdpruner", "fastv-past-the-last-layer"])
 def test_what_a_qwen_model_cannot_serve_is_refused_by_name_before_its_weights(kind, fields, plugin):
     from llava_freepruner import hf_tiny_qwen
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Add lmms-eval to an environment that already runs LLaVA, with only what
 # `python -m lmms_eval --model llava_hf` (or `--model llava`) and a local task need:
-# no torchvision, no CUDA torch, no wandb.
+# no torchvision, no CUDA torch, no wandb. Where torchvision already loads (the video
+# environment), also what `--model qwen2_5_vl` / `--model qwen2_vl` need.
 #
 #   bash eval_scripts/install_lmms_eval.sh VENV_PYTHON     # e.g. .venv-hf/bin/python
 #
@@ -17,6 +18,10 @@
 #   decord                                                  (imported by models/simple/llava_hf.py)
 #   pytablewriter                                           (the results table at the end of a run)
 #   filelock < 4                                            (lmms_eval imports filelock._api, gone in 4.x)
+#   qwen-vl-utils, only where torchvision loads              (process_vision_info, called by models/simple/
+#                                                            qwen2_vl.py, qwen2_5_vl.py and chat/qwen2_5_vl.py;
+#                                                            it imports torchvision at the top, and transformers'
+#                                                            Qwen-VL processors need torchvision's video half)
 # datasets is left to pip within lmms-eval's bound: 5.2.0 needs huggingface-hub >= 1.31,
 # which transformers 4.37.2 refuses, where pip then picks an older one.
 set -euo pipefail
@@ -34,6 +39,9 @@ requirements=(
     "pytablewriter==1.2.1"
     "filelock<4"
 )
+if "$py" -I -c "import torchvision" >/dev/null 2>&1; then
+    requirements+=("qwen-vl-utils==0.0.14")
+fi
 
 "$py" -I -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
     { echo "install_lmms_eval.sh: $py is not a Python >= 3.10" >&2; exit 1; }

@@ -148,9 +148,9 @@ class _Media:
         return self.frames * self.cells
 
 
-def _plan(grid_thw: torch.Tensor, merge: int) -> List[_Media]:
+def _plan(grid: List[List[int]], merge: int) -> List[_Media]:
     media, crops, units = [], 0, 0
-    for t, h, w in grid_thw.tolist():       # the host reads it too, to split its output
+    for t, h, w in grid:
         item = _Media(int(t), (int(h) // merge, int(w) // merge), crops, units)
         media.append(item)
         crops += item.frames
@@ -192,7 +192,8 @@ class _TowerCapture:
     """While active, hands each group's method the pooled attention of the layers it asks
     for. A method's layers are the tower's full-attention blocks (all of them but on
     Qwen2.5-VL); the queries and keys are recomputed in fp32 from the block's own
-    projections and rotary embeddings, rows put back in raster order."""
+    projections and rotary embeddings, rows put back in raster order. ``grid_thw``: a
+    host copy of the grid (the window order is worked out on the host without reading the device)."""
 
     def __init__(self, tower, methods: List[PooledMethod], groups: List[_Group], grid_thw: torch.Tensor):
         self.tower, self.methods, self.groups = tower, methods, groups
@@ -222,8 +223,8 @@ class _TowerCapture:
         """Each group's patch rows in the tower's sequence, raster order (undoing Qwen2.5-VL's window order)."""
         position = None
         window = _window_index(self.tower, self.grid_thw)
-        if window is not None:      # merge unit u sits at position[u] while the blocks run
-            position = torch.argsort(window.cpu())
+        if window is not None:      # merge unit u sits at position[u] while the blocks run (host tensors)
+            position = torch.argsort(window)
         sub = torch.arange(self.unit)
         for group in self.groups:
             cells = group.grid[0] * group.grid[1]
@@ -316,9 +317,9 @@ def _wrap_features(original, kind: str):
             return original(self, *args, **kwargs)
         call = inspect.signature(original).bind(self, *args, **kwargs).arguments
         refuse_unservable(session, type(self), self.config)      # the plugin may have come after the model
-        grid_thw = call[grid_key]
+        grid = call[grid_key].tolist()       # the plugin's one read of it (the host reads it too, to split its output)
         tower = self.visual
-        media = _plan(grid_thw, tower.spatial_merge_size)
+        media = _plan(grid, tower.spatial_merge_size)
         config = session.config
         requests = [CropRequest(config.budget(item.cells)) for item in media for _ in range(item.frames)]
         temporal = kind == "video" and config.video_mode == "temporal"
@@ -331,7 +332,7 @@ def _wrap_features(original, kind: str):
         groups = _groups(media, requests, len(_full_attention_blocks(tower)), call[pixels_key].device)
         methods = [PooledMethod(session.vision, unit=tower.spatial_merge_size ** 2, pool_hidden=False)
                    for _ in groups]
-        with _TowerCapture(tower, methods, groups, grid_thw):
+        with _TowerCapture(tower, methods, groups, torch.tensor(grid)):
             output = _encode(original, self, args, kwargs)
         result = _Output(output)
         if temporal:

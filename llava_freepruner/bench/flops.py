@@ -9,7 +9,7 @@ softmax and rotary embeddings are left out (under 1% at these shapes).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,19 @@ class EncoderShape:
     layers: int
     patch: int
     channels: int = 3
+    prefix: int = 1                 # [CLS] (Qwen-VL's towers: none)
+    mlp_matrices: int = 2           # fc1, fc2; a gated MLP (Qwen2.5-VL) has 3
+    temporal: int = 1               # frames per patch (Qwen-VL: 2, a picture is repeated)
+    window: int = 0                 # tokens per attention window in the windowed layers (0: none)
+    full_layers: Optional[int] = None     # layers attending over the whole crop (None: all)
 
     @classmethod
     def from_config(cls, config) -> "EncoderShape":
+        """A CLIP vision config, or any object with its fields (``hf_qwen.VisionShape`` adds the rest)."""
         return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-                   config.patch_size, getattr(config, "num_channels", 3))
+                   config.patch_size, getattr(config, "num_channels", 3), getattr(config, "prefix_tokens", 1),
+                   getattr(config, "mlp_matrices", 2), getattr(config, "temporal_patch_size", 1),
+                   getattr(config, "window_patches", 0), getattr(config, "full_attention_layers", None))
 
 
 def decoder_layer_flops(shape: DecoderShape, tokens: int) -> int:
@@ -62,11 +70,14 @@ def llm_prefill_flops(shape: DecoderShape, layer_tokens: Sequence[int], head_tok
 
 def vision_flops(shape: EncoderShape, patches: int, crops: int = 1) -> int:
     """Patch embedding and every encoder layer of a ViT on ``crops`` crops
-    ([CLS] + ``patches`` tokens each)."""
-    h, n = shape.hidden, patches + 1
-    embed = 2 * patches * shape.channels * shape.patch ** 2 * h
-    layer = 2 * n * h * 4 * h + 2 * 2 * n * n * h + 2 * 2 * n * h * shape.intermediate
-    return crops * (embed + shape.layers * layer)
+    (``shape.prefix`` [CLS] + ``patches`` tokens each); in windowed layers a token
+    attends to the ``shape.window`` tokens of its window."""
+    h, n = shape.hidden, patches + shape.prefix
+    embed = 2 * patches * shape.channels * shape.temporal * shape.patch ** 2 * h
+    dense = 2 * n * h * 4 * h + 2 * shape.mlp_matrices * n * h * shape.intermediate
+    full = shape.layers if shape.full_layers is None or not shape.window else shape.full_layers
+    attention = full * 2 * 2 * n * n * h + (shape.layers - full) * 2 * 2 * n * min(shape.window, n) * h
+    return crops * (embed + shape.layers * dense + attention)
 
 
 def projector_flops(linears: Sequence[Tuple[int, int]], tokens: int) -> int:

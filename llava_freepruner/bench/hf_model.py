@@ -1,5 +1,6 @@
 """The model under test on ``--backend transformers``: transformers' own
-``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``.
+``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration`` (the video
+classes in ``hf_video``, the Qwen-VL classes in ``hf_qwen``).
 
 Random weights are built from the same published shapes as upstream's
 (``archs.hf_architecture``); pixels go through transformers' image processor.
@@ -14,8 +15,8 @@ import os
 
 import torch
 
-from . import hf_video
-from .archs import CLIP_IMAGE_PROCESSOR, HF_IMAGE_TOKEN_ID, VIDEO_CHECKPOINTS, hf_architecture
+from . import hf_qwen, hf_video
+from .archs import CLIP_IMAGE_PROCESSOR, HF_IMAGE_TOKEN_ID, QWEN_CHECKPOINTS, VIDEO_CHECKPOINTS, hf_architecture
 from .model import PROMPT, BenchModel, Inputs, check_batch_size, randomize, random_prompt, sample_image
 
 # mm_vision_select_feature (upstream) -> vision_feature_select_strategy (transformers)
@@ -24,9 +25,12 @@ _MODEL_TYPES = ("llava", "llava_next")
 
 
 def build_random(name: str, llm_layers, vision_layers, device: str, dtype: torch.dtype, seed: int = 0) -> BenchModel:
-    """A transformers conversion named in ``archs.HF_CHECKPOINTS``, with random weights."""
+    """A transformers conversion named in ``archs.HF_CHECKPOINTS`` (or a video or Qwen-VL
+    model), with random weights."""
     from transformers import CLIPVisionConfig, LlamaConfig
 
+    if name in QWEN_CHECKPOINTS:
+        return hf_qwen.build_random(name, llm_layers, vision_layers, device, dtype, seed)
     decoder, llava, vision = hf_architecture(name, llm_layers, vision_layers)
     if llava["mm_projector_type"] != "mlp2x_gelu":
         raise ValueError(f"--random-weights {name}: transformers' LLaVA projector is mlp2x_gelu, "
@@ -79,6 +83,8 @@ def make_inputs(bench: BenchModel, batch_size: int, text_tokens: int, video_fram
     ``video_frames``: a clip of that many frames instead (video models only)."""
     if video_frames is not None:
         return hf_video.make_inputs(bench, batch_size, text_tokens, video_frames)
+    if hf_qwen.is_qwen(bench.model):
+        return hf_qwen.make_inputs(bench, batch_size, text_tokens)
     check_batch_size(batch_size)
     images = [sample_image()] * batch_size
     image_id = bench.model.config.image_token_id

@@ -29,11 +29,17 @@ class HostParts:
     text_config: Any                # the decoder's shapes (FLOPs, layer count)
     vision_config: Any              # the tower's shapes
     feature_layer: int              # the tower layer whose output is projected (negative: from the end)
+    projects_in_tower: bool = False  # the projector runs inside the tower, on every token (Qwen-VL's merger)
 
     @property
     def num_patches(self) -> int:
         """Patches per crop."""
         return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
+    @property
+    def tokens_per_crop(self) -> int:
+        """Tokens a crop gives the LLM unpruned: its patches, or Qwen-VL's merged 2 x 2 units."""
+        return self.num_patches // getattr(self.vision_config, "spatial_merge_size", 1) ** 2
 
 
 def check_backend(name: str) -> None:
@@ -65,7 +71,14 @@ def parts(backend: str, model) -> HostParts:
     if backend == "upstream":
         llm, tower = model.get_model(), model.get_vision_tower()
         return HostParts(tower, llm, model.lm_head, llm.mm_projector, model.config, tower.config, tower.select_layer)
-    base = model.model              # LlavaModel / LlavaNextModel / the video models
+    base = model.model              # LlavaModel / LlavaNextModel / the video models / the Qwen-VL models
+    if hasattr(base, "visual"):     # Qwen-VL: the merger (and Qwen3-VL's deepstack mergers) end the tower
+        from . import hf_qwen
+
+        tower = base.visual
+        mergers = torch.nn.ModuleList([tower.merger, *getattr(tower, "deepstack_merger_list", [])])
+        return HostParts(tower, base.language_model, model.lm_head, mergers, model.config.text_config,
+                         hf_qwen.vision_shape(model), -1, projects_in_tower=True)
     tower = getattr(base, "video_tower", None) or base.vision_tower     # Video-LLaVA: its video tower
     return HostParts(tower, base.language_model, model.lm_head, base.multi_modal_projector,
                      model.config.text_config, model.config.vision_config, model.config.vision_feature_layer)

@@ -241,8 +241,10 @@ class Bench:
         self.encoder = flops.EncoderShape.from_config(parts.vision_config)
         self.num_patches = parts.num_patches
         first = next(iter(inputs.values()))
-        # what one budget counts: a crop's patches, or a video frame's tokens as the LLM sees them
-        self.unit_tokens = first.frame_tokens or self.num_patches
+        # what one budget counts: a crop's patches (Qwen-VL: merged tokens), or a video frame's tokens
+        # as the LLM sees them
+        self.unit_tokens = first.frame_tokens or parts.tokens_per_crop
+        self.projects_in_tower = parts.projects_in_tower
         self.projector = [(m.in_features, m.out_features) for m in parts.projector.modules()
                           if isinstance(m, torch.nn.Linear)]
         self.stats = StatsTail(self.stats_path)
@@ -331,7 +333,9 @@ class Bench:
             )
         llm_flops = row.batch * flops.llm_prefill_flops(self.decoder, layer_tokens, calls[-1]["head_tokens"])
         vision_flops = flops.vision_flops(self.encoder, self.num_patches, inputs.crops)
-        projector_flops = flops.projector_flops(self.projector, row.batch * visual)
+        # Qwen-VL's merger runs in the tower, on every merged token; LLaVA's projector on the kept ones
+        projected = inputs.crops * self.unit_tokens if self.projects_in_tower else row.batch * visual
+        projector_flops = flops.projector_flops(self.projector, projected)
         record = {
             "method": row.method, "ratio": row.ratio, "batch_size": row.batch, "budget": budget,
             "visual_tokens": visual,

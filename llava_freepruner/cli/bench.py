@@ -17,7 +17,7 @@ def _floats(text: str):
 
 
 def add_arguments(parser) -> None:
-    from ..bench.archs import ARCHITECTURES, HF_CHECKPOINTS, VIDEO_CHECKPOINTS
+    from ..bench.archs import ARCHITECTURES, HF_CHECKPOINTS, QWEN_CHECKPOINTS, VIDEO_CHECKPOINTS
     from ..bench.host import BACKENDS
 
     parser.add_argument("--backend", default="upstream",
@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     source.add_argument("--random-weights", metavar="NAME",
                         help="build this architecture from its published config with random weights (no download); "
                              f"upstream: {', '.join(ARCHITECTURES)}; transformers: {', '.join(HF_CHECKPOINTS)}; "
+                             f"transformers Qwen-VL (one 448 / 512 px picture, 256 merged tokens): "
+                             f"{', '.join(QWEN_CHECKPOINTS)}; "
                              f"transformers video (with --video): {', '.join(VIDEO_CHECKPOINTS)}")
     parser.add_argument("--llm-layers", type=int, help="decoder layers to build (random weights only; default: all)")
     parser.add_argument("--vision-layers", type=int, help="vision encoder layers to build (random weights only; default: all)")

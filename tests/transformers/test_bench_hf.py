@@ -147,3 +147,76 @@ def test_count_ops_splits_the_plugin_work_by_phase(tmp_path, capsys):
         vision, llm = rows[("freepruner", 0.5, batch)], rows[("fastv", 0.5, batch)]
         assert vision["tower_plugin_ops"] + vision["between_plugin_ops"] > 0
         assert llm["tower_plugin_ops"] == 0 and llm["prefill_plugin_ops"] > 0
+
+
+# --- Qwen-VL rows ------------------------------------------------------------------------------
+
+# Parameters of the published checkpoints (their safetensors metadata on the hub)
+QWEN_PARAMETERS = {"qwen2.5-vl-7b": 8_292_166_656, "qwen2-vl-7b": 8_291_375_616, "qwen3-vl-8b": 8_767_123_696}
+
+
+@pytest.mark.parametrize("name", sorted(QWEN_PARAMETERS))
+def test_qwen_geometries_have_the_published_checkpoints_parameters(name):
+    import torch
+    import transformers
+
+    from llava_freepruner.bench import hf_qwen
+
+    kind, vision, text = archs.qwen_architecture(name)
+    config_name, model_name = hf_qwen._CLASSES[kind]
+    config = getattr(transformers, config_name)(vision_config=vision, text_config=hf_qwen._rope(kind, text),
+                                                tie_word_embeddings=False, **archs.QWEN_TOKEN_IDS)
+    with torch.device("meta"):
+        model = getattr(transformers, model_name)(config)
+    assert sum(p.numel() for p in model.parameters()) == QWEN_PARAMETERS[name]
+
+
+def test_a_shallower_qwen_tower_keeps_its_full_attention_and_deepstack_blocks():
+    assert archs.qwen_architecture("qwen2.5-vl-7b")[1]["fullatt_block_indexes"] == [7, 15, 23, 31]
+    assert archs.qwen_architecture("qwen2.5-vl-7b", 2, 16)[1]["fullatt_block_indexes"] == [7, 15]
+    _, vision, text = archs.qwen_architecture("qwen2.5-vl-7b", 2, 4)
+    assert (vision["depth"], vision["fullatt_block_indexes"], text["num_hidden_layers"]) == (4, [3], 2)
+    assert archs.qwen_architecture("qwen3-vl-8b", None, 4)[1]["deepstack_visual_indexes"] == [1, 2, 3]
+    with pytest.raises(ValueError, match="--vision-layers=33 is not valid for qwen2-vl-7b: expected 1..32"):
+        archs.qwen_architecture("qwen2-vl-7b", None, 33)
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl"])
+def test_qwen_rows_keep_half_of_the_pictures_merged_tokens(name, tmp_path):
+    data = bench(tmp_path, name)
+    rows = by_key(data["records"])
+    assert sorted(rows) == sorted((m, r) for m in ("oracle",) + METHODS for r in RATIOS)
+    text = data["meta"]["text_tokens"]
+    assert text == 14          # 12 random ids, <|vision_start|> and <|vision_end|>
+    for (method, ratio), r in rows.items():
+        # 448 px (512 px for Qwen3-VL's 16 px patches): 32 x 32 patches, 16 x 16 merged tokens
+        assert (r["budget"], r["visual_tokens"]) == ((256, 256) if ratio == 1.0 else (128, 128)), (method, ratio)
+        assert r["layer_tokens"] == [text + r["visual_tokens"]]
+        assert r["ttft_ms"] > r["llm_prefill_ms"] > 0 and r["vision_ms"] > 0
+    # the tower and its merger see every patch at any ratio; the LLM sees half the picture
+    full, half = rows[("oracle", 1.0)], rows[("oracle", 0.5)]
+    assert half["vision_flops"] == full["vision_flops"] and half["projector_flops"] == full["projector_flops"] > 0
+    assert half["llm_prefill_flops"] < full["llm_prefill_flops"]
+    assert (data["meta"]["llm_layers"], data["meta"]["vision_layers"]) == (1, 2)
+
+
+def test_count_ops_on_qwen_rows(tmp_path):
+    from llava_freepruner.bench.count import PHASES
+
+    code = main(["bench", "--backend", "transformers", "--random-weights", "tiny-qwen2.5-vl", "--llm-layers", "2",
+                 "--vision-layers", "4", "--count-ops", "--methods", "none,freepruner", "--ratios", "1.0,0.5",
+                 "--batch-size", "1,2", "--new-tokens", "3", "--text-tokens", "12", "--device", "cpu",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    rows = {(r["method"], r["ratio"], r["batch_size"]): r
+            for r in json.loads((tmp_path / "op_counts.json").read_text())["records"]}
+    assert sorted(rows) == sorted((m, r, b) for b in (1, 2) for m, r in
+                                  (("none", 1.0), ("freepruner", 1.0), ("freepruner", 0.5)))
+    for (method, ratio, batch), r in rows.items():
+        assert r["decode_steps"] == 2 and r["tower_host_ops"] > 0 and r["prefill_host_ops"] > 0
+        if method == "none":
+            assert all(r[f"{p}_plugin_ops"] == r[f"{p}_plugin_syncs"] == 0 for p in PHASES), batch
+    for batch in (1, 2):
+        pruned = rows[("freepruner", 0.5, batch)]
+        assert pruned["tower_plugin_ops"] > 0 and pruned["between_plugin_ops"] > 0
+        assert pruned["decode_plugin_syncs"] == 0

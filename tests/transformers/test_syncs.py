@@ -1,6 +1,7 @@
-"""What freePruner on transformers' LLaVA classes costs a GPU, counted on the CPU: the
-plugin's host syncs and aten ops per generate() on the LLaVA-1.5 layout (24 x 24 patches),
-where the dropped placeholders leave the sequence around the language model."""
+"""What freePruner on transformers' LLaVA and Qwen-VL classes costs a GPU, counted on the CPU:
+the plugin's host syncs and aten ops per generate() on the LLaVA-1.5 layout (24 x 24 patches)
+and the Qwen-VL layouts (32 x 32 patches, 16 x 16 merged tokens), where the dropped
+placeholders leave the sequence around the language model."""
 
 import pytest
 import torch
@@ -31,4 +32,47 @@ def test_the_shortened_prompt_reads_the_device_at_most_twice_and_decode_steps_ne
 
 
 def test_plugin_ops_do_not_grow_with_the_batch(counts):
+    assert plugin_ops(counts[8]) <= 1.15 * plugin_ops(counts[1]), {b: plugin_ops(c) for b, c in counts.items()}
+
+
+# Qwen-VL: vision-side pruning after the patch merger, at the published layouts (all tower
+# blocks, 1,024 patches -> 256 merged tokens per picture) 64 wide. Before the first token the
+# plugin reads the device twice: the image grid (image_grid_thw.tolist(), to plan the crops;
+# the host's tower reads it as well, to split its output and lay out its windows) and each
+# prompt's placeholder count (placeholders.sum(1).tolist(), to shorten the sequence around the
+# language model). Qwen2.5-VL's window order is worked out on the host from the grid read.
+QWEN_SYNC_SITES = {"setup": "llava_freepruner/backends/transformers_qwen.py",
+                   "between": "llava_freepruner/backends/transformers_llava.py"}
+
+
+@pytest.fixture(scope="module")
+def qwen_counts():
+    """``qwen_counts(name)`` -> batch size -> counts of one generate() (2 decode steps), freePruner at 0.5."""
+    counted = {}
+
+    def get(name):
+        if name not in counted:
+            bench = hf_model.build_random(name, 2, None, "cpu", torch.float16)
+            counted[name] = {batch: count_row(bench, hf_model.make_inputs(bench, batch, 12), "freepruner", 0.5)
+                             for batch in BATCHES}
+        return counted[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl"])
+def test_qwen_reads_the_grid_and_the_placeholder_counts_once_each_and_decode_steps_never(qwen_counts, name):
+    for batch, row in qwen_counts(name).items():
+        assert row.before_decode.plugin_syncs <= 2, (batch, row.sync_sites)
+        for phase, sites in row.sync_sites.items():
+            assert phase in QWEN_SYNC_SITES and all(site.startswith(QWEN_SYNC_SITES[phase] + ":")
+                                                    and site.endswith("(tolist)") for site in sites), row.sync_sites
+            assert sum(sites.values()) == 1, (batch, phase, sites)
+        assert row.per_step("decode").plugin_syncs == 0, (batch, row.sync_sites)
+        assert row.per_step("prefill").plugin_ops > 0          # the prompt was shortened in the prefill
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl"])
+def test_qwen_plugin_ops_do_not_grow_with_the_batch(qwen_counts, name):
+    counts = qwen_counts(name)
     assert plugin_ops(counts[8]) <= 1.15 * plugin_ops(counts[1]), {b: plugin_ops(c) for b, c in counts.items()}

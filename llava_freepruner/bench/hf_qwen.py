@@ -96,7 +96,8 @@ def build_random(name: str, llm_layers, vision_layers, device: str, dtype: torch
     config = getattr(transformers, config_name)(vision_config=vision, text_config=_rope(kind, text),
                                                 tie_word_embeddings=False, **QWEN_TOKEN_IDS)
     config._attn_implementation = "sdpa"
-    model = getattr(transformers, model_name)(config)
+    with torch.device(device):      # on a GPU: no 33 GB fp32 copy of an 8B model in host memory first
+        model = getattr(transformers, model_name)(config)
     randomize(model, seed)
     model.to(device=device, dtype=dtype).eval()
     return BenchModel(model, image_processor(kind), None, name, torch.device(device), dtype, backend="transformers")

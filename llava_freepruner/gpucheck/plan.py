@@ -34,20 +34,27 @@ class Profile:
     min_start_s: float     # nor with less than this left
     estimates: bool        # a section starts only when its estimated minutes fit in what is left
     videos: Tuple[Tuple[str, int], ...] = ()   # (--random-weights, --video FRAMES) of the video sections
+    qwen: Tuple[str, ...] = ()     # --random-weights of the Qwen-VL section and its layer options
 
 
 GPU = Profile("gpu", "cuda", "float16", "llava-v1.5-7b", "llava-v1.6-7b", "1.0,0.5,0.25,0.11",
               repeats=10, warmup=3, new_tokens=8, batches=(8, 32), fit_samples=32, budget_s=420, min_start_s=30,
-              estimates=True, videos=(("video-llava-7b-hf", 8), ("llava-next-video-7b-hf", 32)))
+              estimates=True, videos=(("video-llava-7b-hf", 8), ("llava-next-video-7b-hf", 32)),
+              qwen=("qwen2.5-vl-7b",))
 CPU_SMOKE = Profile("cpu-smoke", "cpu", "float32", "tiny-llava-v1.5", "tiny-llava-v1.6", "1.0,0.5,0.25,0.11",
                     repeats=1, warmup=0, new_tokens=2, batches=(2,), fit_samples=3, budget_s=900, min_start_s=5,
-                    estimates=False, videos=(("tiny-video-llava-hf", 4),))
+                    estimates=False, videos=(("tiny-video-llava-hf", 4),),
+                    qwen=("tiny-qwen2.5-vl", "--llm-layers", "2", "--vision-layers", "4"))
+# The Qwen-VL section: freePruner and VisionZip (the baseline with official Qwen2.5-VL code), next to
+# the unpatched model and the oracle, at ratios 1.0 and 0.5, in bfloat16 (the checkpoints' dtype) on CUDA.
+QWEN_SECTION = "qwen2.5-vl-7b"
+QWEN_METHODS = "none,freepruner,visionzip"
 
 # Estimated minutes of each section on one H100/H200 at the GPU sizes (model build included, install
 # not): from the first run's times (3 repeats after 1 warm-up) scaled to 10 repeats after 3; rough.
 MINUTES = {"selection": 0.5, "bench-v1.5": 3.5, "batch-8": 2.5, "batch-32": 5.5, "fitprune-fit": 1.7,
            "anyres-v1.6": 3.0, "transformers": 3.5, "video-llava-7b-hf": 3.5, "llava-next-video-7b-hf": 4.5,
-           "quant-4bit": 3.0}
+           "quant-4bit": 3.0, QWEN_SECTION: 3.0}     # Qwen: not measured yet (build + 7 rows x 13 calls)
 PENDING = ("not started", "not run yet")    # what --resume runs again
 
 UPSTREAM, HOST = "upstream", "host"     # environments: llava's pinned stack, or the machine's own transformers
@@ -69,14 +76,17 @@ class Section:
         return MINUTES.get(self.name, 3.0)
 
 
-def _bench(p: Profile, folder: str, arch: str, ratios: str, *extra: str) -> List[str]:
-    return ["-m", "llava_freepruner", "bench", "--random-weights", arch, "--methods", "all", "--ratios", ratios,
+def _bench(p: Profile, folder: str, arch: str, ratios: str, *extra: str, methods: str = "all",
+           dtype: Optional[str] = None) -> List[str]:
+    return ["-m", "llava_freepruner", "bench", "--random-weights", arch, "--methods", methods, "--ratios", ratios,
             "--repeats", str(p.repeats), "--warmup", str(p.warmup), "--new-tokens", str(p.new_tokens),
-            "--device", p.device, "--dtype", p.dtype, "--keep-going", *extra, "--out", folder]
+            "--device", p.device, "--dtype", dtype or p.dtype, "--keep-going", *extra, "--out", folder]
 
 
 def _needs(option: str, bench_help: str) -> Optional[str]:
-    return None if option in bench_help else f"not available in this version (bench --help has no {option})"
+    # argparse wraps help lines, also at hyphens inside a name: compare without the white space
+    return None if option in "".join(bench_help.split()) else \
+        f"not available in this version (bench --help has no {option})"
 
 
 def _host_serves_transformers_backend(version: Optional[str]) -> Optional[str]:
@@ -123,6 +133,11 @@ def sections(p: Profile, out_dir: str, bench_help: str, host_transformers: Optio
                    "frame and temporal modes", HOST, "--video",
                    _bench(p, folder(name), name, "1.0,0.5", *backend, "--video", str(frames)))
           for name, frames in p.videos),
+        optional(QWEN_SECTION, f"Transformers backend, Qwen-VL: {p.qwen[0]} (random weights"
+                 + (", " + " ".join(p.qwen[1:]) if p.qwen[1:] else ", full depth") + "), freepruner and visionzip",
+                 HOST, p.qwen[0],
+                 _bench(p, folder(QWEN_SECTION), p.qwen[0], "1.0,0.5", *backend, *p.qwen[1:], methods=QWEN_METHODS,
+                        dtype="bfloat16" if p.device == "cuda" else None)),
         optional("quant-4bit", f"4-bit language model, {p.v15}", UPSTREAM, "--quant",
                  _bench(p, folder("quant-4bit"), p.v15, "1.0,0.5", "--quant", "4bit")),
     ]

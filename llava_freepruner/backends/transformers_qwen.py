@@ -427,5 +427,5 @@ def _keep_in_place(item: _Media, selections, feats: torch.Tensor):
             at = selection.merged_at.to(feats.device)
             feats = feats.index_copy(0, start + at, selection.merged.to(feats))
             indices = torch.sort(torch.cat([indices, at])).values
-        kept.append(start + indices)
-    return torch.cat(kept), feats
+        kept.append(start + indices if start else indices)
+    return (kept[0] if len(kept) == 1 else torch.cat(kept)), feats      # an image: no op of its own

@@ -18,10 +18,9 @@ import json
 import os
 import sys
 
-from llava_freepruner.evaluation.distributed import visible_device_for, world_from_env
-from llava_freepruner.evaluation.sharding import (
-    ShardError, ShardWriter, merge_records, pending_indices, read_shard_logs, shard_log_path, shard_range,
-    stale_positions, upstream_chunks, write_jsonl,
+from llava_freepruner.tools.evaluation.distributed import visible_device_for, world_from_env
+from llava_freepruner.tools.evaluation.sharding import (
+    ShardError, ShardWriter, merge_records, pending_indices, read_shard_logs, shard_log_path, shard_range, stale_positions, upstream_chunks, write_jsonl,
 )
 
 WORLD = world_from_env(os.environ)

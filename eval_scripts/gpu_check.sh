@@ -39,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --cpu-smoke) smoke=(--cpu-smoke); shift ;;
         --list-sections) cd "$repo_root"; exec env PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}" \
-                             "$python" -m llava_freepruner.gpucheck "${smoke[@]}" --list-sections ;;
+                             "$python" -m llava_freepruner.tools.gpucheck "${smoke[@]}" --list-sections ;;
         --resume) [[ ${#which[@]} -eq 0 ]] || usage; which=(--resume); shift ;;
         --sections) [[ ${#which[@]} -eq 0 && $# -ge 2 && "$2" != -* ]] || usage; which=(--sections "$2"); shift 2 ;;
         -*) usage ;;
@@ -70,4 +70,4 @@ fi
 
 cd "$repo_root"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m llava_freepruner.gpucheck "${smoke[@]}" "${which[@]}" "${site_args[@]}" --started "$started" "$out_dir"
+exec "$python" -m llava_freepruner.tools.gpucheck "${smoke[@]}" "${which[@]}" "${site_args[@]}" --started "$started" "$out_dir"

@@ -1,3 +1,3 @@
 #!/bin/bash
 # Answer and score mme with the current FREEPRUNER_* settings; options: --help.
-exec python -m llava_freepruner.evaluation run mme "$@"
+exec python -m llava_freepruner.tools.evaluation run mme "$@"

@@ -13,7 +13,7 @@
 # LIMIT only answers the new questions.
 #
 # Environment: PYTHON (default .venv-transformers/bin/python), WEIGHTS (default: the committed
-# toy weights; a file from `python -m llava_freepruner.toy.train --out`), COUNT and QUESTION_SEED
+# toy weights; a file from `python -m llava_freepruner.tools.toy.train --out`), COUNT and QUESTION_SEED
 # (default 800 and 8; BALANCED=0 draws families at random: COUNT=200 QUESTION_SEED=7 BALANCED=0 is
 # the earlier 200-question set), LIMIT (default: all COUNT; 31 cells at 1-2.6 questions per second
 # per process: about 50 minutes per 200 questions on a 2-core CPU),

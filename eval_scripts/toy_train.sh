@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the toy LLaVA's projector and LoRA adapters as committed
-# (llava_freepruner/toy/trained.safetensors, log in llava_freepruner/toy/train.log):
+# (llava_freepruner/tools/toy/trained.safetensors, log in llava_freepruner/tools/toy/train.log):
 #
 #   bash eval_scripts/toy_train.sh          # PYTHON (default .venv-transformers/bin/python)
 #
@@ -11,5 +11,5 @@
 # About 55 minutes on an idle 2-core CPU (DINOv2 features of the scenes: about 4 of them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-"${PYTHON:-.venv-transformers/bin/python}" -m llava_freepruner.toy.train --seed 0 --scenes 2800 \
+"${PYTHON:-.venv-transformers/bin/python}" -m llava_freepruner.tools.toy.train --seed 0 --scenes 2800 \
     --family-weights exists=2,count=2 --limit-minutes 50 --checkpoint-minutes 12

@@ -1,3 +1,3 @@
 #!/bin/bash
 # Answer and score vqav2 with the current FREEPRUNER_* settings; options: --help.
-exec python -m llava_freepruner.evaluation run vqav2 "$@"
+exec python -m llava_freepruner.tools.evaluation run vqav2 "$@"

@@ -19,20 +19,20 @@ def apply(config=None, **overrides):
     Keyword overrides replace single fields (``apply(ratio=0.5)``).
     Applying twice replaces the configuration; the patches are installed once.
     """
-    from .backends import apply as _apply
+    from .runtime.backends import apply as _apply
 
     return _apply(config, **overrides)
 
 
 def remove():
     """Undo :func:`apply`: every patched attribute gets its original back."""
-    from .backends import remove as _remove
+    from .runtime.backends import remove as _remove
 
     _remove()
 
 
 def is_applied():
-    from .backends import is_applied as _is_applied
+    from .runtime.backends import is_applied as _is_applied
 
     return _is_applied()
 
@@ -43,13 +43,13 @@ def activate_from_env():
     A bad variable stops the process with a message naming it, before any model
     is loaded.
     """
-    from .backends import activate_from_env as _activate
+    from .runtime.backends import activate_from_env as _activate
 
     _activate()
 
 
 def host_imported(module_name):
     """Entry point of the import hook: ``module_name`` (a host module) was just imported."""
-    from .backends import host_imported as _host_imported
+    from .runtime.backends import host_imported as _host_imported
 
     _host_imported(module_name)

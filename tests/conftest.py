@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from llava_freepruner import tiny
+from llava_freepruner.fixtures import tiny
 
 # Tiny models gain nothing from a thread pool; on a small shared machine its
 # spinning makes them several times slower.

@@ -2,7 +2,7 @@
 DART) on the LLaVA-1.5 layout (576 visual tokens, 32 decoder layers), counted per generate()
 by the dispatch-mode counter of ``bench --count-ops``."""
 
-from llava_freepruner.bench import count
+from llava_freepruner.tools.bench import count
 
 LLM_METHODS = ("fitprune", "fastv", "dart")
 BATCHES = (1, 4)

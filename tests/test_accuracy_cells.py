@@ -2,7 +2,7 @@
 
 import pytest
 
-from llava_freepruner.accuracy.cells import grid, parse_recipes
+from llava_freepruner.tools.accuracy.cells import grid, parse_recipes
 from llava_freepruner.config import ConfigError
 
 
@@ -42,7 +42,7 @@ def test_a_ratio_without_a_recipe_and_a_bad_mapping_are_refused_by_name():
 def test_visual_tokens_of_a_method_inside_the_llm_are_averaged_over_its_layers(tmp_path):
     import json
 
-    from llava_freepruner.accuracy.runner import summarize
+    from llava_freepruner.tools.accuracy.runner import summarize
 
     cell = grid(["fastv"], [0.5])[0]
     records = [{"family": "count", "correct": True, "unpruned_tokens": 256},
@@ -74,7 +74,7 @@ def test_a_resume_with_other_settings_is_refused_by_name_before_the_model_loads(
     import json
     import os
 
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     questions, images = _question_set(tmp_path, 2)
     (tmp_path / "model").mkdir()        # no checkpoint in it: loading it would fail
@@ -127,9 +127,9 @@ class _FakeModel:
 
 @pytest.mark.parametrize("batch_sizes", [(1, 1, 1), (2, 1, 3), (1, 2, 2)])
 def test_an_interrupted_cell_resumes_with_one_stats_record_per_question(tmp_path, batch_sizes):
-    from llava_freepruner.accuracy import questions as question_file
-    from llava_freepruner.accuracy.runner import run_cell
-    from llava_freepruner.stats import read_jsonl
+    from llava_freepruner.tools.accuracy import questions as question_file
+    from llava_freepruner.tools.accuracy.runner import run_cell
+    from llava_freepruner.runtime.stats import read_jsonl
 
     items = question_file.read(*map(str, _question_set(tmp_path, 5)))
     cell = grid(["freepruner"], [0.5])[0]
@@ -147,7 +147,7 @@ def test_an_interrupted_cell_resumes_with_one_stats_record_per_question(tmp_path
 
 @pytest.mark.parametrize("value", ["0", "-2", "2.5", "eight"])
 def test_a_bad_batch_size_is_refused_by_name_with_the_accepted_values(tmp_path, capsys, value):
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     questions, images = _question_set(tmp_path, 1)
     with pytest.raises(SystemExit) as stopped:

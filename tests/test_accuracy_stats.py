@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from llava_freepruner.accuracy import report
-from llava_freepruner.accuracy.significance import DifferentQuestions, mcnemar_exact, paired, wilson
+from llava_freepruner.tools.accuracy import report
+from llava_freepruner.tools.accuracy.significance import DifferentQuestions, mcnemar_exact, paired, wilson
 
 
 def test_wilson_interval_matches_hand_computed_values():
@@ -149,7 +149,7 @@ def _accuracy_folder(tmp_path, answers, settings=None):
 
 def test_accuracy_report_rewrites_the_report_from_the_answer_files_alone(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     rows, answers = _rows_and_answers()
     out = _accuracy_folder(tmp_path, answers)
@@ -177,7 +177,7 @@ def test_accuracy_report_rewrites_the_report_from_the_answer_files_alone(tmp_pat
 
 @pytest.mark.parametrize("reference", ["magic", "fastv"])
 def test_accuracy_report_refuses_a_reference_outside_the_folder_by_name(tmp_path, capsys, reference):
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     out = _accuracy_folder(tmp_path, {"none@1": {"1": True}, "freepruner@0.5": {"1": False}})
     assert main(["accuracy-report", "--out", str(out), "--reference", reference]) == 2
@@ -189,7 +189,7 @@ def test_accuracy_report_refuses_a_reference_outside_the_folder_by_name(tmp_path
 
 
 def test_accuracy_report_refuses_cells_answered_by_different_models(tmp_path, capsys):
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     out = _accuracy_folder(tmp_path, {"none@1": {"1": True}})
     (out / "cells" / "freepruner@0.5.jsonl").write_text(json.dumps(
@@ -202,7 +202,7 @@ def test_accuracy_report_refuses_cells_answered_by_different_models(tmp_path, ca
 def test_accuracy_refuses_an_unknown_reference_before_the_model_loads(tmp_path, capsys):
     from PIL import Image
 
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     (tmp_path / "img").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import llava_freepruner
-from llava_freepruner import anyres
+from llava_freepruner.runtime import anyres
 from llava_freepruner.config import VISION_METHODS, Config
-from llava_freepruner.stats import read_jsonl
-from llava_freepruner.tiny import TinySpec
+from llava_freepruner.runtime.stats import read_jsonl
+from llava_freepruner.fixtures.tiny import TinySpec
 
 from conftest import load_llava as load
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from llava_freepruner.config import Config
-from llava_freepruner.methods import REGISTRY, create
-from llava_freepruner.methods.base import CropRequest, QueryKeyView, SelectionContext
-from llava_freepruner.methods.baselines import ClsTopK, GridTokens, RandomTokens, grid_tokens, lattice
+from llava_freepruner.runtime.methods import REGISTRY, create
+from llava_freepruner.runtime.methods.base import CropRequest, QueryKeyView, SelectionContext
+from llava_freepruner.runtime.methods.baselines import ClsTopK, GridTokens, RandomTokens, grid_tokens, lattice
 
 GRID = (24, 24)
 HEADS, HEAD_DIM = 4, 8

@@ -8,10 +8,11 @@ import re
 import pytest
 import torch
 
-from llava_freepruner.bench import archs, flops, probe as bench_probe
-from llava_freepruner.bench.runner import (NOISE, STAGES, Settings, compare, plugin_config, quartiles, resolve_rounds,
-                                           schedule)
-from llava_freepruner.cli import main
+from llava_freepruner.tools.bench import archs, flops, probe as bench_probe
+from llava_freepruner.tools.bench.runner import (
+    NOISE, STAGES, Settings, compare, plugin_config, quartiles, resolve_rounds, schedule,
+)
+from llava_freepruner.tools.cli import main
 
 RATIOS = (1.0, 0.5)
 METHODS = ("cls_topk", "freepruner", "grid", "random", "visionzip", "divprune")
@@ -20,7 +21,7 @@ BATCHES = (1, 2)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from llava_freepruner import tiny
+    from llava_freepruner.fixtures import tiny
 
     return tiny.build(str(tmp_path_factory.mktemp("bench-tiny")))
 
@@ -115,7 +116,7 @@ def test_fewer_visual_tokens_mean_fewer_prefill_flops(results):
 
 
 def test_side_by_side_lines_up_the_rows_of_two_runs(results, tmp_path, capsys):
-    from llava_freepruner.bench import side_by_side
+    from llava_freepruner.tools.bench import side_by_side
 
     out, data, _ = results
     other = tmp_path / "other"
@@ -212,8 +213,8 @@ def test_on_cuda_a_call_is_timed_by_events_with_one_synchronize_after_it(checkpo
     """The CUDA path on a CPU model: events and synchronize replaced by recorders. Inside the
     call the hooks only record events; the one synchronize after it (and one before, outside
     the timed region) are all."""
-    from llava_freepruner.bench import model as bench_model
-    from llava_freepruner.bench.runner import generate
+    from llava_freepruner.tools.bench import model as bench_model
+    from llava_freepruner.tools.bench.runner import generate
 
     timeline = []
 
@@ -256,8 +257,8 @@ def test_bad_batch_sizes_are_refused_by_name(checkpoint, capsys):
 
 def test_oracle_feeds_exactly_k_visual_tokens_to_the_llm(checkpoint):
     import llava_freepruner
-    from llava_freepruner import backends
-    from llava_freepruner.bench import model as bench_model, oracle
+    from llava_freepruner.runtime import backends
+    from llava_freepruner.tools.bench import model as bench_model, oracle
 
     bench = bench_model.load_checkpoint(checkpoint, "cpu", torch.float32)
     inputs = bench_model.make_inputs(bench, batch_size=2, text_tokens=0)
@@ -344,7 +345,7 @@ def test_bad_inputs_name_the_option_and_the_value(call, message):
 def test_random_weight_build_uses_upstream_classes_without_files(monkeypatch, tmp_path):
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
-    from llava_freepruner.bench import model as bench_model
+    from llava_freepruner.tools.bench import model as bench_model
 
     small = dict(archs.ARCHITECTURES["llava-v1.5-7b"], hidden_size=32, intermediate_size=64,
                  num_attention_heads=4, num_key_value_heads=4, vocab_size=100, mm_hidden_size=32)

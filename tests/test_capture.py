@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from llava_freepruner.capture import AttentionCapture
-from llava_freepruner.methods.base import CropRequest, SelectionContext, VisionMethod
+from llava_freepruner.runtime.capture import AttentionCapture
+from llava_freepruner.runtime.methods.base import CropRequest, SelectionContext, VisionMethod
 
 
 class Recorder(VisionMethod):

@@ -112,7 +112,7 @@ def test_config_is_frozen():
 
 
 def test_config_command_prints_setting_and_refuses_bad_values(monkeypatch, capsys):
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     for name in [n for n in __import__("os").environ if n.startswith(("FREEPRUNER_", "FITPRUNE_"))]:
         monkeypatch.delenv(name)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from eval_helpers import REPO, subprocess_env
-from llava_freepruner.evaluation.sharding import read_shard_logs
-from llava_freepruner.stats import read_jsonl
+from llava_freepruner.tools.evaluation.sharding import read_shard_logs
+from llava_freepruner.runtime.stats import read_jsonl
 
 pytest.importorskip("deepspeed")
 psutil = pytest.importorskip("psutil")

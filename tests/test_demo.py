@@ -2,7 +2,7 @@
 
 import argparse
 
-from llava_freepruner.cli import demo, main
+from llava_freepruner.tools.cli import demo, main
 
 
 def test_cpu_runs_get_one_thread_by_default_and_the_asked_count_otherwise():

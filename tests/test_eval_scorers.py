@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from llava_freepruner.evaluation import scorers
-from llava_freepruner.evaluation.scorers import ScoringError
+from llava_freepruner.tools.evaluation import scorers
+from llava_freepruner.tools.evaluation.scorers import ScoringError
 
 
 def ans(qid, text, prompt="q"):
@@ -127,7 +127,7 @@ def test_seed_accuracy_by_data_type():
 
 # ------------------------------------------------------------------ upstream scorers (llava.eval)
 def test_pope_via_upstream_eval_pope(tmp_path):
-    upstream = pytest.importorskip("llava_freepruner.evaluation.upstream_scorers")
+    upstream = pytest.importorskip("llava_freepruner.tools.evaluation.upstream_scorers")
     coco = tmp_path / "coco"
     coco.mkdir()
     (coco / "coco_pope_random.json").write_text("".join(json.dumps({"label": l}) + "\n" for l in ["yes", "no", "yes", "no"]))
@@ -144,14 +144,14 @@ def test_pope_via_upstream_eval_pope(tmp_path):
 
 
 def test_pope_without_yes_answers_is_a_clear_error(tmp_path):
-    upstream = pytest.importorskip("llava_freepruner.evaluation.upstream_scorers")
+    upstream = pytest.importorskip("llava_freepruner.tools.evaluation.upstream_scorers")
     (tmp_path / "coco_pope_random.json").write_text('{"label": "no"}\n')
     with pytest.raises(ScoringError, match="POPE random"):
         upstream.pope_scores([ans(0, "no")], {0: {"category": "random"}}, tmp_path)
 
 
 def test_textvqa_via_upstream_evaluator():
-    upstream = pytest.importorskip("llava_freepruner.evaluation.upstream_scorers")
+    upstream = pytest.importorskip("llava_freepruner.tools.evaluation.upstream_scorers")
     annotation = {"data": [
         {"image_id": "img1", "question": "What brand is this?", "answers": ["nike"] * 10},
         {"image_id": "img2", "question": "What number is shown?", "answers": ["7"] * 3 + ["8"] * 7},
@@ -163,7 +163,7 @@ def test_textvqa_via_upstream_evaluator():
 
 
 def test_science_qa_via_upstream_script(tmp_path):
-    upstream = pytest.importorskip("llava_freepruner.evaluation.upstream_scorers")
+    upstream = pytest.importorskip("llava_freepruner.tools.evaluation.upstream_scorers")
     problems = {"p1": {"choices": ["a", "b"], "answer": 0}, "p2": {"choices": ["a", "b"], "answer": 1},
                 "p3": {"choices": ["a", "b", "c"], "answer": 2}, "p4": {"choices": ["a", "b"], "answer": 0}}
     (tmp_path / "problems.json").write_text(json.dumps(problems))

@@ -2,9 +2,8 @@ import json
 
 import pytest
 
-from llava_freepruner.evaluation.sharding import (
-    ShardError, ShardWriter, merge_records, pending_indices, read_shard_log, read_shard_logs, shard_log_path,
-    shard_range, stale_positions, upstream_chunks,
+from llava_freepruner.tools.evaluation.sharding import (
+    ShardError, ShardWriter, merge_records, pending_indices, read_shard_log, read_shard_logs, shard_log_path, shard_range, stale_positions, upstream_chunks,
 )
 
 

@@ -2,8 +2,8 @@ import csv
 
 import pytest
 
-from llava_freepruner.evaluation import sweep
-from llava_freepruner.evaluation.naming import pruning_tag
+from llava_freepruner.tools.evaluation import sweep
+from llava_freepruner.tools.evaluation.naming import pruning_tag
 
 
 def test_plan_and_cell_environment():
@@ -31,7 +31,7 @@ def test_plan_refuses_a_method_that_takes_no_ratio():
 
 
 def test_sweep_command_names_a_bad_plan_without_a_traceback(tmp_path, capsys):
-    from llava_freepruner.evaluation.__main__ import main
+    from llava_freepruner.tools.evaluation.__main__ import main
 
     out = tmp_path / "out"
     assert main(["sweep", "--methods", "fitprune", "--ratios", "0.5", "--benchmarks", "pope", "--out", str(out),

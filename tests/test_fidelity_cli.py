@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from llava_freepruner.cli import main
-from llava_freepruner.vision import towers
+from llava_freepruner.tools.cli import main
+from llava_freepruner.tools.vision import towers
 
 from test_visualize import noise_photo, tiny_llava_dir
 
@@ -73,7 +73,7 @@ def test_fidelity_rejects_a_bad_image_folder_before_loading_a_model(make, messag
 def test_write_report_draws_the_pareto_plot_when_saliency_is_known(tmp_path):
     from PIL import Image
 
-    from llava_freepruner.vision import fidelity
+    from llava_freepruner.tools.vision import fidelity
 
     rows = [{"method": m, "ratio": r, "kept": int(576 * r), "photos": 2, "saliency": s, "coverage": c,
              "recon_error": 0.5, "cls_cosine": 0.9}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llava_freepruner.vision import fidelity, proxies
+from llava_freepruner.tools.vision import fidelity, proxies
 
 
 def test_patch_saliency_is_the_mean_over_each_cell_in_raster_order():

@@ -10,8 +10,8 @@ import sentencepiece as spm
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaTokenizer
 
-from llava_freepruner.fitprune import flops_reduction, load_recipe
-from llava_freepruner.fitprune.fit import fit_recipe
+from llava_freepruner.runtime.fitprune import flops_reduction, load_recipe
+from llava_freepruner.tools.fitprune_fit.checkpoint import fit_recipe
 from test_llm_tiny_models import init_weights, tiny_config
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 

@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
-from llava_freepruner.fitprune import (Recipe, RecipeError, builtin_names, flops_reduction, layer_flops,
-                                       load_recipe, scale_deletions)
-from llava_freepruner.fitprune.rules import (FlopsBudget, fit_deletions, removable_lowest, rounds_for,
-                                             self_cross_scores, smallest_passing_alpha)
+from llava_freepruner.runtime.fitprune import (
+    Recipe, RecipeError, builtin_names, flops_reduction, layer_flops, load_recipe, scale_deletions,
+)
+from llava_freepruner.tools.fitprune_fit.rules import (
+    FlopsBudget, fit_deletions, removable_lowest, rounds_for, self_cross_scores, smallest_passing_alpha,
+)
 
 
 def test_layer_flops_hand_computed():

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from llava_freepruner.methods.base import CropRequest, QueryKeyView, SelectionContext, descending, keep_top
-from llava_freepruner.methods.freepruner import FreePruner, default_contribution_layers, pivot_counts, spread_top
+from llava_freepruner.runtime.methods.base import CropRequest, QueryKeyView, SelectionContext, descending, keep_top
+from llava_freepruner.runtime.methods.freepruner import (
+    FreePruner, default_contribution_layers, pivot_counts, spread_top,
+)
 
 GRID = (6, 6)
 N = GRID[0] * GRID[1]

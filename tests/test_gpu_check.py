@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from llava_freepruner.config import Config
-from llava_freepruner.bench.runner import fitprune_recipe, known_methods, runs_at
-from llava_freepruner.gpucheck import driver, plan
-from llava_freepruner.methods import REGISTRY
+from llava_freepruner.tools.bench.runner import fitprune_recipe, known_methods, runs_at
+from llava_freepruner.tools.gpucheck import driver, plan
+from llava_freepruner.runtime.methods import REGISTRY
 
 from eval_helpers import REPO, subprocess_env
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llava_freepruner.llm import FastVPolicy, attach, is_attached
+from llava_freepruner.runtime.llm import FastVPolicy, attach, is_attached
 from test_llm_tiny_models import tiny_llava
 
 

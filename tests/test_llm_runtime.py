@@ -8,9 +8,11 @@ from transformers import GenerationMixin
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from llava_freepruner.fitprune import Recipe, load_recipe
-from llava_freepruner.llm import FastVPolicy, FitPrunePolicy, PrunePolicy, attach, begin_prefill, detach, last_record
-from llava_freepruner.llm import runtime as runtime_module
+from llava_freepruner.runtime.fitprune import Recipe, load_recipe
+from llava_freepruner.runtime.llm import (
+    FastVPolicy, FitPrunePolicy, PrunePolicy, attach, begin_prefill, detach, last_record,
+)
+from llava_freepruner.runtime.llm import runtime as runtime_module
 from test_llm_tiny_models import prompt_embeds, tiny_llava
 
 RECIPE_60 = load_recipe("llava-v1.5-7b@60")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import GenerationMixin
 
-from llava_freepruner.fitprune import Recipe
-from llava_freepruner.llm import FitPrunePolicy, attach, begin_prefill, detach, last_record, visual_spans
+from llava_freepruner.runtime.fitprune import Recipe
+from llava_freepruner.runtime.llm import FitPrunePolicy, attach, begin_prefill, detach, last_record, visual_spans
 from test_llm_tiny_models import VOCAB, tiny_llava
 
 TOKENS_PER_CROP = 3

@@ -5,7 +5,7 @@ batch size)."""
 import pytest
 import torch
 
-from llava_freepruner.bench import count, model
+from llava_freepruner.tools.bench import count, model
 from llm_sync_checks import LLM_METHODS, Counted, check_ops_flat_in_batch, check_syncs
 
 

@@ -6,9 +6,9 @@ import torch
 
 import llava_freepruner
 from llava_freepruner.config import Config, ConfigError
-from llava_freepruner.fitprune import flops_reduction, load_recipe, scale_deletions
-from llava_freepruner.stats import read_jsonl
-from llava_freepruner.tiny import TinySpec
+from llava_freepruner.runtime.fitprune import flops_reduction, load_recipe, scale_deletions
+from llava_freepruner.runtime.stats import read_jsonl
+from llava_freepruner.fixtures.tiny import TinySpec
 
 from conftest import load_llava, run_upstream
 

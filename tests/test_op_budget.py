@@ -10,8 +10,8 @@ timing in CI.
 import pytest
 import torch
 
-from llava_freepruner.bench import count, model
-from llava_freepruner.methods import REGISTRY
+from llava_freepruner.tools.bench import count, model
+from llava_freepruner.runtime.methods import REGISTRY
 
 VISION_METHODS = sorted(name for name, cls in REGISTRY.items() if not cls.needs_instruction)
 BEFORE_DECODE = ("setup", "tower", "between", "prefill")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import llava_freepruner
-from llava_freepruner.bench import count, model
-from llava_freepruner.bench.opcount import HOST, PLUGIN, OpCounter
-from llava_freepruner.cli import main
+from llava_freepruner.tools.bench import count, model
+from llava_freepruner.tools.bench.opcount import HOST, PLUGIN, OpCounter
+from llava_freepruner.tools.cli import main
 
 
 def tally(function):
@@ -91,7 +91,7 @@ def test_ops_are_attributed_to_the_plugin_by_their_caller_file(tmp_path):
         assert counted.ops == {owner: 3} and counted.syncs == {owner: 1}, path
         assert bool(counted.sync_sites) == (owner == PLUGIN)
     sites = tally(lambda: works[os.path.join(package, "methods", "fake.py")][1](x)).sync_sites
-    assert sites == {"llava_freepruner/methods/fake.py:2 (_local_scalar_dense)": 1}
+    assert sites == {"llava_freepruner/runtime/methods/fake.py:2 (_local_scalar_dense)": 1}
 
 
 # --- one generate() ------------------------------------------------------------------

@@ -10,14 +10,14 @@ import math
 import pytest
 import torch
 
-from llava_freepruner.instruction import clean_instruction, image_instructions
-from llava_freepruner.llm.dart import dart_keep
-from llava_freepruner.methods.base import CropRequest, QueryKeyView, SelectionContext
-from llava_freepruner.methods.cdpruner import CDPruner
-from llava_freepruner.methods.divprune import DivPrune
-from llava_freepruner.methods.vispruner import VisPruner
-from llava_freepruner.methods.visionzip import VisionZip, split_budget
-from llava_freepruner.tower import gather_kept
+from llava_freepruner.runtime.instruction import clean_instruction, image_instructions
+from llava_freepruner.runtime.llm.dart import dart_keep
+from llava_freepruner.runtime.methods.base import CropRequest, QueryKeyView, SelectionContext
+from llava_freepruner.runtime.methods.cdpruner import CDPruner
+from llava_freepruner.runtime.methods.divprune import DivPrune
+from llava_freepruner.runtime.methods.vispruner import VisPruner
+from llava_freepruner.runtime.methods.visionzip import VisionZip, split_budget
+from llava_freepruner.runtime.tower import gather_kept
 
 GRID = (6, 6)
 N = 36
@@ -293,7 +293,7 @@ def test_instruction_is_the_user_turn_without_the_answer_format():
 def test_dart_reads_layer_one_keys_as_the_cache_holds_them():
     from transformers import LlamaConfig, LlamaModel
 
-    from llava_freepruner.llm.dart import key_norms
+    from llava_freepruner.runtime.llm.dart import key_norms
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=64, num_hidden_layers=3,

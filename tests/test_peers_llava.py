@@ -6,8 +6,8 @@ import torch
 
 import llava_freepruner
 from llava_freepruner.config import Config
-from llava_freepruner.stats import read_jsonl
-from llava_freepruner.tiny import TinySpec
+from llava_freepruner.runtime.stats import read_jsonl
+from llava_freepruner.fixtures.tiny import TinySpec
 
 from conftest import load_llava, run_upstream
 from test_llava_patch import encode, pixels

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_upstream
-from llava_freepruner import quantization
+from llava_freepruner.runtime import quantization
 from llava_freepruner.config import Config, ConfigError, from_env
 
 
@@ -49,7 +49,7 @@ def test_missing_bitsandbytes_is_named(monkeypatch):
 
 def test_loader_is_asked_to_quantize_and_its_model_checked(unpatched):
     """The wrapped loader with a stand-in for upstream's (which needs CUDA to quantize)."""
-    from llava_freepruner.backends import upstream_loader
+    from llava_freepruner.runtime.backends import upstream_loader
 
     calls = []
 
@@ -78,7 +78,7 @@ def test_every_method_prunes_quantized_weights(quant, tmp_path):
     """bench quantizes a random-weights tiny LLaVA-1.5 in place as upstream's loader does
     (language model and projector) and refuses a row whose LLM-side method deleted nothing."""
     pytest.importorskip("bitsandbytes")
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     code = main(["bench", "--random-weights", "tiny-llava-v1.5", "--quant", quant, "--methods",
                  "freepruner,fastv,fitprune", "--ratios", "0.5", "--repeats", "1", "--warmup", "0",

@@ -2,7 +2,7 @@
 
 import torch
 
-from llava_freepruner.sequence import Compression
+from llava_freepruner.runtime.sequence import Compression
 
 
 def test_kept_positions_keep_order_and_fillers_go_where_the_padding_is():

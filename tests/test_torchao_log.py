@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from llava_freepruner.quantization import quiet_torchao_import
+from llava_freepruner.runtime.quantization import quiet_torchao_import
 
 
 def _kept(message):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llava_freepruner.toy import packing
-from llava_freepruner.toy.packing import IGNORE, Conversation
+from llava_freepruner.tools.toy import packing
+from llava_freepruner.tools.toy.packing import IGNORE, Conversation
 
 
 def conversations():

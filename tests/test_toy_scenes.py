@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from llava_freepruner.toy import photos
-from llava_freepruner.toy.dataset import PhotoPool, questions, write_question_set
-from llava_freepruner.toy.questions import FAMILIES, SUFFIX, candidates, is_correct, normalize
-from llava_freepruner.toy.scenes import COLORS, MAX_EXTENT, MIN_EXTENT, SHAPES, SIZE, boxes_apart
+from llava_freepruner.tools.toy import photos
+from llava_freepruner.tools.toy.dataset import PhotoPool, questions, write_question_set
+from llava_freepruner.tools.toy.questions import FAMILIES, SUFFIX, candidates, is_correct, normalize
+from llava_freepruner.tools.toy.scenes import COLORS, MAX_EXTENT, MIN_EXTENT, SHAPES, SIZE, boxes_apart
 
 pytest.importorskip("skimage")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from llava_freepruner.toy import projector_scale
-from llava_freepruner.toy.scenes import Scene, Shape
+from llava_freepruner.tools.toy import projector_scale
+from llava_freepruner.tools.toy.scenes import Scene, Shape
 
-train = pytest.importorskip("llava_freepruner.toy.train")
+train = pytest.importorskip("llava_freepruner.tools.toy.train")
 
 
 def projector(seed: int = 0) -> nn.Sequential:
@@ -62,7 +62,7 @@ def test_training_questions_cover_each_family_and_weigh_families_equally():
 
 
 def test_patches_are_labelled_by_the_object_covering_them():
-    from llava_freepruner.toy import grounding
+    from llava_freepruner.tools.toy import grounding
 
     scene = Scene("photo", (0, 0, 224, 224), (Shape("square", "red", 14, 14, 28), Shape("circle", "blue", 98, 98, 42)))
     labels = grounding.patch_labels(scene).reshape(16, 16)
@@ -88,7 +88,7 @@ def test_unfolding_the_standardisation_undoes_folding_it():
 
 
 def test_stored_adapters_load_back_into_fresh_ones():
-    from llava_freepruner.toy import lora
+    from llava_freepruner.tools.toy import lora
 
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))

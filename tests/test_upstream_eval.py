@@ -6,8 +6,8 @@ import os
 import pytest
 
 from conftest import run_upstream
-from llava_freepruner.stats import read_jsonl
-from llava_freepruner.tiny import TinySpec
+from llava_freepruner.runtime.stats import read_jsonl
+from llava_freepruner.fixtures.tiny import TinySpec
 
 CPU = {"FREEPRUNER_DEVICE": "cpu"}
 

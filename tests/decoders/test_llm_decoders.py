@@ -13,8 +13,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PhiConfig, Qwen2Config
 
-from llava_freepruner.fitprune import Recipe
-from llava_freepruner.llm import DartPolicy, FastVPolicy, FitPrunePolicy, attach, begin_prefill, detach, last_record
+from llava_freepruner.runtime.fitprune import Recipe
+from llava_freepruner.runtime.llm import (
+    DartPolicy, FastVPolicy, FitPrunePolicy, attach, begin_prefill, detach, last_record,
+)
 
 VOCAB, LAYERS, VISUAL = 96, 4, 24
 SYSTEM, TEXT = 8, 6

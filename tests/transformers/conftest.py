@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from llava_freepruner.backends.transformers_llava import check_version
+from llava_freepruner.runtime.backends.transformers_llava import check_version
 from llava_freepruner.config import ConfigError
 
 try:
@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_models():
     """``tiny_models(TinyHF(...))`` -> (model, processor), built once per spec."""
-    from llava_freepruner import hf_tiny
+    from llava_freepruner.fixtures import hf_tiny
 
     built = {}
 
@@ -56,7 +56,7 @@ def plugin():
 @pytest.fixture(scope="session")
 def qwen_models():
     """``qwen_models(TinyQwen(...))`` -> (model, processor), built once per spec."""
-    from llava_freepruner import hf_tiny_qwen
+    from llava_freepruner.fixtures import hf_tiny_qwen
 
     built = {}
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from llava_freepruner.backends.transformers_llava import check_version
+from llava_freepruner.runtime.backends.transformers_llava import check_version
 from llava_freepruner.config import ConfigError
 
 CALLER = textwrap.dedent("""
@@ -32,7 +32,7 @@ CALLER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from llava_freepruner import hf_tiny
+    from llava_freepruner.fixtures import hf_tiny
 
     return hf_tiny.save(hf_tiny.TinyHF(), str(tmp_path_factory.mktemp("tiny-llava-hf")))
 
@@ -42,7 +42,7 @@ QWEN_CALLER = textwrap.dedent("""
     import skimage.data
     from PIL import Image
     from transformers import AutoModelForImageTextToText
-    from llava_freepruner.hf_tiny_qwen import load_processor
+    from llava_freepruner.fixtures.hf_tiny_qwen import load_processor
     folder, answer_file = sys.argv[1], sys.argv[2]
     processor = load_processor(folder)         # AutoProcessor, where torchvision gives it its video half
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
@@ -81,7 +81,7 @@ def test_a_variable_alone_prunes_unchanged_caller_code(tmp_path, checkpoint):
 
 @pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_a_variable_alone_prunes_a_qwen_model(kind, tmp_path):
-    from llava_freepruner import hf_tiny_qwen
+    from llava_freepruner.fixtures import hf_tiny_qwen
 
     folder = hf_tiny_qwen.save(hf_tiny_qwen.TinyQwen(kind=kind), str(tmp_path / kind))
     stats = tmp_path / "stats.jsonl"

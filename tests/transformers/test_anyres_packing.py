@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from llava_freepruner import anyres
-from llava_freepruner.hf_tiny import TinyHF
+from llava_freepruner.runtime import anyres
+from llava_freepruner.fixtures.hf_tiny import TinyHF
 
 from chat_generation import generate, inputs_for
 

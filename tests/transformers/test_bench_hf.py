@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from llava_freepruner.bench import archs
-from llava_freepruner.cli import main
+from llava_freepruner.tools.bench import archs
+from llava_freepruner.tools.cli import main
 
 RATIOS = (1.0, 0.5)
 METHODS = ("freepruner", "random")
@@ -107,7 +107,7 @@ def test_llm_side_rows_prune_inside_the_transformers_decoder(method, narrow, tmp
 
 
 def test_a_checkpoint_runs_with_its_own_processor_and_prompt(tmp_path):
-    from llava_freepruner import hf_tiny
+    from llava_freepruner.fixtures import hf_tiny
 
     folder = hf_tiny.save(hf_tiny.TinyHF(llm_layers=1, vision_layers=2), str(tmp_path / "tiny-llava-hf"))
     out = tmp_path / "out"
@@ -125,7 +125,7 @@ def test_a_checkpoint_runs_with_its_own_processor_and_prompt(tmp_path):
 def test_count_ops_splits_the_plugin_work_by_phase(tmp_path, capsys):
     """bench --count-ops on transformers' classes: the unpatched model costs no plugin op, a
     vision method works in the tower and after it, an LLM method in the prefill."""
-    from llava_freepruner.bench.count import PHASES
+    from llava_freepruner.tools.bench.count import PHASES
 
     code = main(["bench", "--backend", "transformers", "--random-weights", "tiny-llava-1.5-hf", "--llm-layers", "3",
                  "--vision-layers", "2", "--count-ops", "--methods", "none,freepruner,fastv", "--ratios", "1.0,0.5",
@@ -160,7 +160,7 @@ def test_qwen_geometries_have_the_published_checkpoints_parameters(name):
     import torch
     import transformers
 
-    from llava_freepruner.bench import hf_qwen
+    from llava_freepruner.tools.bench import hf_qwen
 
     kind, vision, text = archs.qwen_architecture(name)
     config_name, model_name = hf_qwen._CLASSES[kind]
@@ -201,7 +201,7 @@ def test_qwen_rows_keep_half_of_the_pictures_merged_tokens(name, tmp_path):
 
 
 def test_count_ops_on_qwen_rows(tmp_path):
-    from llava_freepruner.bench.count import PHASES
+    from llava_freepruner.tools.bench.count import PHASES
 
     code = main(["bench", "--backend", "transformers", "--random-weights", "tiny-qwen2.5-vl", "--llm-layers", "2",
                  "--vision-layers", "4", "--count-ops", "--methods", "none,freepruner", "--ratios", "1.0,0.5",

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from llava_freepruner.cli import main
+from llava_freepruner.tools.cli import main
 
 
 def bench(out, name, frames, *extra):

@@ -7,11 +7,11 @@ import pytest
 import torch
 import transformers
 
-from llava_freepruner import hf_tiny, tiny
+from llava_freepruner.fixtures import hf_tiny, tiny
 from llava_freepruner.config import ConfigError
-from llava_freepruner.hf_tiny import TinyHF
-from llava_freepruner.instruction import expanded_instructions
-from llava_freepruner.methods.cdpruner import CDPruner
+from llava_freepruner.fixtures.hf_tiny import TinyHF
+from llava_freepruner.runtime.instruction import expanded_instructions
+from llava_freepruner.runtime.methods.cdpruner import CDPruner
 
 LLAVA = TinyHF()
 NEXT = TinyHF(kind="llava_next")

@@ -7,12 +7,12 @@ import statistics
 import pytest
 import torch
 
-from llava_freepruner import hf_tiny
-from llava_freepruner.fitprune import flops_reduction, load_recipe
-from llava_freepruner.fitprune import transformers_fit
-from llava_freepruner.fitprune.fit import fit_recipe
-from llava_freepruner.hf_tiny import TinyHF
-from llava_freepruner.prompts import image_question_inputs
+from llava_freepruner.fixtures import hf_tiny
+from llava_freepruner.runtime.fitprune import flops_reduction, load_recipe
+from llava_freepruner.tools.fitprune_fit import transformers_fit
+from llava_freepruner.tools.fitprune_fit.checkpoint import fit_recipe
+from llava_freepruner.fixtures.hf_tiny import TinyHF
+from llava_freepruner.tools.prompts import image_question_inputs
 
 LLAVA = TinyHF()
 NEXT = TinyHF(kind="llava_next")
@@ -114,7 +114,7 @@ def test_a_fitted_recipe_prunes_generate_through_the_plugin(spec, checkpoints, c
     count = int((inputs["input_ids"] == model.config.image_token_id).sum())
     expected = load_recipe(str(out))
     if count != expected.num_visual_tokens:      # LLaVA-NeXT: another image size, the recipe is scaled
-        from llava_freepruner.budget import scale_deletions
+        from llava_freepruner.runtime.budget import scale_deletions
 
         deletions = scale_deletions(expected, count)[0]
     else:
@@ -159,7 +159,7 @@ def test_bad_inputs_are_refused_by_name_before_loading(checkpoints, calibration,
 
 
 def test_the_command_names_an_unknown_checkpoint_kind(tmp_path, calibration, capsys):
-    from llava_freepruner.cli import main
+    from llava_freepruner.tools.cli import main
 
     questions, images = calibration
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3"}))

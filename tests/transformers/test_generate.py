@@ -9,7 +9,7 @@ import transformers
 from packaging.version import Version
 
 from chat_generation import check_beams_and_return_sequences_at_ratio_one, generate, inputs_for, layer_lengths
-from llava_freepruner.hf_tiny import TinyHF
+from llava_freepruner.fixtures.hf_tiny import TinyHF
 
 LLAVA = TinyHF()
 NEXT = TinyHF(kind="llava_next")
@@ -74,9 +74,9 @@ def test_batch_with_left_padding_equals_single_runs(spec, tiny_models, photos, p
 def test_forward_logits_at_text_positions_match_a_prompt_built_short(tiny_models, photos, plugin):
     """The reference never sees the plugin: the unpatched model on a prompt that
     holds only the kept placeholders, filled with the kept rows of its own features."""
-    from llava_freepruner import methods
+    from llava_freepruner.runtime import methods
     from llava_freepruner.config import Config
-    from llava_freepruner.methods.base import CropRequest, SelectionContext
+    from llava_freepruner.runtime.methods.base import CropRequest, SelectionContext
 
     model, processor = tiny_models(LLAVA)
     inputs = inputs_for(processor, [photos["chelsea"]], QUESTIONS[:1])
@@ -129,7 +129,7 @@ def test_text_only_prompts_are_untouched(tiny_models, plugin):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_ratio_one_is_identical_in_half_precision(dtype, photos, plugin):
-    from llava_freepruner import hf_tiny
+    from llava_freepruner.fixtures import hf_tiny
 
     model, processor = hf_tiny.build(LLAVA)
     model = model.to(dtype)
@@ -204,7 +204,7 @@ ONEVISION = TinyHF(kind="llava_onevision", llm="qwen2")
 
 
 def test_onevision_keeps_half_of_what_the_llm_sees_resampled_maps_included(tiny_models, photos, plugin, tmp_path):
-    from llava_freepruner.hf_tiny import onevision_inputs
+    from llava_freepruner.fixtures.hf_tiny import onevision_inputs
 
     model, processor = tiny_models(ONEVISION)
     # the coffee photo at 1600x1000 tiles into a map OneVision resamples (anyres_max_9)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llava_freepruner.gpucheck import plan
+from llava_freepruner.tools.gpucheck import plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def test_the_qwen_section_times_freepruner_and_visionzip_at_ratios_one_and_half(
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    done = subprocess.run([sys.executable, "-m", "llava_freepruner.gpucheck", "--cpu-smoke", "--sections",
+    done = subprocess.run([sys.executable, "-m", "llava_freepruner.tools.gpucheck", "--cpu-smoke", "--sections",
                            plan.QWEN_SECTION, str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     sections = {s["name"]: s for s in json.loads((out / "results.json").read_text())["sections"]}

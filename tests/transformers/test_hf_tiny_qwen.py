@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers
 
-from llava_freepruner import hf_tiny_qwen
-from llava_freepruner.hf_tiny_qwen import TinyQwen
+from llava_freepruner.fixtures import hf_tiny_qwen
+from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
 
 KINDS = hf_tiny_qwen.KINDS
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5

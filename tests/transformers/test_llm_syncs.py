@@ -6,7 +6,7 @@ counted by its own tests."""
 import pytest
 import torch
 
-from llava_freepruner.bench import hf_model
+from llava_freepruner.tools.bench import hf_model
 from llm_sync_checks import LLM_METHODS, Counted, check_ops_flat_in_batch, check_syncs
 
 PREFILL = ("prefill",)

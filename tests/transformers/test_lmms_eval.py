@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("lmms_eval")
 
-from llava_freepruner.hf_tiny import TinyHF, save  # noqa: E402
+from llava_freepruner.fixtures.hf_tiny import TinyHF, save  # noqa: E402
 from llava_freepruner.hosts import ENV_PREFIXES  # noqa: E402
-from llava_freepruner.stats import read_jsonl  # noqa: E402
+from llava_freepruner.runtime.stats import read_jsonl  # noqa: E402
 
 TASK = "freepruner_photos"
 TASK_FILES = Path(__file__).parent / "lmms_task"

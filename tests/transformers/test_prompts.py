@@ -2,7 +2,7 @@
 
 import copy
 
-from llava_freepruner.prompts import image_question_inputs
+from llava_freepruner.tools.prompts import image_question_inputs
 
 STRING_CONTENT = ("{% for message in messages %}{{ 'USER: ' + message['content'] + '\\n' }}{% endfor %}"
                   "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")

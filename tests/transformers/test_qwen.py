@@ -15,9 +15,9 @@ from packaging.version import Version
 
 from chat_generation import (cache_of, check_beams_and_return_sequences_at_ratio_one, generate, inputs_for,
                              layer_lengths)
-from llava_freepruner.backends import transformers_qwen
+from llava_freepruner.runtime.backends import transformers_qwen
 from llava_freepruner.config import ConfigError
-from llava_freepruner.hf_tiny_qwen import TinyQwen
+from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
 
 KINDS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 VISION_METHODS = ["freepruner", "random", "grid", "cls_topk", "visionzip", "divprune", "vispruner"]
@@ -189,7 +189,7 @@ def test_text_only_prompts_are_untouched(kind, qwen_models, plugin):
                                     {"vision_method": None, "llm_method": "fastv", "ratio": 0.5, "fastv_layer": 3}],
                          ids=["cdpruner", "fastv-past-the-last-layer"])
 def test_what_a_qwen_model_cannot_serve_is_refused_by_name_before_its_weights(kind, fields, plugin):
-    from llava_freepruner import hf_tiny_qwen
+    from llava_freepruner.fixtures import hf_tiny_qwen
 
     plugin(**fields)
     method = fields["vision_method"] or fields["llm_method"]

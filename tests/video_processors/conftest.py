@@ -21,7 +21,7 @@ def _torchvision_imports() -> bool:
 def _supported_transformers() -> bool:
     import transformers
 
-    from llava_freepruner.backends.transformers_llava import check_version
+    from llava_freepruner.runtime.backends.transformers_llava import check_version
     from llava_freepruner.config import ConfigError
 
     try:
@@ -41,7 +41,7 @@ torch.set_num_threads(1)
 def checkpoint(tmp_path_factory):
     """``checkpoint(kind)`` -> folder of a tiny random checkpoint saved with its real
     transformers processor (video processor included), written once per kind."""
-    from llava_freepruner.hf_tiny import TinyHF, save
+    from llava_freepruner.fixtures.hf_tiny import TinyHF, save
 
     root = tmp_path_factory.mktemp("tiny_video_checkpoints")
     written = {}
@@ -58,7 +58,7 @@ def checkpoint(tmp_path_factory):
 def clip_folder():
     """Debian's opencv-doc sample clips (fetched once with apt-get download), or a skip."""
     pytest.importorskip("av")
-    from llava_freepruner import video_io
+    from llava_freepruner.fixtures import video_io
 
     try:
         return video_io.clip_folder()
@@ -73,7 +73,7 @@ def clip(clip_folder):
     examples pass a video to the processor."""
     import numpy as np
 
-    from llava_freepruner import video_io
+    from llava_freepruner.fixtures import video_io
 
     decoded = {}
 

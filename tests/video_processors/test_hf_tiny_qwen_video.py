@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from llava_freepruner import hf_tiny_qwen
-from llava_freepruner.hf_tiny_qwen import TinyQwen
+from llava_freepruner.fixtures import hf_tiny_qwen
+from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
 
 FRAMES = 4
 

@@ -22,7 +22,7 @@ pytest.importorskip("lmms_eval")
 pytest.importorskip("decord")
 
 from llava_freepruner.hosts import ENV_PREFIXES  # noqa: E402
-from llava_freepruner.stats import read_jsonl  # noqa: E402
+from llava_freepruner.runtime.stats import read_jsonl  # noqa: E402
 
 TASK = "freepruner_clips"
 TASK_FILES = Path(__file__).parent / "lmms_video_task"

@@ -11,7 +11,7 @@ runs unchanged, and the plugin prunes what the LLM sees.
 import pytest
 import torch
 
-from llava_freepruner.stats import read_jsonl
+from llava_freepruner.runtime.stats import read_jsonl
 
 KINDS = ["video_llava", "llava_next_video", "llava_onevision"]
 FRAMES = 8          # transformers' examples sample 8 frames for each of the three models

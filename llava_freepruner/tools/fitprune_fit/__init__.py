@@ -1,0 +1,1 @@
+"""Fitting FitPrune recipes from attention statistics (the ``fitprune-fit`` command)."""

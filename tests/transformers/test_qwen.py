@@ -6,70 +6,21 @@ removes exactly those keys and keeps every kept token's M-RoPE ids, so the logit
 """
 
 import json
-import math
 
 import pytest
 import torch
 import transformers
 from packaging.version import Version
 
+from qwen_checks import DecoderCalls, KeptSpy, full_positions, half, merged_tokens
 from chat_generation import (cache_of, check_beams_and_return_sequences_at_ratio_one, generate, inputs_for,
                              layer_lengths)
-from llava_freepruner.runtime.backends import transformers_qwen
 from llava_freepruner.config import ConfigError
 from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
 
 KINDS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 VISION_METHODS = ["freepruner", "random", "grid", "cls_topk", "visionzip", "divprune", "vispruner"]
 QUESTIONS = ["What is in the image?", "Describe the picture in one sentence."]
-
-
-def half(n):
-    return math.floor(0.5 * n + 0.5)
-
-
-def merged_tokens(inputs):
-    """Merged tokens of each image, from the processor's grid (2 x 2 merge)."""
-    return [int(t * h * w) // 4 for t, h, w in inputs["image_grid_thw"].tolist()]
-
-
-class DecoderCalls:
-    """The inputs the language model receives, call by call (forward hook, returns nothing)."""
-
-    def __init__(self, model):
-        self.calls = []
-        self.handle = model.model.language_model.register_forward_hook(self._keep, with_kwargs=True)
-
-    def _keep(self, module, args, kwargs, output):
-        self.calls.append({"width": kwargs["inputs_embeds"].shape[1], "position_ids": kwargs.get("position_ids")})
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
-class KeptSpy:
-    """The kept positions of every image the backend selects for."""
-
-    def __init__(self, monkeypatch):
-        self.kept = []
-        original = transformers_qwen._keep_in_place
-
-        def spy(item, selections, feats):
-            kept, feats = original(item, selections, feats)
-            self.kept.append(kept.cpu())
-            return kept, feats
-
-        monkeypatch.setattr(transformers_qwen, "_keep_in_place", spy)
-
-
-def full_positions(model, inputs):
-    """The position ids the unpatched decoder gets for the whole prompt."""
-    with DecoderCalls(model) as calls, torch.no_grad():
-        model(**inputs)
-    return calls.calls[0]["position_ids"]
 
 
 @pytest.fixture

@@ -9,15 +9,16 @@ stay.
 """
 
 import json
-import math
 from types import SimpleNamespace
 
+import chat_generation
 import pytest
 import torch
+from chat_generation import cache_of, inputs_for, layer_lengths
+from qwen_checks import KeptSpy, full_positions, half
 
 from llava_freepruner.fixtures import hf_tiny_qwen
 from llava_freepruner.runtime import llm as llm_runtime
-from llava_freepruner.runtime.backends import transformers_qwen
 from llava_freepruner.config import ConfigError
 from llava_freepruner.runtime.fitprune import Recipe
 from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
@@ -36,35 +37,8 @@ def spec(kind):
     return TinyQwen(kind=kind, llm_layers=LAYERS)
 
 
-def half(n):
-    return math.floor(0.5 * n + 0.5)
-
-
-def prompt(processor, question, images=1):
-    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-
-
-def inputs_for(processor, images, questions):
-    processor.tokenizer.padding_side = "left"
-    return processor(images=images, text=[prompt(processor, q) for q in questions], return_tensors="pt",
-                     padding=True)
-
-
 def generate(model, inputs, **kwargs):
-    kwargs = {"max_new_tokens": 4, "do_sample": False, **kwargs}
-    with torch.no_grad():
-        return model.generate(**inputs, return_dict_in_generate=True, output_scores=True, **kwargs)
-
-
-def cache_of(output):
-    return output.past_key_values if getattr(output, "past_key_values", None) is not None else output.cache
-
-
-def layer_lengths(cache):
-    if hasattr(cache, "layers"):
-        return [layer.keys.shape[-2] for layer in cache.layers]
-    return [cache.key_cache[i].shape[-2] for i in range(len(cache.key_cache))]
+    return chat_generation.generate(model, inputs, **{"max_new_tokens": 4, **kwargs})
 
 
 def fields_of(method, tmp_path, recipe=RECIPE, ratio=0.5):
@@ -237,37 +211,6 @@ def test_pruned_generation_equals_the_unpatched_model_with_the_deleted_keys_hidd
         torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-5)
     unpruned = generate(model, inputs, max_new_tokens=1)
     assert not torch.allclose(batch.scores[0], unpruned.scores[0], atol=1e-3)     # the deletions mattered
-
-
-class KeptSpy:
-    """The kept positions of every image the vision side selects for."""
-
-    def __init__(self, monkeypatch):
-        self.kept = []
-        original = transformers_qwen._keep_in_place
-
-        def spy(item, selections, feats):
-            kept, feats = original(item, selections, feats)
-            self.kept.append(kept.cpu())
-            return kept, feats
-
-        monkeypatch.setattr(transformers_qwen, "_keep_in_place", spy)
-
-
-def full_positions(model, inputs):
-    """The M-RoPE position ids the unpatched decoder gets for the whole prompt."""
-    seen = {}
-
-    def keep(module, args, kwargs):
-        seen.setdefault("position_ids", kwargs.get("position_ids"))
-
-    handle = decoder_of(model).register_forward_pre_hook(keep, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    finally:
-        handle.remove()
-    return seen["position_ids"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

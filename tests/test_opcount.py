@@ -80,8 +80,8 @@ def test_ops_are_attributed_to_the_plugin_by_their_caller_file(tmp_path):
     package = os.path.dirname(llava_freepruner.__file__)
     source = "def work(x):\n    return (x * 2).sum().item()\n"
     works = {}
-    for owner, path in ((PLUGIN, os.path.join(package, "methods", "fake.py")),
-                        (HOST, os.path.join(package, "bench", "fake.py")),
+    for owner, path in ((PLUGIN, os.path.join(package, "runtime", "methods", "fake.py")),
+                        (HOST, os.path.join(package, "tools", "bench", "fake.py")),
                         (HOST, str(tmp_path / "host.py"))):
         scope = {}
         exec(compile(source, path, "exec"), scope)
@@ -90,7 +90,7 @@ def test_ops_are_attributed_to_the_plugin_by_their_caller_file(tmp_path):
         counted = tally(lambda: work(x))
         assert counted.ops == {owner: 3} and counted.syncs == {owner: 1}, path
         assert bool(counted.sync_sites) == (owner == PLUGIN)
-    sites = tally(lambda: works[os.path.join(package, "methods", "fake.py")][1](x)).sync_sites
+    sites = tally(lambda: works[os.path.join(package, "runtime", "methods", "fake.py")][1](x)).sync_sites
     assert sites == {"llava_freepruner/runtime/methods/fake.py:2 (_local_scalar_dense)": 1}
 
 

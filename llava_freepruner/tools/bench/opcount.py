@@ -4,7 +4,7 @@
 and files it under the current phase (``counter.phase``, set by the caller) and
 under its owner: ``plugin`` when the first Python frame outside torch (and outside
 this module and the plugin's ``cpu`` redirect of ``Tensor.to``) lies in the
-``llava_freepruner`` package but not in its ``bench`` harness, ``host`` otherwise
+``llava_freepruner`` package but not in its ``tools`` (this harness) or ``fixtures``, ``host`` otherwise
 (the host model, transformers, generate's loop). A host module the plugin calls
 (the projector, the tower) is the host's when the host's own code calls it, and
 the plugin's when the plugin calls a torch module (``nn.Sequential``) directly.
@@ -69,9 +69,10 @@ _TENSOR_REPEATS = frozenset({_aten.repeat_interleave.Tensor, _aten.repeat_interl
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _PLUGIN_DIR = os.path.dirname(llava_freepruner.__file__) + os.sep
-_HARNESS_DIR = os.path.join(_PLUGIN_DIR, "bench") + os.sep
+# The tools (this harness among them) and the fixtures run around the model: the host's side.
+_HARNESS_DIRS = tuple(os.path.join(_PLUGIN_DIR, room) + os.sep for room in ("tools", "fixtures"))
 # Frames that only pass a call through: this module's wrappers, the plugin's CPU redirect of ``.to``.
-_TRANSPARENT = frozenset({__file__, os.path.join(_PLUGIN_DIR, "cpu.py")})
+_TRANSPARENT = frozenset({__file__, os.path.join(_PLUGIN_DIR, "runtime", "cpu.py")})
 
 
 def is_sync(func, args, kwargs) -> bool:
@@ -125,7 +126,7 @@ class OpCounter(TorchDispatchMode):
         path = code.co_filename
         if path in _TRANSPARENT or path.startswith(_TORCH_DIR):
             return None
-        return PLUGIN if path.startswith(_PLUGIN_DIR) and not path.startswith(_HARNESS_DIR) else HOST
+        return PLUGIN if path.startswith(_PLUGIN_DIR) and not path.startswith(_HARNESS_DIRS) else HOST
 
     def _caller(self, frame):
         """(owner, frame) of the first frame outside torch and this module."""

@@ -41,6 +41,10 @@ class Compression:
     index: torch.Tensor      # (batch, width) prompt position of each compressed slot, -1 for fillers
     removed: torch.Tensor    # (batch,) prompt positions each sample drops
     prompt_mask: Optional[torch.Tensor] = None   # (batch, width) compressed prompt mask, once known
+    # Known on the host at prefill: no padding and no filler slot, so a caller that passes no
+    # mask needs none on the shortened sequence either (building one makes the host's mask
+    # code read it back from the device at every step).
+    unmasked: bool = False
 
     @classmethod
     def from_drop(cls, drop: torch.Tensor, width: int,

@@ -31,6 +31,15 @@ def test_the_shortened_prompt_reads_the_device_at_most_twice_and_decode_steps_ne
     assert row.per_step("decode").plugin_syncs == 0, row.sync_sites
 
 
+def test_a_pruned_decode_step_makes_the_host_read_the_device_no_more_than_unpruned(counts):
+    """An unpadded prompt that generate() hands the decoder without a mask keeps none when
+    shortened: a built mask costs a device read in the host's mask code at every step."""
+    bench = hf_model.build_random("tiny-llava-1.5-hf", 2, 4, "cpu", torch.float16)
+    unpruned = count_row(bench, hf_model.make_inputs(bench, 1, 12), "freepruner", 1.0)
+    assert counts[1].per_step("decode").host_syncs == unpruned.per_step("decode").host_syncs, counts[1].sync_sites
+    assert counts[1].per_step("prefill").host_syncs <= unpruned.per_step("prefill").host_syncs
+
+
 def test_plugin_ops_do_not_grow_with_the_batch(counts):
     assert plugin_ops(counts[8]) <= 1.15 * plugin_ops(counts[1]), {b: plugin_ops(c) for b, c in counts.items()}
 

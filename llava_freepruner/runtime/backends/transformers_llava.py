@@ -751,7 +751,10 @@ class _ShorteningHooks:
         mask = _padding_mask(call.get("attention_mask"), drop.shape[1])
         compression = Compression.from_drop(drop, drop.shape[1] - min(removed), mask)
         call["inputs_embeds"] = compression.gather(embeds)
-        call["attention_mask"] = compression.compress_prompt_mask(mask).to(
+        prompt_mask = compression.compress_prompt_mask(mask)
+        # every prompt dropped as many positions and none is padded: nothing to mask
+        compression.unmasked = call.get("attention_mask") is None and len(set(removed)) == 1
+        call["attention_mask"] = None if compression.unmasked else prompt_mask.to(
             mask.dtype if mask is not None else torch.long)
         call["position_ids"] = compression.prefill_positions(call.get("position_ids"))
         if call.get("cache_position") is not None:
@@ -795,7 +798,8 @@ class _ShorteningHooks:
             # the caller's own count: 4.57's static cache counts the slots filled in its first
             # row only, where padding (a zero embedding) does not count
             past_full = caller_past
-        call["attention_mask"] = compression.decode_mask(call.get("attention_mask"), past_full + steps)
+        if call.get("attention_mask") is not None or not compression.unmasked:
+            call["attention_mask"] = compression.decode_mask(call.get("attention_mask"), past_full + steps)
         call["position_ids"] = compression.decode_positions(call.get("position_ids"), past_full, steps)
         if call.get("cache_position") is not None:
             call["cache_position"] = call["cache_position"] - (compression.length - compression.width)

@@ -291,20 +291,20 @@ class _Output:
 
     def __init__(self, output):
         self.output = output
-        if hasattr(output, "pooler_output"):                                  # transformers 5.x
+        # 5.x: an output object; Qwen3-VL on 4.57: (features, deepstack list); else the features
+        self.kind = ("object" if hasattr(output, "pooler_output") else
+                     "pair" if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], list) else
+                     "features")
+        if self.kind == "object":
             self.features = list(output.pooler_output)
-        elif isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], list):
-            self.features = list(output[0])                                   # Qwen3-VL on 4.57
         else:
-            self.features = list(output)
+            self.features = list(output[0] if self.kind == "pair" else output)
 
     def with_features(self, features: List[torch.Tensor]):
-        if hasattr(self.output, "pooler_output"):
+        if self.kind == "object":
             self.output.pooler_output = tuple(features)
             return self.output
-        if isinstance(self.output, tuple) and len(self.output) == 2 and isinstance(self.output[1], list):
-            return tuple(features), self.output[1]
-        return tuple(features)
+        return (tuple(features), self.output[1]) if self.kind == "pair" else tuple(features)
 
 
 def _wrap_features(original, kind: str):

@@ -133,6 +133,7 @@ def test_write_carries_the_numbers_in_results_json_and_draws_error_bars(tmp_path
 
 
 def _accuracy_folder(tmp_path, answers, settings=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cells = tmp_path / "out" / "cells"
     cells.mkdir(parents=True)
     for name, right in answers.items():
@@ -218,3 +219,100 @@ def test_accuracy_refuses_an_unknown_reference_before_the_model_loads(tmp_path, 
     assert "--reference 'dart'" in capsys.readouterr().err
     assert main(args + ["--reference", "Random"]) == 2      # accepted: then the missing model is named
     assert "--model" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _seed_runs():
+    """Two models' grids on the same 200 questions: freepruner, random and fastv at 0.5,
+    freepruner and random at 0.25; random beats freepruner at 0.25 on the second only."""
+    from llava_freepruner.tools.accuracy.seeds import Run
+
+    runs = []
+    for seed, accuracies in ((0, {"none@1": 0.9, "freepruner@0.5": 0.8, "random@0.5": 0.6, "fastv@0.5": 0.7,
+                                  "freepruner@0.25": 0.7, "random@0.25": 0.5}),
+                             (1, {"none@1": 0.9, "freepruner@0.5": 0.75, "random@0.5": 0.55, "fastv@0.5": 0.8,
+                                  "freepruner@0.25": 0.5, "random@0.25": 0.6})):
+        answers = {name: {str(q): q < round(200 * a) for q in range(200)} for name, a in accuracies.items()}
+        rows = [{"method": n.split("@")[0], "ratio": float(n.split("@")[1]), "questions": 200,
+                 "accuracy": sum(r.values()) / 200, "families": {}, "visual_tokens": 256 * float(n.split("@")[1])}
+                for n, r in answers.items()]
+        runs.append(Run(f"seed {seed}", rows, answers))
+    return runs
+
+
+def test_seeds_pool_the_paired_difference_over_models_and_check_each_rank():
+    from llava_freepruner.tools.accuracy.seeds import compare
+
+    runs = _seed_runs()
+    result = compare(runs, "freepruner")
+    cells = {c["cell"]: c for c in result["cells"]}
+    random_half = cells["random@0.5"]
+    assert random_half["accuracy"] == [0.6, 0.55] and random_half["mean"] == pytest.approx(0.575)
+    assert [v["difference"] for v in random_half["vs_reference"]] == [pytest.approx(-0.2), pytest.approx(-0.2)]
+    assert random_half["pooled"]["difference"] == pytest.approx(-0.2)
+    low, high = random_half["pooled"]["interval"]
+    assert low <= -0.2 <= high and high < 0
+    assert cells["freepruner@0.5"]["pooled"] is None and cells["none@1"]["pooled"] is None
+    assert "rank" not in cells["none@1"]
+    # at 0.5: freepruner 1st then fastv on seed 0, fastv 1st on seed 1; random last on both
+    assert cells["freepruner@0.5"]["rank"] == [1, 2] and not cells["freepruner@0.5"]["rank_holds"]
+    assert cells["random@0.5"]["rank"] == [3, 3] and cells["random@0.5"]["rank_holds"]
+    # the pooled difference of identical models is that of one, interval included
+    same = compare([runs[0], runs[0].__class__("copy", runs[0].rows, runs[0].answers)], "freepruner")
+    pooled = next(c for c in same["cells"] if c["cell"] == "fastv@0.5")
+    assert pooled["pooled"]["difference"] == pooled["vs_reference"][0]["difference"]
+    assert pooled["pooled"]["interval"] == pooled["vs_reference"][0]["interval"]
+
+
+def test_seeds_verdict_names_the_best_method_per_budget_in_the_tower_and_in_the_llm():
+    from llava_freepruner.tools.accuracy.seeds import compare, markdown
+
+    result = compare(_seed_runs(), "freepruner")
+    half, quarter = result["verdict"]
+    assert (half["ratio"], half["tower"]["method"], half["llm"]["method"]) == (0.5, "freepruner", "fastv")
+    assert half["tower"]["best_on_every_run"] and half["llm"]["best_on_every_run"]      # fastv alone in the LLM
+    assert half["llm"]["pooled"]["difference"] == pytest.approx(-0.025)
+    # at 0.25 freepruner and random tie on the mean (0.6): the first listed wins, and is not first on seed 1
+    assert quarter["tower"]["method"] == "freepruner" and not quarter["tower"]["best_on_every_run"]
+    assert quarter["llm"] is None
+    text = markdown(result)
+    assert "| random | 0.5 | 128 | 60.0 | 55.0 | 57.5 | -20.0 [" in text
+    assert "| 0.25 | freepruner 60.0 (not first on every model) | reference | — |  |" in text
+
+
+def test_seeds_leave_out_cells_some_model_lacks_and_refuse_a_single_model():
+    from llava_freepruner.tools.accuracy.seeds import Run, compare
+
+    first, second = _seed_runs()
+    second = Run(second.label, [r for r in second.rows if r["method"] != "fastv"], second.answers)
+    result = compare([first, second], "freepruner")
+    assert result["missing"] == ["fastv@0.5"] and all(c["method"] != "fastv" for c in result["cells"])
+    with pytest.raises(ValueError, match="comparing models needs at least two"):
+        compare([first], "freepruner")
+
+
+def test_accuracy_seeds_compares_folders_from_their_answer_files(tmp_path, capsys):
+    from llava_freepruner.tools.cli import main
+
+    folders = []
+    for seed, run in enumerate(_seed_runs()):
+        folders.append(_accuracy_folder(tmp_path / f"seed{seed}", run.answers))
+    out = tmp_path / "both"
+    assert main(["accuracy-seeds", "--run", f"seed 0={folders[0]}", "--run", f"seed 1={folders[1]}",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == (out / "seeds.md").read_text().strip()
+    saved = json.loads((out / "seeds.json").read_text())
+    assert saved["runs"] == ["seed 0", "seed 1"] and saved["reference"] == "freepruner"
+    assert saved["command"].startswith("python -m llava_freepruner accuracy-seeds --run 'seed 0=")
+    assert {c["cell"] for c in saved["cells"]} == {"none@1", "freepruner@0.5", "random@0.5", "fastv@0.5",
+                                                     "freepruner@0.25", "random@0.25"}
+    # bad inputs are refused by name and write nothing
+    assert main(["accuracy-seeds", "--run", str(folders[0]), "--out", str(tmp_path / "x")]) == 2
+    assert "comparing models needs at least two" in capsys.readouterr().err
+    assert main(["accuracy-seeds", "--run", str(folders[0]), "--run", str(folders[1]), "--out", str(tmp_path / "x")]) == 2
+    assert "labels ['out', 'out'] repeat" in capsys.readouterr().err
+    assert main(["accuracy-seeds", "--run", f"a={folders[0]}", "--run", f"b={folders[1]}", "--reference", "divprune",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--reference 'divprune' is not valid: expected one of the methods every run answered" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

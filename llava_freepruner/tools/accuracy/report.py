@@ -65,7 +65,7 @@ def annotate(rows: List[dict], answers: Optional[Mapping[str, Mapping[str, bool]
     return annotated
 
 
-def _points(fraction: float, signed: bool = False) -> str:
+def points(fraction: float, signed: bool = False) -> str:
     text = f"{100 * fraction:+.1f}" if signed else f"{100 * fraction:.1f}"
     return "0.0" if text in ("+0.0", "-0.0") else text
 
@@ -83,7 +83,7 @@ def _comparison(row: dict, reference: str) -> List[str]:
     if versus["difference"] is None:
         return [DIFFERENT, "", ""]
     low, high = versus["interval"]
-    return [_points(versus["difference"], True), f"[{_points(low, True)}, {_points(high, True)}]",
+    return [points(versus["difference"], True), f"[{points(low, True)}, {points(high, True)}]",
             _p(versus["mcnemar_p"])]
 
 
@@ -105,9 +105,9 @@ def markdown(meta: dict, rows: List[dict]) -> str:
         low, high = _interval(row)
         cells = [row["method"], f"{row['ratio']:g}", f"{row['visual_tokens']:g}"]
         cells += [str(row["questions"])] if len(counts) > 1 else []
-        cells += [_points(row["accuracy"]), f"[{_points(low)}, {_points(high)}]"]
+        cells += [points(row["accuracy"]), f"[{points(low)}, {points(high)}]"]
         cells += _comparison(row, reference) if compared else []
-        cells += [_points(row["families"][f]) if f in row["families"] else "" for f in families]
+        cells += [points(row["families"][f]) if f in row["families"] else "" for f in families]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in %, exact match after lower-casing and removing a final period. Visual tokens: "
               "mean per image from the plugin's stats (for methods inside the LLM: averaged over its layers), "

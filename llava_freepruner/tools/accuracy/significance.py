@@ -7,7 +7,9 @@ Pure Python (the standard library only), deterministic:
   pairs of two cells (questions one answers right and the other wrong);
 * :func:`paired`: one cell against another over the same question ids: the
   difference in accuracy with a percentile bootstrap interval (the questions
-  resampled with a seeded ``random.Random``) and McNemar's p-value.
+  resampled with a seeded ``random.Random``) and McNemar's p-value;
+* :func:`bootstrap`: that interval for any per-question scores (e.g. a
+  difference averaged over models trained with different seeds).
 """
 
 from __future__ import annotations
@@ -105,23 +107,28 @@ def paired(cell: Mapping[str, bool], reference: Mapping[str, bool], resamples: i
         raise DifferentQuestions(
             f"the cells did not answer the same questions: {len(only_cell)} only in the first"
             f"{_examples(only_cell)}, {len(only_reference)} only in the second{_examples(only_reference)}")
-    if not cell:
+    scores = [int(bool(cell[q])) - int(bool(reference[q])) for q in sorted(cell)]
+    b, c = scores.count(1), scores.count(-1)
+    low, high = bootstrap(scores, resamples, seed, level)
+    return Paired(len(scores), (b - c) / len(scores), low, high, b, c, mcnemar_exact(b, c))
+
+
+def bootstrap(scores: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED,
+              level: float = LEVEL) -> Tuple[float, float]:
+    """The percentile bootstrap interval of the mean of per-question ``scores``
+    (in a fixed order): ``resamples`` draws of as many scores with replacement
+    from ``random.Random(seed)``; (0, 0) when every score is 0."""
+    if not scores:
         raise ValueError("no questions to compare")
     if resamples < 1:
         raise ValueError(f"resamples {resamples!r} is not valid: expected >= 1")
     _z(level)
-    ids = sorted(cell)
-    scores = [int(bool(cell[q])) - int(bool(reference[q])) for q in ids]
-    n = len(scores)
-    b, c = scores.count(1), scores.count(-1)
-    if b + c == 0:      # every resample is 0 as well
-        low = high = 0.0
-    else:
-        rng = random.Random(seed)
-        means = sorted(sum(rng.choices(scores, k=n)) / n for _ in range(resamples))
-        tail = (1 - level) / 2
-        low, high = percentile(means, tail), percentile(means, 1 - tail)
-    return Paired(n, (b - c) / n, low, high, b, c, mcnemar_exact(b, c))
+    if not any(scores):     # every resample is 0 as well
+        return 0.0, 0.0
+    n, rng = len(scores), random.Random(seed)
+    means = sorted(sum(rng.choices(scores, k=n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    return percentile(means, tail), percentile(means, 1 - tail)
 
 
 def _examples(ids: Sequence[str]) -> str:

@@ -23,6 +23,7 @@ COMMANDS = {
     "toy-questions": "write a question set (scenes of coloured shapes on real photos) in model_vqa_loader JSON lines",
     "accuracy": "accuracy of a transformers LLaVA checkpoint per pruning method and ratio, through generate()",
     "accuracy-report": "rewrite an accuracy folder's results.json, results.md and accuracy.png from its answer files, without a model",
+    "accuracy-seeds": "compare accuracy folders of one grid answered by models trained with different seeds: means, pooled differences, ranks",
 }
 
 

@@ -184,9 +184,14 @@ def command_line(args, command: str = "bench") -> str:
     for key, value in vars(args).items():
         if value is None or value is False:
             continue
-        words.append("--" + key.replace("_", "-"))
-        if value is not True:
-            words.append(shlex.quote(str(value)))
+        option = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(option)
+        elif isinstance(value, list):       # an option given once per item
+            for item in value:
+                words += [option, shlex.quote(str(item))]
+        else:
+            words += [option, shlex.quote(str(value))]
     return " ".join(words)
 
 

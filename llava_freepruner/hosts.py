@@ -17,4 +17,5 @@ HOST_MODULES = {
     "transformers.models.qwen2_vl.modeling_qwen2_vl": "transformers_qwen",
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "transformers_qwen",
     "transformers.models.qwen3_vl.modeling_qwen3_vl": "transformers_qwen",
+    "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe": "transformers_qwen",
 }

@@ -79,7 +79,7 @@ def test_a_variable_alone_prunes_unchanged_caller_code(tmp_path, checkpoint):
     assert (record["tokens_in"], record["tokens_out"]) == (576, 288)
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"])
 def test_a_variable_alone_prunes_a_qwen_model(kind, tmp_path):
     from llava_freepruner.fixtures import hf_tiny_qwen
 

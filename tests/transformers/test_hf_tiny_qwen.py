@@ -57,16 +57,19 @@ def test_geometry(tiny, kind):
     model, _ = tiny(TinyQwen(kind=kind))
     vision, text = model.config.vision_config, model.config.text_config
     assert (vision.depth, vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (
-        4, hf_tiny_qwen.PATCH_SIZE[kind], 2, 2)
+        4, hf_tiny_qwen.PATCH_SIZE[hf_tiny_qwen.geometry(kind)], 2, 2)
     assert (text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (64, 4, 2)
     assert text.num_hidden_layers == 3
-    if kind == "qwen3_vl":
+    if hf_tiny_qwen.geometry(kind) == "qwen3_vl":
         assert vision.deepstack_visual_indexes == [1, 2]
+    if kind == "qwen3_vl_moe":      # a dense first layer, then mixture-of-experts MLPs
+        assert [type(layer.mlp).__name__ for layer in model.model.language_model.layers] == \
+            ["Qwen3VLMoeTextMLP"] + ["Qwen3VLMoeTextSparseMoeBlock"] * 2
     # the sections the decoder applies (transformers 4.57's Qwen2(.5)-VL attention reads its rope_scaling)
     language = model.model.language_model
     section = getattr(language.rotary_emb, "mrope_section", None) or \
         language.layers[0].self_attn.rope_scaling["mrope_section"]
-    assert section == hf_tiny_qwen.MROPE_SECTION[kind] and sum(section) == hf_tiny_qwen.HEAD_DIM // 2
+    assert section == hf_tiny_qwen.MROPE_SECTION[hf_tiny_qwen.geometry(kind)] and sum(section) == hf_tiny_qwen.HEAD_DIM // 2
     assert language.layers[0].self_attn.head_dim == hf_tiny_qwen.HEAD_DIM
 
 
@@ -95,8 +98,8 @@ def test_processor_writes_one_placeholder_per_merged_token(tiny, kind):
     grid = inputs["image_grid_thw"]
     assert grid.tolist()[0][0] == 1                                   # one image: one temporal patch (2 frames)
     merged = int(grid.prod()) // hf_tiny_qwen.MERGE_SIZE ** 2
-    assert image_counts(model, inputs) == [merged] == [TOKENS[kind][WIDE]]
-    patch = hf_tiny_qwen.PATCH_SIZE[kind]
+    assert image_counts(model, inputs) == [merged] == [TOKENS[hf_tiny_qwen.geometry(kind)][WIDE]]
+    patch = hf_tiny_qwen.PATCH_SIZE[hf_tiny_qwen.geometry(kind)]
     assert inputs["pixel_values"].shape == (int(grid.prod()), 3 * 2 * patch * patch)
     ids = inputs["input_ids"][0].tolist()
     start = ids.index(model.config.vision_start_token_id)
@@ -114,7 +117,7 @@ def test_batch_of_two_image_sizes_is_left_padded(tiny, kind):
     inputs = processor(images=[picture(WIDE, 0), picture(TALL, 1)], text=[text, text], return_tensors="pt",
                        padding=True)
     counts = image_counts(model, inputs)
-    assert counts == [TOKENS[kind][WIDE], TOKENS[kind][TALL]]
+    assert counts == [TOKENS[hf_tiny_qwen.geometry(kind)][WIDE], TOKENS[hf_tiny_qwen.geometry(kind)][TALL]]
     grids = inputs["image_grid_thw"]
     assert [int(g.prod()) // 4 for g in grids] == counts
     mask = inputs["attention_mask"]

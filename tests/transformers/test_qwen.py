@@ -19,6 +19,8 @@ from llava_freepruner.config import ConfigError
 from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
 
 KINDS = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# Qwen3-VL-MoE shares Qwen3-VL's tower and attention: checked where its MoE decoder could differ
+WITH_MOE = KINDS + ["qwen3_vl_moe"]
 VISION_METHODS = ["freepruner", "random", "grid", "cls_topk", "visionzip", "divprune", "vispruner"]
 QUESTIONS = ["What is in the image?", "Describe the picture in one sentence."]
 
@@ -38,7 +40,7 @@ def two_sizes(qwen_models, photos):
 PHOTOS = ["astronaut", "rocket"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WITH_MOE)
 def test_ratio_one_gives_the_unpatched_tokens_and_scores(kind, two_sizes, plugin):
     model, _, inputs = two_sizes(kind)
     reference = generate(model, inputs)
@@ -48,7 +50,7 @@ def test_ratio_one_gives_the_unpatched_tokens_and_scores(kind, two_sizes, plugin
     assert all(torch.equal(a, b) for a, b in zip(out.scores, reference.scores))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WITH_MOE)
 @pytest.mark.parametrize("method", [m for m in VISION_METHODS if m != "visionzip"])     # visionzip merges rows
 def test_pruned_logits_equal_the_unpatched_model_with_the_dropped_tokens_masked(kind, method, two_sizes, plugin,
                                                                                  monkeypatch):
@@ -135,7 +137,7 @@ def test_text_only_prompts_are_untouched(kind, qwen_models, plugin):
     assert torch.equal(out.sequences, reference.sequences)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WITH_MOE)
 @pytest.mark.parametrize("fields", [{"vision_method": "cdpruner", "ratio": 0.5},
                                     {"vision_method": None, "llm_method": "fastv", "ratio": 0.5, "fastv_layer": 3}],
                          ids=["cdpruner", "fastv-past-the-last-layer"])

@@ -1,5 +1,5 @@
 """Backend for transformers' Qwen-VL classes (``Qwen2VLModel``, ``Qwen2_5_VLModel``,
-``Qwen3VLModel``): images and videos pruned after the patch merger.
+``Qwen3VLModel``, ``Qwen3VLMoeModel``): images and videos pruned after the patch merger.
 
 The tower sees every image and video of a call as one flat sequence of patches,
 each 2 x 2 merge unit stored as four consecutive rows; its merger turns each unit
@@ -59,6 +59,7 @@ HOST_CLASSES = {
     "transformers.models.qwen2_vl.modeling_qwen2_vl": "Qwen2VLModel",
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "Qwen2_5_VLModel",
     "transformers.models.qwen3_vl.modeling_qwen3_vl": "Qwen3VLModel",
+    "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe": "Qwen3VLMoeModel",
 }
 _KINDS = {  # modality -> (pixels argument, grid argument, session attribute of its pending tokens)
     "image": ("pixel_values", "image_grid_thw", "pending_images"),

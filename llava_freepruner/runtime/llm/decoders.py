@@ -5,7 +5,8 @@ projections with rotary embeddings, attention, output projection, post-attention
 norm, MLP. The language models of Qwen2-VL and Qwen2.5-VL are Qwen2 layers under
 multimodal rotary embeddings (M-RoPE: (t, h, w) position ids, one rotary table per
 row, mixed by channel sections); Qwen3-VL's add RMS norms on each head's queries and
-keys and interleave the sections. What changed across transformers versions is the
+keys and interleave the sections (Qwen3-VL-MoE: the same attention, mixture-of-experts
+MLPs, which return their router logits beside the output on 4.57). What changed across transformers versions is the
 calling convention:
 
 - 4.37 (upstream llava's pin): every attention module owns its rotary embedding,
@@ -35,7 +36,7 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 FAMILIES = {"llama": "LlamaAttention", "mistral": "MistralAttention", "qwen2": "Qwen2Attention"}
 # Qwen-VL language models (multimodal rotary embeddings), transformers >= 4.54
 MROPE_FAMILIES = {"qwen2_vl": "Qwen2VLAttention", "qwen2_5_vl": "Qwen2_5_VLAttention",
-                  "qwen3_vl": "Qwen3VLTextAttention"}
+                  "qwen3_vl": "Qwen3VLTextAttention", "qwen3_vl_moe": "Qwen3VLMoeTextAttention"}
 # Where the decoder sits: a bare decoder, a *ForCausalLM or upstream llava (``model``),
 # transformers' LLaVA classes (``model.language_model``).
 _DECODER_PATHS = ("", "model", "model.language_model")

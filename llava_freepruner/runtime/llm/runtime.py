@@ -636,5 +636,6 @@ def _pruning_layer_forward(convention, layer, layer_idx, state, policy, statisti
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None)
     out = out.transpose(1, 2).reshape(batch, seq, -1)
     hidden = _take(residual, kept_positions) + attn.o_proj(_take(out, kept_positions))
-    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    mlp = layer.mlp(layer.post_attention_layernorm(hidden))
+    hidden = hidden + (mlp[0] if isinstance(mlp, tuple) else mlp)      # 4.57's MoE blocks add router logits
     return convention.layer_output(hidden, cache, kwargs)

@@ -169,7 +169,8 @@ def check_reduction(reduction):
 
 UPSTREAM, TRANSFORMERS = "upstream", "transformers"
 UPSTREAM_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava_mpt")
-TRANSFORMERS_MODEL_TYPES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+TRANSFORMERS_MODEL_TYPES = ("llava", "llava_next") + QWEN_MODEL_TYPES
 
 
 def _read_config(model_path):

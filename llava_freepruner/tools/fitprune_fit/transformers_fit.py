@@ -1,7 +1,7 @@
 """FitPrune fitting on a transformers checkpoint: ``LlavaForConditionalGeneration``,
 ``LlavaNextForConditionalGeneration``, and the Qwen-VL classes
 (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
-``Qwen3VLForConditionalGeneration``).
+``Qwen3VLForConditionalGeneration``, ``Qwen3VLMoeForConditionalGeneration``).
 
 A question's prompt is the processor's chat template with one user turn holding the
 image then the question (:func:`llava_freepruner.tools.prompts.image_question_inputs`, as
@@ -20,7 +20,7 @@ import torch
 
 from ..prompts import image_question_inputs
 from ..vision.images import open_image
-from .fit import fit_encoded
+from .fit import QWEN_MODEL_TYPES, fit_encoded
 
 
 class _Captured(Exception):
@@ -41,7 +41,6 @@ def load(model_path, device):
     return model.to(device).eval(), processor
 
 
-QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # what the language model is called with besides the embeddings, kept for the fit's decoder runs; the
 # mask too: without one, transformers 4.57 reads M-RoPE ids that repeat (an image's) as packed sequences
 _DECODER_KWARGS = ("attention_mask", "position_ids", "visual_pos_masks", "deepstack_visual_embeds")

@@ -21,8 +21,12 @@ while [[ $# -gt 0 && "$1" != "--" ]]; do envs+=("$1"); shift; done
 [[ "${1:-}" == "--" ]] && shift
 [[ ${#envs[@]} -eq 0 ]] && envs=(upstream transformers 4.57 video)
 
-# Tiny models in several processes on a small machine: one thread each.
+# Tiny models in several processes on a small machine: one thread each, and one pytest
+# worker per core (TEST_WORKERS; at most 4 by default: each holds its own tiny models).
+# A file's tests stay together in one worker, in order, sharing its module fixtures.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+cores="$(nproc 2>/dev/null || echo 1)"
+workers="${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
 # No hub access here; without this a missing file costs ~25 s of retries.
 export HF_HUB_OFFLINE=1
 
@@ -41,7 +45,7 @@ for env in "${envs[@]}"; do
         continue
     fi
     echo "=== $env: pytest $tests"
-    "$venv/bin/python" -m pytest -q "$tests" "$@"
+    "$venv/bin/python" -m pytest -q -n "$workers" --dist loadfile "$tests" "$@"
     status=$?
     if [[ $status -eq 5 ]]; then
         echo "run_tests.sh: pytest collected no tests in $env" >&2

@@ -25,7 +25,7 @@ while [[ $# -gt 0 && "$1" != "--" ]]; do envs+=("$1"); shift; done
 # worker per core (TEST_WORKERS; at most 4 by default: each holds its own tiny models).
 # A file's tests stay together in one worker, in order, sharing its module fixtures.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-cores="$(nproc 2>/dev/null || echo 1)"
+cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)"     # nproc obeys OMP_*
 workers="${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
 # No hub access here; without this a missing file costs ~25 s of retries.
 export HF_HUB_OFFLINE=1

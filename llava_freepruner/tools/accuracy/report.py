@@ -70,6 +70,11 @@ def points(fraction: float, signed: bool = False) -> str:
     return "0.0" if text in ("+0.0", "-0.0") else text
 
 
+def signed_interval(low: float, high: float) -> str:
+    """``[low, high]`` of a difference, in signed points."""
+    return f"[{points(low, True)}, {points(high, True)}]"
+
+
 def _p(value: float) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
@@ -83,7 +88,7 @@ def _comparison(row: dict, reference: str) -> List[str]:
     if versus["difference"] is None:
         return [DIFFERENT, "", ""]
     low, high = versus["interval"]
-    return [points(versus["difference"], True), f"[{points(low, True)}, {points(high, True)}]",
+    return [points(versus["difference"], True), signed_interval(low, high),
             _p(versus["mcnemar_p"])]
 
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from ...config import LLM_METHODS, VISION_METHODS
 from . import significance
-from .report import points, cell_name, reference_cells
+from .report import cell_name, points, reference_cells, signed_interval
 from .significance import DifferentQuestions, bootstrap, paired
 
 
@@ -110,8 +110,7 @@ def verdict(cells: Sequence[dict], runs: int) -> List[dict]:
 def _delta(versus: Optional[dict]) -> str:
     if not versus or versus.get("difference") is None:
         return ""
-    low, high = versus["interval"]
-    return f"{points(versus['difference'], True)} [{points(low, True)}, {points(high, True)}]"
+    return f"{points(versus['difference'], True)} {signed_interval(*versus['interval'])}"
 
 
 def markdown(comparison: dict) -> str:

@@ -279,13 +279,19 @@ def test_seeds_verdict_names_the_best_method_per_budget_in_the_tower_and_in_the_
     assert "| 0.25 | freepruner 60.0 (not first on every model) | reference | — |  |" in text
 
 
-def test_seeds_leave_out_cells_some_model_lacks_and_refuse_a_single_model():
-    from llava_freepruner.tools.accuracy.seeds import Run, compare
+def test_seeds_leave_out_cells_some_model_lacks_or_has_not_finished_and_refuse_a_single_model():
+    from llava_freepruner.tools.accuracy.seeds import Run, compare, markdown
 
     first, second = _seed_runs()
     second = Run(second.label, [r for r in second.rows if r["method"] != "fastv"], second.answers)
     result = compare([first, second], "freepruner")
     assert result["missing"] == ["fastv@0.5"] and all(c["method"] != "fastv" for c in result["cells"])
+    # random@0.25 answered 120 of the 200 questions on the second model: left out, not ranked
+    answers = dict(second.answers, **{"random@0.25": {str(q): True for q in range(120)}})
+    result = compare([first, Run(second.label, second.rows, answers)], "freepruner")
+    assert result["missing"] == ["fastv@0.5", "random@0.25"]
+    assert [c["cell"] for c in result["cells"] if c["ratio"] == 0.25] == ["freepruner@0.25"]
+    assert "Not compared (missing or unfinished on some model): fastv@0.5, random@0.25." in markdown(result)
     with pytest.raises(ValueError, match="comparing models needs at least two"):
         compare([first], "freepruner")
 

@@ -45,16 +45,26 @@ def _pooled(runs: Sequence[Run], cell: str, reference: str) -> Optional[dict]:
     return {"difference": sum(scores) / len(scores), "interval": [low, high]}
 
 
+def _finished(runs: Sequence[Run], by_run: Sequence[Mapping[str, dict]]) -> List[str]:
+    """The cells every run answered on every question any cell of any run answered, in
+    the first run's order. An unfinished cell is left out: its accuracy on fewer
+    questions would enter the means and ranks beside cells measured on all of them."""
+    questions = {q for run in runs for answers in run.answers.values() for q in answers}
+    return [name for name in by_run[0]
+            if all(name in cells and set(run.answers.get(name, ())) == questions for run, cells in zip(runs, by_run))]
+
+
 def compare(runs: Sequence[Run], reference: str) -> dict:
-    """The cells every run answered, in the first run's order, each with ``accuracy``
-    (per run), ``mean``, ``vs_reference`` (per run: :meth:`.significance.Paired.as_dict`
-    or None), ``pooled`` (see :func:`_pooled`; None for the reference's own cells), and,
-    below ratio 1, ``rank`` (per run, among the methods at that ratio) and
-    ``rank_holds``; ``missing``: cell names some run lacks; ``verdict``: :func:`verdict`."""
+    """The cells every run answered on every question (:func:`_finished`), each with
+    ``accuracy`` (per run), ``mean``, ``vs_reference`` (per run:
+    :meth:`.significance.Paired.as_dict` or None), ``pooled`` (see :func:`_pooled`; None
+    for the reference's own cells), and, below ratio 1, ``rank`` (per run, among the
+    methods at that ratio) and ``rank_holds``; ``missing``: the other cell names, which
+    some run lacks or has not finished; ``verdict``: :func:`verdict`."""
     if len(runs) < 2:
         raise ValueError(f"{len(runs)} run given: comparing models needs at least two")
     by_run = [{cell_name(row): row for row in run.rows} for run in runs]
-    shared = [name for name in by_run[0] if all(name in cells for cells in by_run[1:])]
+    shared = _finished(runs, by_run)
     missing = sorted({name for cells in by_run for name in cells} - set(shared))
     references = {ratio: cell_name(row)
                   for ratio, row in reference_cells([by_run[0][n] for n in shared], reference).items()}
@@ -134,7 +144,7 @@ def markdown(comparison: dict) -> str:
               "over the models question by question, the questions resampled together. Rank: among the methods "
               "of the ratio on each model (1: best; ties share a rank); it holds when it is the same on every model."]
     if comparison["missing"]:
-        lines += ["", "Not compared (answered by some models only): " + ", ".join(comparison["missing"]) + "."]
+        lines += ["", "Not compared (missing or unfinished on some model): " + ", ".join(comparison["missing"]) + "."]
     lines += ["", "| ratio | best in the tower | Δ pooled vs " + reference + " | best inside the LLM | Δ pooled vs "
               + reference + " |", "|---|---|---|---|---|"]
     for v in comparison["verdict"]:

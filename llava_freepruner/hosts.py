@@ -18,4 +18,6 @@ HOST_MODULES = {
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "transformers_qwen",
     "transformers.models.qwen3_vl.modeling_qwen3_vl": "transformers_qwen",
     "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe": "transformers_qwen",
+    "transformers.models.qwen3_5.modeling_qwen3_5": "transformers_qwen",
+    "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe": "transformers_qwen",
 }

@@ -26,8 +26,10 @@ def cache_of(output):
 
 
 def layer_lengths(cache):
+    """Tokens each attention layer's cache holds (Qwen3.5's linear-attention layers hold a
+    recurrent state instead, and are left out)."""
     if hasattr(cache, "layers"):
-        return [layer.keys.shape[-2] for layer in cache.layers]
+        return [layer.keys.shape[-2] for layer in cache.layers if hasattr(layer, "keys")]
     return [cache.key_cache[i].shape[-2] for i in range(len(cache.key_cache))]
 
 

@@ -1,4 +1,4 @@
-"""Tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoints (hf_tiny_qwen): transformers' own
+"""Tiny Qwen2-VL, Qwen2.5-VL, Qwen3-VL(-MoE) and Qwen3.5(-MoE) checkpoints (hf_tiny_qwen): transformers' own
 processors expand the image placeholders, generate() runs, batches match single prompts,
 checkpoints load back."""
 
@@ -10,7 +10,8 @@ import transformers
 from llava_freepruner.fixtures import hf_tiny_qwen
 from llava_freepruner.fixtures.hf_tiny_qwen import TinyQwen
 
-KINDS = hf_tiny_qwen.KINDS
+KINDS = [kind for kind in hf_tiny_qwen.KINDS if hf_tiny_qwen.available(kind)]      # Qwen3.5: transformers >= 5.2
+HYBRID = hf_tiny_qwen.HYBRID_KINDS
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 # (width, height) -> merged tokens: 14 px patches (Qwen2/2.5-VL) resize 300 x 200 to 252 x 168
 # (18 x 12 patches, 54 tokens) and 120 x 160 to 112 x 168 (8 x 12, 24 tokens); 16 px patches
@@ -60,13 +61,22 @@ def test_geometry(tiny, kind):
         4, hf_tiny_qwen.PATCH_SIZE[hf_tiny_qwen.geometry(kind)], 2, 2)
     assert (text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (64, 4, 2)
     assert text.num_hidden_layers == 3
+    language = model.model.language_model
+    if kind in HYBRID:       # no deepstack; linear / full / linear attention, half of each head rotated
+        assert getattr(vision, "deepstack_visual_indexes", None) is None
+        assert text.layer_types == ["linear_attention", "full_attention", "linear_attention"]
+        assert [hasattr(layer, "linear_attn") for layer in language.layers] == [True, False, True]
+        assert language.rotary_emb.mrope_section == [2, 1, 1] and language.layers[1].self_attn.head_dim == 16
+        assert language.rotary_emb.inv_freq.numel() == 4         # 8 of 16 channels rotated
+        if kind == "qwen3_5_moe":
+            assert {type(layer.mlp).__name__ for layer in language.layers} == {"Qwen3_5MoeSparseMoeBlock"}
+        return
     if hf_tiny_qwen.geometry(kind) == "qwen3_vl":
         assert vision.deepstack_visual_indexes == [1, 2]
     if kind == "qwen3_vl_moe":      # a dense first layer, then mixture-of-experts MLPs
-        assert [type(layer.mlp).__name__ for layer in model.model.language_model.layers] == \
+        assert [type(layer.mlp).__name__ for layer in language.layers] == \
             ["Qwen3VLMoeTextMLP"] + ["Qwen3VLMoeTextSparseMoeBlock"] * 2
     # the sections the decoder applies (transformers 4.57's Qwen2(.5)-VL attention reads its rope_scaling)
-    language = model.model.language_model
     section = getattr(language.rotary_emb, "mrope_section", None) or \
         language.layers[0].self_attn.rope_scaling["mrope_section"]
     assert section == hf_tiny_qwen.MROPE_SECTION[hf_tiny_qwen.geometry(kind)] and sum(section) == hf_tiny_qwen.HEAD_DIM // 2
@@ -213,12 +223,15 @@ def test_eager_attention_matches_sdpa(tiny, kind):
     eager, _ = tiny(TinyQwen(kind=kind, attn="eager"))
     assert eager.model.visual.config._attn_implementation == "eager"
     assert eager.model.language_model.config._attn_implementation == "eager"
-    inputs = processor(images=[picture(WIDE, 0), picture(TALL, 1)], text=[prompt(processor)] * 2,
-                       return_tensors="pt", padding=True)
-    with torch.no_grad():
-        a, b = sdpa(**inputs).logits, eager(**inputs).logits
-    real = inputs["attention_mask"].bool()
-    torch.testing.assert_close(a[real], b[real], rtol=1e-4, atol=1e-4)
+    images = [picture(WIDE, 0), picture(TALL, 1)]
+    # Qwen3.5's hybrid decoder: one prompt at a time (with left padding the host's two forms
+    # differ by up to 3e-4, beside 6e-5 unpadded)
+    for batch in ([images[:1], images[1:]] if kind in HYBRID else [images]):
+        inputs = processor(images=batch, text=[prompt(processor)] * len(batch), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            a, b = sdpa(**inputs).logits, eager(**inputs).logits
+        real = inputs["attention_mask"].bool()
+        torch.testing.assert_close(a[real], b[real], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(hf_tiny_qwen.has_torchvision(), reason="with torchvision the processor takes videos")

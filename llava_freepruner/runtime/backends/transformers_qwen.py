@@ -60,6 +60,8 @@ HOST_CLASSES = {
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "Qwen2_5_VLModel",
     "transformers.models.qwen3_vl.modeling_qwen3_vl": "Qwen3VLModel",
     "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe": "Qwen3VLMoeModel",
+    "transformers.models.qwen3_5.modeling_qwen3_5": "Qwen3_5Model",
+    "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe": "Qwen3_5MoeModel",
 }
 _KINDS = {  # modality -> (pixels argument, grid argument, session attribute of its pending tokens)
     "image": ("pixel_values", "image_grid_thw", "pending_images"),
@@ -104,6 +106,13 @@ def _refuse_for_the_decoder(session: Session, cls, text) -> None:
     """A decoder-side method (FitPrune, FastV, DART) runs its own attention at the layers
     that prune, with SDPA or eager attention only, on every layer of the decoder."""
     method = session.config.method
+    hybrid = sorted(set(getattr(text, "layer_types", None) or ()) - {"full_attention", "sliding_attention"})
+    if hybrid:
+        # Qwen3.5: a linear-attention layer carries a recurrent state over the whole prefix;
+        # the pruning layers and scores are written for softmax attention over a KV cache
+        raise ConfigError(f"FREEPRUNER_METHOD={method} prunes inside the LLM, which needs softmax attention in "
+                          f"every decoder layer; {cls.__name__}'s decoder also has {', '.join(hybrid)} layers. "
+                          "Choose a vision-side method (FREEPRUNER_METHOD=freepruner, visionzip, ...).")
     implementation = getattr(text, "_attn_implementation", None)
     if implementation is not None and implementation not in llm_decoders.ATTENTION_IMPLEMENTATIONS:
         raise ConfigError(f"FREEPRUNER_METHOD={method} prunes inside the LLM, whose pruning layers compute their "

@@ -5,7 +5,7 @@
 #
 # toy_accuracy/ (the committed weights, seed 0) and toy_accuracy_seed1/ (trained_seed1.safetensors,
 # the same recipe with --seed 1) are answered by eval_scripts/toy_accuracy.sh, each resuming where
-# it stopped; then `accuracy-seeds` writes toy_accuracy_seeds/seeds.md and seeds.json: each cell
+# it stopped; then `accuracy-seeds` writes toy_accuracy_seeds/seeds.md, seeds.json and seeds.png: each cell
 # per seed and the mean, the paired and pooled differences against freePruner, whether each
 # method's rank holds, and the best method per budget. The same environment variables as
 # toy_accuracy.sh apply (but WEIGHTS, which this script sets).

@@ -247,6 +247,9 @@ def test_seeds_pool_the_paired_difference_over_models_and_check_each_rank():
     cells = {c["cell"]: c for c in result["cells"]}
     random_half = cells["random@0.5"]
     assert random_half["accuracy"] == [0.6, 0.55] and random_half["mean"] == pytest.approx(0.575)
+    # the mean's interval resamples the questions (per question: the share of models right)
+    low, high = random_half["mean_interval"]
+    assert low < 0.575 < high and 0.05 < high - low < 0.2
     assert [v["difference"] for v in random_half["vs_reference"]] == [pytest.approx(-0.2), pytest.approx(-0.2)]
     assert random_half["pooled"]["difference"] == pytest.approx(-0.2)
     low, high = random_half["pooled"]["interval"]
@@ -275,7 +278,7 @@ def test_seeds_verdict_names_the_best_method_per_budget_in_the_tower_and_in_the_
     assert quarter["tower"]["method"] == "freepruner" and not quarter["tower"]["best_on_every_run"]
     assert quarter["llm"] is None
     text = markdown(result)
-    assert "| random | 0.5 | 128 | 60.0 | 55.0 | 57.5 | -20.0 [" in text
+    assert "| random | 0.5 | 128 | 60.0 | 55.0 | 57.5 [" in text and "] | -20.0 [" in text
     assert "| 0.25 | freepruner 60.0 (not first on every model) | reference | — |  |" in text
 
 
@@ -307,6 +310,7 @@ def test_accuracy_seeds_compares_folders_from_their_answer_files(tmp_path, capsy
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.strip() == (out / "seeds.md").read_text().strip()
+    assert (out / "seeds.png").read_bytes().startswith(b"\x89PNG")
     saved = json.loads((out / "seeds.json").read_text())
     assert saved["runs"] == ["seed 0", "seed 1"] and saved["reference"] == "freepruner"
     assert saved["command"].startswith("python -m llava_freepruner accuracy-seeds --run 'seed 0=")

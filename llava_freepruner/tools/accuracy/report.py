@@ -128,7 +128,9 @@ def markdown(meta: dict, rows: List[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: List[dict], path: str) -> None:
+def plot(rows: List[dict], path: str, bars: str = "95% Wilson interval") -> None:
+    """Accuracy against visual tokens, one series per method, with each row's interval
+    (``accuracy_interval``, else its Wilson interval) as error bars named ``bars``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +153,7 @@ def plot(rows: List[dict], path: str) -> None:
                       markersize=4, capsize=2, elinewidth=0.8, transform=dodge, label=method)
         axes.update_datalim(list(zip(tokens, accuracy)))     # shifted artists do not widen the axes
     axes.autoscale_view()
-    axes.set_xlabel("visual tokens per image (bars: 95% Wilson interval)")
+    axes.set_xlabel(f"visual tokens per image (bars: {bars})")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)

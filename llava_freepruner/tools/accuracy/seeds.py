@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ...config import LLM_METHODS, VISION_METHODS
-from . import significance
+from . import report, significance
 from .report import cell_name, points, reference_cells, signed_interval
 from .significance import DifferentQuestions, bootstrap, paired
 
@@ -54,9 +54,17 @@ def _finished(runs: Sequence[Run], by_run: Sequence[Mapping[str, dict]]) -> List
             if all(name in cells and set(run.answers.get(name, ())) == questions for run, cells in zip(runs, by_run))]
 
 
+def _mean_interval(runs: Sequence[Run], cell: str) -> List[float]:
+    """Bootstrap interval of the accuracy averaged over the runs: per question the share
+    of the runs that answered it right, the questions resampled."""
+    questions = sorted(runs[0].answers[cell])
+    return list(bootstrap([sum(bool(run.answers[cell][q]) for run in runs) / len(runs) for q in questions]))
+
+
 def compare(runs: Sequence[Run], reference: str) -> dict:
     """The cells every run answered on every question (:func:`_finished`), each with
-    ``accuracy`` (per run), ``mean``, ``vs_reference`` (per run:
+    ``accuracy`` (per run), ``mean`` with its ``mean_interval`` (:func:`_mean_interval`),
+    ``vs_reference`` (per run:
     :meth:`.significance.Paired.as_dict` or None), ``pooled`` (see :func:`_pooled`; None
     for the reference's own cells), and, below ratio 1, ``rank`` (per run, among the
     methods at that ratio) and ``rank_holds``; ``missing``: the other cell names, which
@@ -77,6 +85,7 @@ def compare(runs: Sequence[Run], reference: str) -> dict:
                  "questions": [row["questions"] for row in rows],
                  "visual_tokens": [row["visual_tokens"] for row in rows],
                  "accuracy": accuracy, "mean": sum(accuracy) / len(accuracy),
+                 "mean_interval": _mean_interval(runs, name),
                  "vs_reference": [None] * len(runs), "pooled": None}
         other = references.get(first["ratio"])
         if first["method"] != reference and other is not None:
@@ -126,20 +135,23 @@ def _delta(versus: Optional[dict]) -> str:
 def markdown(comparison: dict) -> str:
     """The side-by-side table, the verdict per budget and their legend."""
     labels, reference = comparison["runs"], comparison["reference"]
-    columns = (["method", "ratio", "visual tokens"] + labels + ["mean"]
+    columns = (["method", "ratio", "visual tokens"] + labels + ["mean [95% CI]"]
                + [f"Δ vs {reference} ({label})" for label in labels] + ["Δ pooled [95% CI]", "rank", "rank holds"])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for c in comparison["cells"]:
         tokens = " / ".join(f"{t:g}" for t in dict.fromkeys(c["visual_tokens"]))
-        cells = [c["method"], f"{c['ratio']:g}", tokens] + [points(a) for a in c["accuracy"]] + [points(c["mean"])]
+        low, high = c["mean_interval"]
+        cells = ([c["method"], f"{c['ratio']:g}", tokens] + [points(a) for a in c["accuracy"]]
+                 + [f"{points(c['mean'])} [{points(low)}, {points(high)}]"])
         if c["method"] == reference:
             cells += ["reference"] * len(labels) + [""]
         else:
             cells += [_delta(v) for v in c["vs_reference"]] + [_delta(c["pooled"])]
         cells += [" / ".join(map(str, c["rank"])), "yes" if c["rank_holds"] else "no"] if "rank" in c else ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy in %, per model and their mean. Δ: the cell minus " + reference + " at the same ratio on "
-              "the same questions, in points, with its 95% percentile bootstrap interval over the questions "
+    lines += ["", "Accuracy in %, per model and their mean; the mean's interval: per question the share of the "
+              "models that answered it right, the questions resampled. Δ: the cell minus " + reference + " at the "
+              "same ratio on the same questions, in points. Intervals: 95% percentile bootstrap over the questions "
               f"({significance.RESAMPLES:,} resamples, seed {significance.SEED}); pooled: that difference averaged "
               "over the models question by question, the questions resampled together. Rank: among the methods "
               "of the ratio on each model (1: best; ties share a rank); it holds when it is the same on every model."]
@@ -159,3 +171,11 @@ def markdown(comparison: dict) -> str:
                     "reference" if best["method"] == reference else _delta(best["pooled"])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot(comparison: dict, path: str) -> None:
+    """Mean accuracy over the models against visual tokens (averaged over the models where
+    they differ: FitPrune's recipes are fitted per model), bars: the mean's interval."""
+    rows = [{"method": c["method"], "visual_tokens": sum(c["visual_tokens"]) / len(c["visual_tokens"]),
+             "accuracy": c["mean"], "accuracy_interval": c["mean_interval"]} for c in comparison["cells"]]
+    report.plot(rows, path, bars="95% CI of the models' mean")

@@ -2,7 +2,7 @@
 the same grid, answered by models trained with different seeds, side by side (from
 their answer files alone): per-model and mean accuracy, paired and pooled differences
 against the reference method, whether each method's rank holds, the best method per
-budget."""
+budget, and a plot of the mean accuracy against visual tokens."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
                         help="the method every other cell is compared with at the same ratio; one of the methods "
                              f"every run answered (default: {REFERENCE})")
     parser.add_argument("--out", required=True,
-                        help="folder for seeds.md and seeds.json (created if missing)")
+                        help="folder for seeds.md, seeds.json and seeds.png (created if missing)")
 
 
 def parse_run(text: str):
@@ -62,5 +62,8 @@ def run(args) -> int:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(content)
         print(f"accuracy-seeds: wrote {path}", file=sys.stderr)
+    path = os.path.join(args.out, "seeds.png")
+    seeds.plot(comparison, path)
+    print(f"accuracy-seeds: wrote {path}", file=sys.stderr)
     print(text)
     return 0

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from chat_generation import generate
 from llava_freepruner.runtime.backends import transformers_qwen
 
 
@@ -54,3 +55,30 @@ def full_positions(model, inputs):
     with DecoderCalls(model) as calls, torch.no_grad():
         model(**inputs)
     return calls.calls[0]["position_ids"]
+
+
+def kept_columns(model, inputs, kept_per_image):
+    """Per prompt (one image each), the columns its pruned prompt keeps: the text and the
+    image's kept tokens."""
+    keep = inputs["attention_mask"].bool().clone()
+    image = inputs["input_ids"] == model.config.image_token_id
+    for row, kept in enumerate(kept_per_image):
+        columns = image[row].nonzero().flatten()
+        dropped = torch.ones(columns.numel(), dtype=torch.bool)
+        dropped[kept] = False
+        keep[row, columns[dropped]] = False
+    return keep
+
+
+def pruned_generate(model, inputs, plugin, monkeypatch, method, max_new_tokens):
+    """generate() with ``method`` at ratio 0.5, one image per prompt: (output, the decoder's
+    calls, :func:`kept_columns`), after checking that each image kept half its tokens and
+    the prefill ran on the prompt without the dropped ones."""
+    spy = KeptSpy(monkeypatch)
+    plugin(ratio=0.5, vision_method=method)
+    with DecoderCalls(model) as calls:
+        out = generate(model, inputs, max_new_tokens=max_new_tokens)
+    counts = merged_tokens(inputs)
+    assert [k.numel() for k in spy.kept] == [half(n) for n in counts]
+    assert calls.calls[0]["width"] == inputs["input_ids"].shape[1] - min(n - half(n) for n in counts)
+    return out, calls.calls, kept_columns(model, inputs, spy.kept)

@@ -12,7 +12,7 @@ import torch
 import transformers
 from packaging.version import Version
 
-from qwen_checks import DecoderCalls, KeptSpy, full_positions, half, merged_tokens
+from qwen_checks import full_positions, half, merged_tokens, pruned_generate
 from chat_generation import (cache_of, check_beams_and_return_sequences_at_ratio_one, generate, inputs_for,
                              layer_lengths)
 from llava_freepruner.config import ConfigError
@@ -59,26 +59,12 @@ def test_pruned_logits_equal_the_unpatched_model_with_the_dropped_tokens_masked(
                                                                                  monkeypatch):
     model, processor, inputs = two_sizes(kind)
     positions = full_positions(model, inputs)
-    spy = KeptSpy(monkeypatch)
-    plugin(ratio=0.5, vision_method=method)
-    with DecoderCalls(model) as calls:
-        out = generate(model, inputs, max_new_tokens=2)
-    counts = merged_tokens(inputs)
-    assert [k.numel() for k in spy.kept] == [half(n) for n in counts]
-    keep = inputs["attention_mask"].bool().clone()
-    image = inputs["input_ids"] == model.config.image_token_id
-    for row, kept in enumerate(spy.kept):
-        columns = image[row].nonzero().flatten()
-        dropped = torch.ones(columns.numel(), dtype=torch.bool)
-        dropped[kept] = False
-        keep[row, columns[dropped]] = False
+    out, calls, keep = pruned_generate(model, inputs, plugin, monkeypatch, method, max_new_tokens=2)
     with torch.no_grad():
         reference = model(**{**inputs, "attention_mask": keep.long()}, position_ids=positions).logits[:, -1]
     torch.testing.assert_close(out.scores[0], reference, rtol=1e-4, atol=1e-5)
     # the kept tokens (and the text) saw the full prompt's M-RoPE ids; decode steps continue from them
-    prefill, step = calls.calls[0], calls.calls[1]
-    length = inputs["input_ids"].shape[1]
-    assert prefill["width"] == length - min(n - half(n) for n in counts)
+    prefill, step = calls[0], calls[1]
     rope = prefill["position_ids"][-3:]
     for row in range(2):
         kept = int(keep[row].sum())

@@ -10,7 +10,7 @@ text), each at its M-RoPE position in the full prompt, one prompt at a time.
 import pytest
 import torch
 
-from qwen_checks import DecoderCalls, KeptSpy, half, merged_tokens
+from qwen_checks import merged_tokens, pruned_generate
 from chat_generation import generate, inputs_for
 from llava_freepruner.config import ConfigError
 from llava_freepruner.fixtures import hf_tiny_qwen
@@ -51,18 +51,6 @@ def _decoder_inputs(model, inputs):
     return seen["embeds"], seen["positions"]
 
 
-def _kept_columns(model, inputs, kept_per_image):
-    """Per prompt, the columns a pruned prompt keeps: its text and its images' kept tokens."""
-    keep = inputs["attention_mask"].bool().clone()
-    image = inputs["input_ids"] == model.config.image_token_id
-    for row, kept in enumerate(kept_per_image):
-        columns = image[row].nonzero().flatten()
-        dropped = torch.ones(columns.numel(), dtype=torch.bool)
-        dropped[kept] = False
-        keep[row, columns[dropped]] = False
-    return keep
-
-
 def _short_prompt_logits(model, embeds, positions, new_tokens):
     """Logits after the prompt and after each of ``new_tokens``, the unpatched model fed
     ``embeds`` (1, n, d) at ``positions`` (rows, 1, n) followed by the new tokens."""
@@ -90,19 +78,11 @@ def test_a_pruned_batch_answers_as_the_decoder_fed_only_the_kept_tokens(kind, me
                                                                         monkeypatch):
     model, inputs = two_prompts(kind)
     embeds, positions = _decoder_inputs(model, inputs)
-    spy = KeptSpy(monkeypatch)
-    plugin(ratio=0.5, vision_method=method)
-    with DecoderCalls(model) as calls:
-        out = generate(model, inputs, max_new_tokens=3)
-    counts = merged_tokens(inputs)
-    assert [k.numel() for k in spy.kept] == [half(n) for n in counts]
-    keep = _kept_columns(model, inputs, spy.kept)
-    length = inputs["input_ids"].shape[1]
-    assert calls.calls[0]["width"] == length - min(n - half(n) for n in counts)
+    out, _, keep = pruned_generate(model, inputs, plugin, monkeypatch, method, max_new_tokens=3)
     import llava_freepruner
 
     llava_freepruner.remove()
-    new = out.sequences[:, length:]
+    new = out.sequences[:, inputs["input_ids"].shape[1]:]
     for row in range(2):
         reference = _short_prompt_logits(model, embeds[row:row + 1, keep[row]], positions[:, row:row + 1, keep[row]],
                                          new[row, :2])

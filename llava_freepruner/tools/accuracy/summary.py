@@ -6,6 +6,7 @@ import json
 import os
 from typing import Dict, List, Sequence, Tuple
 
+from ...config import LLM_METHODS, VISION_METHODS
 from ...runtime.stats import read_jsonl
 from .plugin import stats_records
 
@@ -55,10 +56,14 @@ class _Named:
         self.method, self.ratio = method, ratio
 
 
+# the unpruned cell, then the methods in the tower, then those inside the LLM (unknown names last)
+GRID_ORDER = ("none",) + VISION_METHODS + LLM_METHODS
+
+
 def load(out: str) -> Tuple[List[dict], Dict[str, Dict[str, bool]], Dict[str, dict]]:
     """Every cell of ``out/cells`` with at least one answer, from its files alone:
     the report rows (ordered as in ``out/results.json`` where it lists them, the
-    others after them by method and falling ratio), question id -> right per cell
+    others after them by method, as :data:`GRID_ORDER` lists them, and falling ratio), question id -> right per cell
     name, and each cell's recorded settings (``{}`` where it has none).
     ValueError when there is no such cell."""
     folder = os.path.join(out, "cells")
@@ -79,7 +84,8 @@ def load(out: str) -> Tuple[List[dict], Dict[str, Dict[str, bool]], Dict[str, di
         with open(results, encoding="utf-8") as handle:
             for index, row in enumerate(json.load(handle).get("cells", [])):
                 listed.setdefault(f"{row['method']}@{row['ratio']:g}", index)
-    names.sort(key=lambda m: (listed.get(m[2], len(listed)), m[0], -m[1]))
+    place = {method: index for index, method in enumerate(GRID_ORDER)}
+    names.sort(key=lambda m: (listed.get(m[2], len(listed)), place.get(m[0], len(place)), m[0], -m[1]))
     rows, answers, settings = [], {}, {}
     for method, ratio, name in names:
         paths = cell_paths(folder, name)

@@ -273,13 +273,14 @@ def test_seeds_verdict_names_the_best_method_per_budget_in_the_tower_and_in_the_
     half, quarter = result["verdict"]
     assert (half["ratio"], half["tower"]["method"], half["llm"]["method"]) == (0.5, "freepruner", "fastv")
     assert half["tower"]["best_on_every_run"] and half["llm"]["best_on_every_run"]      # fastv alone in the LLM
-    assert half["llm"]["pooled"]["difference"] == pytest.approx(-0.025)
+    assert half["llm"]["pooled"]["difference"] == pytest.approx(-0.025) and half["llm"]["visual_tokens"] == 128
     # at 0.25 freepruner and random tie on the mean (0.6): the first listed wins, and is not first on seed 1
     assert quarter["tower"]["method"] == "freepruner" and not quarter["tower"]["best_on_every_run"]
     assert quarter["llm"] is None
     text = markdown(result)
     assert "| random | 0.5 | 128 | 60.0 | 55.0 | 57.5 [" in text and "] | -20.0 [" in text
-    assert "| 0.25 | freepruner 60.0 (not first on every model) | reference | — |  |" in text
+    assert "| 0.25 | freepruner 60.0 at 64 tokens (not first on every model) | reference | — |  |" in text
+    assert "| 0.5 | freepruner 77.5 at 128 tokens | reference | fastv 75.0 at 128 tokens | -2.5 [" in text
 
 
 def test_seeds_leave_out_cells_some_model_lacks_or_has_not_finished_and_refuse_a_single_model():

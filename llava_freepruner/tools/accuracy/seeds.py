@@ -109,7 +109,8 @@ def compare(runs: Sequence[Run], reference: str) -> dict:
 def verdict(cells: Sequence[dict], runs: int) -> List[dict]:
     """Per ratio below 1 (falling): the best method in the vision tower and the best
     inside the LLM by mean accuracy, each with its pooled difference against the
-    reference and whether it is (jointly) first of its kind on every run."""
+    reference, its visual tokens (mean over the runs) and whether it is (jointly) first
+    of its kind on every run."""
     out = []
     for ratio in sorted({c["ratio"] for c in cells if c["ratio"] < 1}, reverse=True):
         entry = {"ratio": ratio}
@@ -120,6 +121,7 @@ def verdict(cells: Sequence[dict], runs: int) -> List[dict]:
                 continue
             best = max(group, key=lambda c: c["mean"])
             entry[where] = {"method": best["method"], "mean": best["mean"], "pooled": best["pooled"],
+                            "visual_tokens": sum(best["visual_tokens"]) / runs,
                             "best_on_every_run": all(best["accuracy"][i] >= max(c["accuracy"][i] for c in group)
                                                      for i in range(runs))}
         out.append(entry)
@@ -167,7 +169,8 @@ def markdown(comparison: dict) -> str:
                 row += ["—", ""]
                 continue
             note = "" if best["best_on_every_run"] else " (not first on every model)"
-            row += [f"{best['method']} {points(best['mean'])}{note}",
+            # methods inside the LLM keep every token in the first layers: the mean over layers is shown
+            row += [f"{best['method']} {points(best['mean'])} at {best['visual_tokens']:.0f} tokens{note}",
                     "reference" if best["method"] == reference else _delta(best["pooled"])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

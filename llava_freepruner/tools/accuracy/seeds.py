@@ -64,10 +64,9 @@ def _mean_interval(runs: Sequence[Run], cell: str) -> List[float]:
 def compare(runs: Sequence[Run], reference: str) -> dict:
     """The cells every run answered on every question (:func:`_finished`), each with
     ``accuracy`` (per run), ``mean`` with its ``mean_interval`` (:func:`_mean_interval`),
-    ``vs_reference`` (per run:
-    :meth:`.significance.Paired.as_dict` or None), ``pooled`` (see :func:`_pooled`; None
-    for the reference's own cells), and, below ratio 1, ``rank`` (per run, among the
-    methods at that ratio) and ``rank_holds``; ``missing``: the other cell names, which
+    ``vs_reference`` (per run: :meth:`.significance.Paired.as_dict` or None), ``pooled``
+    (see :func:`_pooled`; None for the reference's own cells), and, below ratio 1,
+    ``rank`` (per run, among the methods at that ratio) and ``rank_holds``; ``missing``: the other cell names, which
     some run lacks or has not finished; ``verdict``: :func:`verdict`."""
     if len(runs) < 2:
         raise ValueError(f"{len(runs)} run given: comparing models needs at least two")

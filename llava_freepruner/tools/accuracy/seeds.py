@@ -26,6 +26,10 @@ class Run:
     answers: Mapping[str, Mapping[str, bool]]
 
 
+def _kind(method: str) -> str:
+    return "llm" if method in LLM_METHODS else "tower"
+
+
 def _ranks(accuracies: Mapping[str, float]) -> Dict[str, int]:
     """Method -> 1 + how many methods scored strictly higher (ties share a rank)."""
     return {m: 1 + sum(other > a for other in accuracies.values()) for m, a in accuracies.items()}
@@ -66,8 +70,9 @@ def compare(runs: Sequence[Run], reference: str) -> dict:
     ``accuracy`` (per run), ``mean`` with its ``mean_interval`` (:func:`_mean_interval`),
     ``vs_reference`` (per run: :meth:`.significance.Paired.as_dict` or None), ``pooled``
     (see :func:`_pooled`; None for the reference's own cells), and, below ratio 1,
-    ``rank`` (per run, among the methods at that ratio) and ``rank_holds``; ``missing``: the other cell names, which
-    some run lacks or has not finished; ``verdict``: :func:`verdict`."""
+    ``rank`` (per run, among the methods of its kind, tower or LLM, at that ratio) and
+    ``rank_holds``; ``missing``: the other cell names, which some run lacks or has not
+    finished; ``verdict``: :func:`verdict`."""
     if len(runs) < 2:
         raise ValueError(f"{len(runs)} run given: comparing models needs at least two")
     by_run = [{cell_name(row): row for row in run.rows} for run in runs]
@@ -95,8 +100,9 @@ def compare(runs: Sequence[Run], reference: str) -> dict:
                     pass
             entry["pooled"] = _pooled(runs, name, other)
         out.append(entry)
-    for ratio in {e["ratio"] for e in out if e["ratio"] < 1}:
-        at = [e for e in out if e["ratio"] == ratio]
+    # ranked within their kind: a method inside the LLM keeps every token in its first layers
+    for ratio, kind in {(e["ratio"], _kind(e["method"])) for e in out if e["ratio"] < 1}:
+        at = [e for e in out if e["ratio"] == ratio and _kind(e["method"]) == kind]
         per_run = [_ranks({e["method"]: e["accuracy"][i] for e in at}) for i in range(len(runs))]
         for e in at:
             e["rank"] = [ranks[e["method"]] for ranks in per_run]
@@ -154,8 +160,9 @@ def markdown(comparison: dict) -> str:
               "models that answered it right, the questions resampled. Δ: the cell minus " + reference + " at the "
               "same ratio on the same questions, in points. Intervals: 95% percentile bootstrap over the questions "
               f"({significance.RESAMPLES:,} resamples, seed {significance.SEED}); pooled: that difference averaged "
-              "over the models question by question, the questions resampled together. Rank: among the methods "
-              "of the ratio on each model (1: best; ties share a rank); it holds when it is the same on every model."]
+              "over the models question by question, the questions resampled together. Rank: on each model, among "
+              "the methods of the same kind (in the tower, or inside the LLM) at the ratio (1: best; ties share a "
+              "rank); it holds when it is the same on every model."]
     if comparison["missing"]:
         lines += ["", "Not compared (missing or unfinished on some model): " + ", ".join(comparison["missing"]) + "."]
     lines += ["", "| ratio | best in the tower | Δ pooled vs " + reference + " | best inside the LLM | Δ pooled vs "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from ...config import LLM_METHODS, VISION_METHODS
+from ...config import LLM_METHODS
 from . import report, significance
 from .report import cell_name, points, reference_cells, signed_interval
 from .significance import DifferentQuestions, bootstrap, paired
@@ -119,8 +119,8 @@ def verdict(cells: Sequence[dict], runs: int) -> List[dict]:
     out = []
     for ratio in sorted({c["ratio"] for c in cells if c["ratio"] < 1}, reverse=True):
         entry = {"ratio": ratio}
-        for where, methods in (("tower", VISION_METHODS), ("llm", LLM_METHODS)):
-            group = [c for c in cells if c["ratio"] == ratio and c["method"] in methods]
+        for where in ("tower", "llm"):
+            group = [c for c in cells if c["ratio"] == ratio and _kind(c["method"]) == where]
             if not group:
                 entry[where] = None
                 continue

@@ -58,13 +58,14 @@ class _Named:
 
 # the unpruned cell, then the methods in the tower, then those inside the LLM (unknown names last)
 GRID_ORDER = ("none",) + VISION_METHODS + LLM_METHODS
+_PLACE = {method: index for index, method in enumerate(GRID_ORDER)}
 
 
 def load(out: str) -> Tuple[List[dict], Dict[str, Dict[str, bool]], Dict[str, dict]]:
     """Every cell of ``out/cells`` with at least one answer, from its files alone:
     the report rows (ordered as in ``out/results.json`` where it lists them, the
-    others after them by method, as :data:`GRID_ORDER` lists them, and falling ratio), question id -> right per cell
-    name, and each cell's recorded settings (``{}`` where it has none).
+    others after them by method, as :data:`GRID_ORDER` lists them, and falling
+    ratio), question id -> right per cell name, and each cell's recorded settings (``{}`` where it has none).
     ValueError when there is no such cell."""
     folder = os.path.join(out, "cells")
     if not os.path.isdir(folder):
@@ -84,8 +85,7 @@ def load(out: str) -> Tuple[List[dict], Dict[str, Dict[str, bool]], Dict[str, di
         with open(results, encoding="utf-8") as handle:
             for index, row in enumerate(json.load(handle).get("cells", [])):
                 listed.setdefault(f"{row['method']}@{row['ratio']:g}", index)
-    place = {method: index for index, method in enumerate(GRID_ORDER)}
-    names.sort(key=lambda m: (listed.get(m[2], len(listed)), place.get(m[0], len(place)), m[0], -m[1]))
+    names.sort(key=lambda m: (listed.get(m[2], len(listed)), _PLACE.get(m[0], len(_PLACE)), m[0], -m[1]))
     rows, answers, settings = [], {}, {}
     for method, ratio, name in names:
         paths = cell_paths(folder, name)

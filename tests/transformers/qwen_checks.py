@@ -42,10 +42,10 @@ class KeptSpy:
         self.kept = []
         original = transformers_qwen._keep_in_place
 
-        def spy(item, selections, feats):
-            kept, feats = original(item, selections, feats)
-            self.kept.append(kept.cpu())
-            return kept, feats
+        def spy(media, selections, features):
+            kept, features = original(media, selections, features)
+            self.kept += [positions.cpu() for positions in kept]
+            return kept, features
 
         monkeypatch.setattr(transformers_qwen, "_keep_in_place", spy)
 

@@ -95,7 +95,7 @@ def test_a_pruned_video_keeps_half_of_every_slice_at_its_full_prompt_positions(l
 
     def spy(*args):
         positions, features = original(*args)
-        kept.append(positions)
+        kept.extend(positions)
         return positions, features
 
     monkeypatch.setattr(transformers_qwen, "_keep_in_place", spy)

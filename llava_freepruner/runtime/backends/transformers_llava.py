@@ -53,7 +53,7 @@ from .. import llm as llm_runtime
 from ..capture import AttentionCapture
 from ...config import ConfigError
 from ..instruction import expanded_instructions, prompt_rows
-from ..methods.base import CropRequest, SelectionContext, host_indices, select
+from ..methods.base import CropRequest, SelectionContext, host_indices, select, to_device
 from ..sequence import Compression
 from ..session import Session
 from ..stats import crop_record
@@ -615,13 +615,16 @@ def _drop_table(items, starts: List[int]) -> torch.Tensor:
     rank r leaves the sequence; ``starts``: each item's first rank. Made where the kept
     positions are (host positions: on the host; device ones: there, without a wait)."""
     kept = [kept for _, kept, _ in items]
-    sizes = [k.numel() for k in kept]
     device = kept[0].device if kept else torch.device("cpu")
-    offsets = torch.tensor(starts[:-1]).repeat_interleave(torch.tensor(sizes), output_size=sum(sizes))
     table = torch.ones(starts[-1] + 1, dtype=torch.bool, device=device)
     table[0] = False
-    table[1 + offsets.to(device, non_blocking=True) + torch.cat(kept).to(device)] = False
+    table[1 + repeated(starts[:-1], [k.numel() for k in kept], device) + torch.cat(kept).to(device)] = False
     return table
+
+
+def repeated(values: List[int], counts: List[int], device) -> torch.Tensor:
+    """Each of ``values`` ``counts`` times in a row: made on the host, sent to ``device`` without a wait."""
+    return to_device(torch.tensor(values).repeat_interleave(torch.tensor(counts), output_size=sum(counts)), device)
 
 
 def _per_placeholder_run(pending, per_row: List[int]) -> list:

@@ -348,10 +348,9 @@ def _wrap_features(original, kind: str):
         if temporal:
             _narrow_to_novel(media, groups, result.features, config.tau)
         selections = _select(groups, methods, media, result.features)
-        features, pending = [], []
-        for item, feats in zip(media, result.features):
-            kept, feats = _keep_in_place(item, selections, feats)
-            features.append(feats)
+        kept_per_item, features = _keep_in_place(media, selections, result.features)
+        pending = []
+        for item, kept in zip(media, kept_per_item):
             record = {"tokens_in": item.tokens, "tokens_out": int(kept.numel())}
             if kind == "video":
                 record.update(kind="video", frames=item.frames)
@@ -377,11 +376,11 @@ def _encode(original, model, args, kwargs):
 
 def _note_whole(session: Session, media: List[_Media], pending_key: str) -> None:
     """Every token of every item stays: the merge has nothing to drop."""
-    pending = []
+    pending, positions = [], torch.arange(max(item.tokens for item in media))
     for item in media:
         record = {"tokens_in": item.tokens, "tokens_out": item.tokens}
         session.record(record)
-        pending.append((item.tokens, torch.arange(item.tokens), record))
+        pending.append((item.tokens, positions[:item.tokens], record))
     setattr(session, pending_key, pending)
 
 
@@ -423,19 +422,35 @@ def _select(groups: List[_Group], methods: List[PooledMethod], media: List[_Medi
     return chosen
 
 
-def _keep_in_place(item: _Media, selections, feats: torch.Tensor):
-    """(kept positions in the item's tokens, ascending, on the device; its features with
-    any merged rows put in the place of the token each grew from)."""
-    kept = []
-    for frame in range(item.frames):
-        selection = selections[item.first_crop + frame]
-        start = frame * item.cells
-        if selection.prefix is not None:
-            raise RuntimeError(f"{type(selection).__name__} with prefix rows on a tower without [CLS]")
-        indices = selection.indices.to(feats.device)
-        if selection.merged is not None:
-            at = selection.merged_at.to(feats.device)
-            feats = feats.index_copy(0, start + at, selection.merged.to(feats))
-            indices = torch.sort(torch.cat([indices, at])).values
-        kept.append(start + indices if start else indices)
-    return (kept[0] if len(kept) == 1 else torch.cat(kept)), feats      # an image: no op of its own
+def _keep_in_place(media: List[_Media], selections, features) -> Tuple[list, list]:
+    """Per item, its kept positions in its own tokens (ascending, on the device) and its
+    features with every merged row put in the place of the token it grew from. A fixed
+    number of ops whatever the batch: an image without merged rows keeps its selection's
+    indices as they are; frames and merged rows are placed for every crop at once, at the
+    crop's offset in the call's tokens."""
+    if any(selection.prefix is not None for selection in selections):
+        raise RuntimeError(f"{type(selections[0]).__name__} with prefix rows on a tower without [CLS]")
+    device = features[0].device
+    merging = [selection for selection in selections if selection.merged is not None]
+    if not merging and all(item.frames == 1 for item in media):
+        return [selections[item.first_crop].indices.to(device) for item in media], list(features)
+    starts = [item.first_unit + frame * item.cells for item in media for frame in range(item.frames)]
+    parts = [(selection.indices, start) for selection, start in zip(selections, starts)]
+    parts += [(selection.merged_at, start) for selection, start in zip(selections, starts)
+              if selection.merged is not None]
+    positions = _cat([part.to(device) for part, _ in parts]) + transformers_llava.repeated(
+        [start for _, start in parts], [part.numel() for part, _ in parts], device)
+    if merging:
+        merged_at = positions[sum(selection.indices.numel() for selection in selections):]
+        rows = _cat([selection.merged for selection in merging]).to(features[0])
+        features = _cat(list(features)).index_copy(0, merged_at, rows).split([item.tokens for item in media])
+        positions = torch.sort(positions).values      # crops ascend in the call: one sort orders each
+    kept = [sum(selections[crop].indices.numel() + (0 if selections[crop].merged is None else
+                                                    selections[crop].merged_at.numel())
+                for crop in range(item.first_crop, item.first_crop + item.frames)) for item in media]
+    positions = positions - transformers_llava.repeated([item.first_unit for item in media], kept, device)
+    return list(positions.split(kept)), list(features)
+
+
+def _cat(tensors: List[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)

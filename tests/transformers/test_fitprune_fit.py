@@ -2,6 +2,7 @@
 with it through the plugin (FREEPRUNER_METHOD=fitprune FITPRUNE_RECIPE=<file>) under generate()."""
 
 import json
+import re
 import statistics
 
 import pytest
@@ -175,3 +176,65 @@ def test_fitting_is_refused_while_the_plugin_prunes(checkpoints, calibration, pl
     plugin(llm_method="fastv", ratio=0.5)
     with pytest.raises(ValueError, match=r"the plugin is applied and prunes \(method \S*fastv\).*unset the FREEPRUNER_"):
         fit_recipe(checkpoints(LLAVA), str(questions), str(images), 0.5, str(tmp_path / "r.json"))
+
+
+def test_several_reductions_in_one_run_give_the_recipes_of_separate_runs(checkpoints, calibration, tmp_path, capsys,
+                                                                       monkeypatch):
+    """One load and one encoding of the samples serve every reduction; each recipe is the one
+    a run of its own fits, and is on disk before the next one starts."""
+    from llava_freepruner.runtime.fitprune import Recipe
+    from llava_freepruner.tools.cli import main
+
+    folder = checkpoints(LLAVA)
+    questions, images = calibration
+    alone = {reduction: fit_recipe(folder, str(questions), str(images), reduction, str(tmp_path / f"{reduction}.json"),
+                                   progress=False) for reduction in (0.3, 0.5)}
+    loads, written = [], []
+    original_load, original_save = transformers_fit.load, Recipe.save
+    monkeypatch.setattr(transformers_fit, "load", lambda *args: loads.append(args) or original_load(*args))
+    monkeypatch.setattr(Recipe, "save", lambda self, path: written.append(path) or original_save(self, path))
+    code = main(["fitprune-fit", "--model-path", folder, "--question-file", str(questions), "--image-folder",
+                 str(images), "--reduction", "0.3,0.5", "--out", str(tmp_path / "both" / "fit_{reduction}.json")])
+    assert code == 0 and len(loads) == 1
+    assert written == [str(tmp_path / "both" / "fit_0.3.json"), str(tmp_path / "both" / "fit_0.5.json")]
+    for reduction, recipe in alone.items():
+        together = load_recipe(str(tmp_path / "both" / f"fit_{reduction:g}.json"))
+        assert together.deletions == recipe.deletions and together.num_visual_tokens == recipe.num_visual_tokens
+        assert together.metadata["alpha"] == recipe.metadata["alpha"]
+        assert together.metadata["target_reduction"] == reduction
+    assert sum(alone[0.5].deletions) > sum(alone[0.3].deletions)
+    out = capsys.readouterr().out
+    assert "fit_0.3.json: alpha" in out and "fit_0.5.json: alpha" in out
+
+
+@pytest.mark.parametrize("reduction, out, message", [
+    ("0.5,0.8", "r.json", r"--out '\S*r.json' is one file for 2 reductions: name the files with \{reduction\}"),
+    ("0.5,half", "r_{reduction}.json", r"--reduction '0.5,half' is not valid: expected numbers strictly between 0 and 1"),
+    ("1.5", "r.json", r"--reduction '1.5' is not valid"),
+    ("0.5,0.50", "r_{reduction}.json", r"reduction 0.5 given twice"),
+])
+def test_bad_reduction_lists_are_named_before_loading(reduction, out, message, checkpoints, calibration, tmp_path,
+                                                     capsys, monkeypatch):
+    from llava_freepruner.tools.cli import main
+
+    monkeypatch.setattr(transformers_fit, "load", _refuse_loading)
+    questions, images = calibration
+    code = main(["fitprune-fit", "--model-path", checkpoints(LLAVA), "--question-file", str(questions),
+                 "--image-folder", str(images), "--reduction", reduction, "--out", str(tmp_path / out)])
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_reduction_out_of_reach_is_named_and_the_recipes_before_it_are_kept(checkpoints, calibration, tmp_path,
+                                                                             capsys):
+    from llava_freepruner.tools.cli import main
+
+    questions, images = calibration
+    code = main(["fitprune-fit", "--model-path", checkpoints(LLAVA), "--question-file", str(questions),
+                 "--image-folder", str(images), "--reduction", "0.3,0.99", "--out", str(tmp_path / "r{reduction}.json")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "reduction 0.99: the FLOPs budget cannot be met even with tolerance alpha = 1" in err
+    assert f"written before it: {tmp_path / 'r0.3.json'}" in err
+    assert load_recipe(str(tmp_path / "r0.3.json")).metadata["target_reduction"] == 0.3
+    assert not (tmp_path / "r0.99.json").exists()

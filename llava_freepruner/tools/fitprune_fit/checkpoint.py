@@ -6,20 +6,27 @@ import time
 
 import torch
 
-from .fit import TRANSFORMERS, check_reduction, checkpoint_kind, fit_loaded, read_questions, refuse_applied_plugin
+from .fit import TRANSFORMERS, check_targets, checkpoint_kind, fit_loaded, read_questions, refuse_applied_plugin
 from .rules import rounds_for
 from .transformers_fit import fit_checkpoint
 
 
-def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=None, conv_mode=None,
-               device="cpu", progress=True, model_base=None, tolerance=0.01):
+def fit_recipe(model_path, question_file, image_folder, reduction, out, **options):
     """Fit the recipe of the smallest tolerance alpha that removes ``reduction`` of the
-    visual-token FLOPs, write it to ``out`` (JSON) and return it.
+    visual-token FLOPs, write it to ``out`` (JSON) and return it; ``options`` as for
+    :func:`fit_recipes`."""
+    return fit_recipes(model_path, question_file, image_folder, [(reduction, out)], **options)[0]
+
+
+def fit_recipes(model_path, question_file, image_folder, targets, samples=None, conv_mode=None,
+                device="cpu", progress=True, model_base=None, tolerance=0.01):
+    """One recipe per ``(reduction, out)`` of ``targets``, each written to its ``out`` as soon
+    as it is fitted; the model is loaded, and every sample encoded, once for all of them.
 
     ``model_path``: an upstream LLaVA checkpoint (``conv_mode``, default ``llava_v1``, and
     ``model_base`` apply) or a transformers LLaVA / LLaVA-NeXT / Qwen-VL checkpoint (its
     processor's chat template builds the prompt)."""
-    check_reduction(reduction)
+    targets = check_targets(targets)
     rounds_for(tolerance)
     started = time.time()
     model_path = os.path.expanduser(model_path)
@@ -33,7 +40,7 @@ def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=
     questions = read_questions(question_file, image_folder, samples)
     refuse_applied_plugin()
     if kind == TRANSFORMERS:
-        return fit_checkpoint(model_path, questions, question_file, image_folder, reduction, out, device,
+        return fit_checkpoint(model_path, questions, question_file, image_folder, targets, device,
                               progress, tolerance, started)
 
     from llava.mm_utils import get_model_name_from_path
@@ -49,4 +56,4 @@ def fit_recipe(model_path, question_file, image_folder, reduction, out, samples=
         model = model.float()  # fp16 matmuls on CPU are slow and the statistics want fp32
     model.eval()
     return fit_loaded(model, tokenizer, image_processor, model_name, questions, question_file, image_folder,
-                      reduction, out, conv_mode, progress, tolerance, started, {"model_path": model_path})
+                      targets, conv_mode, progress, tolerance, started, {"model_path": model_path})

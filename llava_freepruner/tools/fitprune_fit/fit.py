@@ -167,6 +167,21 @@ def check_reduction(reduction):
         raise ValueError(f"reduction={reduction!r} must lie strictly between 0 and 1 (e.g. 0.6)")
 
 
+def check_targets(targets):
+    """``targets``: (reduction, output path) pairs, at least one, no reduction or path twice."""
+    targets = list(targets)
+    if not targets:
+        raise ValueError("no reduction to fit a recipe for")
+    for reduction, _ in targets:
+        check_reduction(reduction)
+    for index, name in ((0, "reduction"), (1, "output path")):
+        values = [target[index] for target in targets]
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{name} {', '.join(twice)} given twice: one recipe per reduction, each to its own file")
+    return targets
+
+
 UPSTREAM, TRANSFORMERS = "upstream", "transformers"
 UPSTREAM_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava_mpt")
 QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
@@ -215,16 +230,16 @@ def checkpoint_kind(model_path):
                      "or any with mm_vision_tower)")
 
 
-def fit_loaded(model, tokenizer, image_processor, model_name, questions, question_file, image_folder, reduction,
-               out, conv_mode="llava_v1", progress=True, tolerance=0.01, started=None, metadata=None):
-    """:func:`~.checkpoint.fit_recipe` on an upstream LLaVA model already in memory (``questions`` from
+def fit_loaded(model, tokenizer, image_processor, model_name, questions, question_file, image_folder, targets,
+               conv_mode="llava_v1", progress=True, tolerance=0.01, started=None, metadata=None):
+    """:func:`~.checkpoint.fit_recipes` on an upstream LLaVA model already in memory (``questions`` from
     :func:`read_questions`); ``wall_time_s`` counts from ``started`` (default: now)."""
     conv_mode = _conv_mode(model_name, conv_mode)
 
     def encode(record):
         return _encode_sample(model, tokenizer, image_processor, record, image_folder, conv_mode)
 
-    return fit_encoded(model.get_model(), encode, model_name, questions, question_file, reduction, out,
+    return fit_encoded(model.get_model(), encode, model_name, questions, question_file, targets,
                        progress, tolerance, started, dict(metadata or {}), {"conv_mode": conv_mode})
 
 
@@ -238,24 +253,29 @@ def refuse_applied_plugin():
                          "variables (or call llava_freepruner.remove()) before fitting")
 
 
-def fit_encoded(decoder, encode, model_name, questions, question_file, reduction, out, progress=True,
+def fit_encoded(decoder, encode, model_name, questions, question_file, targets, progress=True,
                 tolerance=0.01, started=None, metadata=None, prompt_metadata=None):
-    """The fit shared by every kind of checkpoint. ``encode(record) -> (embeds (1, L, d),
-    (start, end))`` or ``(embeds, (start, end), decoder_kwargs)``: one question's spliced
-    decoder input, its visual span and what else the decoder is called with (a Qwen-VL
-    decoder: its M-RoPE ``position_ids``, Qwen3-VL's deepstack rows), computed once per
-    sample; ``decoder``: the language model's decoder (the module holding ``layers``), run on
-    the cached inputs in every bisection round. Writes the recipe to ``out`` and returns it;
-    ``wall_time_s`` counts from ``started`` (default: now)."""
+    """The fit shared by every kind of checkpoint: one recipe per ``(reduction, out)`` of
+    ``targets``, each written to its ``out`` (JSON) as soon as it is fitted; returns them.
+
+    ``encode(record) -> (embeds (1, L, d), (start, end))`` or ``(embeds, (start, end),
+    decoder_kwargs)``: one question's spliced decoder input, its visual span and what else the
+    decoder is called with (a Qwen-VL decoder: its M-RoPE ``position_ids``, Qwen3-VL's
+    deepstack rows), computed once per sample, as are the unpruned attention masses;
+    ``decoder``: the language model's decoder (the module holding ``layers``), run on the
+    cached inputs in every bisection round of every reduction. ``wall_time_s``: seconds
+    from ``started`` (default: now) to the recipe's write."""
     from tqdm import tqdm
 
-    check_reduction(reduction)
+    targets = check_targets(targets)
     refuse_applied_plugin()
+    for _, out in targets:      # a missing folder fails now, not after the fit
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     started = time.time() if started is None else started
     config = decoder.config
     sizes = (config.hidden_size, config.intermediate_size)
     rounds = rounds_for(tolerance)
-    bar = tqdm(total=len(questions) * (rounds + 3), desc="FitPrune fit", disable=not progress)
+    bar = tqdm(total=len(questions) * (2 + (rounds + 1) * len(targets)), desc="FitPrune fit", disable=not progress)
     cached = []
     for record in questions:
         encoded = encode(record)
@@ -271,6 +291,7 @@ def fit_encoded(decoder, encode, model_name, questions, question_file, reduction
             decoder(inputs_embeds=embeds, use_cache=False, **extra)
         bar.update(1)
 
+    recipes = []
     try:
         masses = []
         for embeds, span, extra in cached:
@@ -278,27 +299,33 @@ def fit_encoded(decoder, encode, model_name, questions, question_file, reduction
             run(observer, embeds, span, extra)
             masses.append(observer.masses)
 
-        def evaluate(alpha):
-            per_sample = []
-            for (embeds, span, extra), sample_masses in zip(cached, masses):
-                rule = _ToleranceRule(alpha, sample_masses, *sizes, reduction)
-                run(rule, embeds, span, extra)
-                per_sample.append(rule.deletions)
-            deletions = _average_recipe(per_sample, counts, num_visual, model_name)
-            achieved = flops_reduction(num_visual, deletions, *sizes)
-            return achieved >= reduction, (deletions, achieved)
+        for reduction, out in targets:
+            def evaluate(alpha):
+                per_sample = []
+                for (embeds, span, extra), sample_masses in zip(cached, masses):
+                    rule = _ToleranceRule(alpha, sample_masses, *sizes, reduction)
+                    run(rule, embeds, span, extra)
+                    per_sample.append(rule.deletions)
+                deletions = _average_recipe(per_sample, counts, num_visual, model_name)
+                achieved = flops_reduction(num_visual, deletions, *sizes)
+                return achieved >= reduction, (deletions, achieved)
 
-        alpha, (deletions, achieved) = smallest_passing_alpha(evaluate, rounds)
+            try:
+                alpha, (deletions, achieved) = smallest_passing_alpha(evaluate, rounds)
+            except ValueError as err:
+                written = [path for (_, path), _ in zip(targets, recipes)]
+                raise ValueError(f"reduction {reduction:g}: {err}"
+                                 + (f" (written before it: {', '.join(written)})" if written else "")) from None
+            recipe_metadata = dict(metadata or {}, target_reduction=reduction, achieved_reduction=round(achieved, 6))
+            recipe_metadata.update({
+                "alpha": alpha, "samples": len(questions), "calibration_file": os.path.abspath(question_file),
+                "calibration_sha256": _sha256(question_file), **(prompt_metadata or {}),
+                "hidden_size": sizes[0], "intermediate_size": sizes[1],
+                "wall_time_s": round(time.time() - started, 2)})
+            recipe = Recipe(model_name, num_visual, deletions, recipe_metadata)
+            recipe.save(out)
+            recipes.append(recipe)
     finally:
         detach(decoder)
         bar.close()
-
-    metadata = dict(metadata or {}, target_reduction=reduction, achieved_reduction=round(achieved, 6))
-    metadata.update({
-        "alpha": alpha, "samples": len(questions), "calibration_file": os.path.abspath(question_file),
-        "calibration_sha256": _sha256(question_file), **(prompt_metadata or {}),
-        "hidden_size": sizes[0], "intermediate_size": sizes[1],
-        "wall_time_s": round(time.time() - started, 2)})
-    recipe = Recipe(model_name, num_visual, deletions, metadata)
-    recipe.save(out)
-    return recipe
+    return recipes

@@ -105,20 +105,20 @@ def encode_sample(model, processor, record, image_folder):
     return embeds, (positions[0], positions[-1] + 1), captured["extra"]
 
 
-def fit_loaded(model, processor, name, questions, question_file, image_folder, reduction, out, progress=True,
+def fit_loaded(model, processor, name, questions, question_file, image_folder, targets, progress=True,
                tolerance=0.01, started=None, metadata=None):
-    """:func:`~llava_freepruner.tools.fitprune_fit.checkpoint.fit_recipe` on a transformers LLaVA model already
+    """:func:`~llava_freepruner.tools.fitprune_fit.checkpoint.fit_recipes` on a transformers LLaVA model already
     in memory (``questions`` from :func:`~llava_freepruner.tools.fitprune_fit.fit.read_questions`)."""
     def encode(record):
         return encode_sample(model, processor, record, image_folder)
 
-    return fit_encoded(model.model.language_model, encode, name, questions, question_file, reduction, out,
+    return fit_encoded(model.model.language_model, encode, name, questions, question_file, targets,
                        progress, tolerance, started, metadata, {"prompt": "chat_template"})
 
 
-def fit_checkpoint(model_path, questions, question_file, image_folder, reduction, out, device, progress=True,
+def fit_checkpoint(model_path, questions, question_file, image_folder, targets, device, progress=True,
                    tolerance=0.01, started=None):
     model, processor = load(model_path, device)
     metadata = {"model_path": model_path, "model_type": model.config.model_type}
     return fit_loaded(model, processor, model_name(model, model_path), questions, question_file, image_folder,
-                      reduction, out, progress, tolerance, started, metadata)
+                      targets, progress, tolerance, started, metadata)

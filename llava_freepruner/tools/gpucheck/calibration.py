@@ -66,9 +66,9 @@ def main(argv=None) -> int:
         tokenizer = LlamaTokenizer.from_pretrained(folder)
         question_file = write_calibration(folder, args.samples)
         questions = read_questions(question_file, folder, None)
-        recipe = fit_loaded(bench.model, tokenizer, bench.image_processor, args.random_weights, questions,
-                            question_file, folder, args.reduction, os.path.join(args.out, "recipe.json"),
-                            progress=False, metadata={"model_path": f"random weights: {args.random_weights}"})
+        [recipe] = fit_loaded(bench.model, tokenizer, bench.image_processor, args.random_weights, questions,
+                              question_file, folder, [(args.reduction, os.path.join(args.out, "recipe.json"))],
+                              progress=False, metadata={"model_path": f"random weights: {args.random_weights}"})
     meta = recipe.metadata
     result = {
         "architecture": args.random_weights, "device": args.device, "dtype": args.dtype,

@@ -45,7 +45,7 @@ for env in "${envs[@]}"; do
         continue
     fi
     echo "=== $env: pytest $tests"
-    "$venv/bin/python" -m pytest -q -n "$workers" --dist loadfile "$tests" "$@"
+    "$venv/bin/python" -m pytest -q -n "$workers" --dist loadfile --durations=10 "$tests" "$@"
     status=$?
     if [[ $status -eq 5 ]]; then
         echo "run_tests.sh: pytest collected no tests in $env" >&2

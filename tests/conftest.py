@@ -26,6 +26,18 @@ if importlib.util.find_spec("llava") is None:
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
+# Files that take minutes on two cores start first, longest first: `run_tests.sh` hands whole
+# files to its workers in collection order, and one of these handed out last would run alone
+# at the end.
+LONG_FILES = ("tests/transformers/test_toy_accuracy.py", "tests/transformers/test_syncs.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        return next((i for i, name in enumerate(LONG_FILES) if item.nodeid.startswith(name + "::")), len(LONG_FILES))
+
+    items.sort(key=rank)        # stable: the other files, and the tests in each file, keep their order
+
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):

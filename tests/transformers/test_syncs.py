@@ -6,6 +6,7 @@ placeholders leave the sequence around the language model."""
 import pytest
 import torch
 
+from llava_freepruner.runtime.methods import REGISTRY
 from llava_freepruner.tools.bench import hf_model
 from llava_freepruner.tools.bench.count import count_row
 
@@ -42,6 +43,17 @@ def test_a_pruned_decode_step_makes_the_host_read_the_device_no_more_than_unprun
 
 def test_plugin_ops_do_not_grow_with_the_batch(counts):
     assert plugin_ops(counts[8]) <= 1.15 * plugin_ops(counts[1]), {b: plugin_ops(c) for b, c in counts.items()}
+
+
+@pytest.mark.parametrize("method", [name for name, cls in REGISTRY.items()
+                                    if not cls.needs_instruction and name != "freepruner"])
+def test_every_vision_method_costs_the_same_ops_at_any_batch(method):
+    """Work batched over the images, not looped per image: VisionZip's merged rows included."""
+    bench = hf_model.build_random("tiny-llava-1.5-hf", 2, 4, "cpu", torch.float16)
+    one, eight = (count_row(bench, hf_model.make_inputs(bench, batch, 12), method, 0.5) for batch in BATCHES)
+    assert one.before_decode.plugin_ops > 0
+    assert plugin_ops(eight) <= 1.15 * plugin_ops(one), (one.plugin_op_names, eight.plugin_op_names)
+    assert eight.per_step("decode").plugin_syncs == 0
 
 
 # Qwen-VL: vision-side pruning after the patch merger, at the published layouts (all tower

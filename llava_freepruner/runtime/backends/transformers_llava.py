@@ -53,7 +53,7 @@ from .. import llm as llm_runtime
 from ..capture import AttentionCapture
 from ...config import ConfigError
 from ..instruction import expanded_instructions, prompt_rows
-from ..methods.base import CropRequest, SelectionContext, host_indices, select, to_device
+from ..methods.base import CropRequest, SelectionContext, gather_rows, host_indices, select, to_device
 from ..sequence import Compression
 from ..session import Session
 from ..stats import crop_record
@@ -440,7 +440,8 @@ def _wrap_image_features(original):
         features = pooled_features(output)
         seconds = clock.stop(features[0])
         pending, packed, first_positions = [], [], {}
-        together = None if selections is None else _pack_together(images, selections, features, grid)
+        together = None if selections is None else _pack_together(images, selections, features, grid,
+                                                                   self.multi_modal_projector)
         tiled = together is None and selections is not None and any(image.layout is not None for image in images)
         host_kept = host_indices(selections) if tiled else None      # tile maps are packed on the host
         for image, feats in zip(images, features):
@@ -485,15 +486,15 @@ def pooled_features(output):
     return output.pooler_output if hasattr(output, "pooler_output") else output
 
 
-def _pack_together(images, selections, features, grid) -> Optional[tuple]:
-    """(packed features, tokens kept per image) of every image in one gather,
-    where each image is one crop of the same shape keeping the same number of
-    patches and no merged rows (LLaVA-1.5): what :func:`_llm_sequence` does image
-    by image. The features come back in the host's form: one tensor, or a list."""
-    counts = {int(s.indices.numel()) for s in selections}
-    if (len(counts) != 1 or len({tuple(f.shape) for f in features}) != 1
-            or any(image.layout is not None for image in images)
-            or any(s.prefix is not None or s.merged is not None for s in selections)):
+def _pack_together(images, selections, features, grid, projector) -> Optional[tuple]:
+    """(packed features, tokens kept per image) of every image at once, where each image
+    is one crop of the same shape keeping the same number of patches and of merged rows
+    (LLaVA-1.5): what :func:`_llm_sequence` does image by image, in a number of ops that
+    does not grow with the batch. The features come back in the host's form: one tensor,
+    or a list."""
+    shapes = {(int(s.indices.numel()), _shape(s.prefix), _shape(s.merged)) for s in selections}
+    if (len(shapes) != 1 or len({tuple(f.shape) for f in features}) != 1
+            or any(image.layout is not None for image in images)):
         return None
     newline = int(images[0].newline)
     if any(int(image.newline) != newline for image in images):
@@ -504,16 +505,28 @@ def _pack_together(images, selections, features, grid) -> Optional[tuple]:
     lead = n - grid[0] * grid[1] - newline
     device = features.device
     kept = lead + torch.stack([s.indices for s in selections]).to(device)
-    pieces = [torch.arange(lead, device=device).expand(len(images), -1)] if lead else []
-    pieces.append(kept)
-    if newline:
-        pieces.append(torch.full((len(images), 1), n - 1, device=device, dtype=kept.dtype))
-    # the kept tokens first, in order; the rest after them, where they leave the sequence in the decoder
-    taken = torch.cat(pieces, dim=1) if len(pieces) > 1 else kept
-    sequence = features.gather(1, taken[:, :, None].expand(-1, -1, features.shape[2]))
-    count = taken.shape[1]
+    if lead:
+        kept = torch.cat([torch.arange(lead, device=device).expand(len(images), -1), kept], dim=1)
+
+    def projected(key):
+        rows = torch.stack([getattr(s, key) for s in selections]).to(features.dtype)
+        return [projector(rows).to(features)]
+
+    first = selections[0]
+    # a merging method's prefix rows, the kept tokens in order, its merged rows, the newline;
+    # the rest after them, where they leave the sequence in the decoder
+    pieces = ((projected("prefix") if first.prefix is not None else []) + [gather_rows(features, kept)]
+              + (projected("merged") if first.merged is not None else []) + ([features[:, n - 1:]] if newline else []))
+    sequence = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+    count = sequence.shape[1]
+    if count > n:
+        raise RuntimeError(f"the selection made {count} tokens for an image of {n}")
     packed = torch.cat([sequence, features[:, count:]], dim=1)
     return list(packed) if listed else packed, count
+
+
+def _shape(rows: Optional[torch.Tensor]):
+    return None if rows is None else tuple(rows.shape)
 
 
 def _llm_sequence(image: _Image, selections, feats: torch.Tensor, grid, projector,

@@ -29,7 +29,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 # Files that take minutes on two cores start first, longest first: `run_tests.sh` hands whole
 # files to its workers in collection order, and one of these handed out last would run alone
 # at the end.
-LONG_FILES = ("tests/transformers/test_toy_accuracy.py", "tests/transformers/test_syncs.py")
+LONG_FILES = ("tests/transformers/test_toy_accuracy.py", "tests/transformers/test_syncs.py", "tests/test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(items):

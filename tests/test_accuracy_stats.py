@@ -285,6 +285,21 @@ def test_seeds_verdict_names_the_best_method_per_budget_in_the_tower_and_in_the_
     assert "| 0.5 | freepruner 77.5 at 128 tokens | reference | fastv 75.0 at 128 tokens | -2.5 [" in text
 
 
+def test_seeds_per_method_table_shows_each_model_the_mean_and_whether_the_rank_holds():
+    from llava_freepruner.tools.accuracy.seeds import by_method, compare, markdown
+
+    result = compare(_seed_runs(), "freepruner")
+    text = by_method(result)
+    lines = text.splitlines()
+    assert lines[0] == "| method | ratio 0.5 | ratio 0.25 |"
+    assert lines[2] == "| freepruner | 77.5 (80.0 / 75.0), rank 1 on every model | 60.0 (70.0 / 50.0), rank 1 / 2 |"
+    assert lines[3] == "| random | 57.5 (60.0 / 55.0), rank 2 on every model | 55.0 (50.0 / 60.0), rank 2 / 1 |"
+    assert lines[4] == "| fastv | 75.0 (70.0 / 80.0), rank 1 on every model |  |"
+    assert len(lines) == 7 and "(seed 0 / seed 1 in brackets)" in lines[6]
+    assert lines[6].endswith("At ratio 1: none 90.0 (90.0 / 90.0).")
+    assert text in markdown(result)
+
+
 def test_seeds_leave_out_cells_some_model_lacks_or_has_not_finished_and_refuse_a_single_model():
     from llava_freepruner.tools.accuracy.seeds import Run, compare, markdown
 

@@ -165,6 +165,7 @@ def markdown(comparison: dict) -> str:
               "rank); it holds when it is the same on every model."]
     if comparison["missing"]:
         lines += ["", "Not compared (missing or unfinished on some model): " + ", ".join(comparison["missing"]) + "."]
+    lines += ["", by_method(comparison).rstrip("\n")]
     lines += ["", "| ratio | best in the tower | Δ pooled vs " + reference + " | best inside the LLM | Δ pooled vs "
               + reference + " |", "|---|---|---|---|---|"]
     for v in comparison["verdict"]:
@@ -179,6 +180,34 @@ def markdown(comparison: dict) -> str:
             row += [f"{best['method']} {points(best['mean'])} at {best['visual_tokens']:.0f} tokens{note}",
                     "reference" if best["method"] == reference else _delta(best["pooled"])]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def by_method(comparison: dict) -> str:
+    """One row per method, one column per ratio below 1: the mean accuracy, each model's,
+    and the method's rank on each model ("on every model" where it holds); the cells at
+    ratio 1 in a line below."""
+    cells = comparison["cells"]
+    labels = comparison["runs"]
+    ratios = sorted({c["ratio"] for c in cells if c["ratio"] < 1}, reverse=True)
+    at = {(c["method"], c["ratio"]): c for c in cells}
+    methods = list(dict.fromkeys(c["method"] for c in cells if c["ratio"] < 1))
+    lines = ["| method | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    for method in methods:
+        row = [method]
+        for ratio in ratios:
+            c = at.get((method, ratio))
+            if c is None:
+                row.append("")
+                continue
+            rank = (f"rank {c['rank'][0]} on every model" if c["rank_holds"]
+                    else "rank " + " / ".join(map(str, c["rank"])))
+            row.append(f"{points(c['mean'])} ({' / '.join(points(a) for a in c['accuracy'])}), {rank}")
+        lines.append("| " + " | ".join(row) + " |")
+    whole = [f"{c['method']} {points(c['mean'])} ({' / '.join(points(a) for a in c['accuracy'])})"
+             for c in cells if c["ratio"] >= 1]
+    lines += ["", f"Mean accuracy in % ({' / '.join(labels)} in brackets); rank on each model among the "
+              "methods of the same kind (in the tower, or inside the LLM) at the ratio, 1 the best." + (f" At ratio 1: {'; '.join(whole)}." if whole else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -155,6 +155,9 @@ def test_bad_inputs_are_refused_by_name_before_loading(checkpoints, calibration,
         fit_recipe(str(other), str(questions), str(images), 0.5, out)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         fit_recipe(str(tmp_path), str(questions), str(images), 0.5, out)
+    (other / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"model \S*gemma: \S*config.json: expected a JSON object, got list"):
+        fit_recipe(str(other), str(questions), str(images), 0.5, out)
     with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
         fit_recipe(str(tmp_path / "nowhere"), str(questions), str(images), 0.5, out)
 

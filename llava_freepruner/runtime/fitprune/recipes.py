@@ -113,14 +113,20 @@ def load_recipe(spec):
                       f"built-in recipes: {', '.join(builtin_names())}")
 
 
-def _read_recipe_file(path):
+def read_json_object(path, what, error=RecipeError):
+    """The JSON object in the file ``path``; ``error`` naming ``what`` when it holds none."""
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RecipeError(f"recipe file {path}: cannot be read as JSON ({err})") from None
+        raise error(f"{what}: cannot be read as JSON ({err})") from None
     if not isinstance(record, dict):
-        raise RecipeError(f"recipe file {path}: expected a JSON object, got {type(record).__name__}")
+        raise error(f"{what}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _read_recipe_file(path):
+    record = read_json_object(path, f"recipe file {path}")
     missing = [key for key in ("num_visual_tokens", "deletions") if key not in record]
     if missing:
         raise RecipeError(f"recipe file {path}: missing field(s) {', '.join(missing)}; a recipe needs "

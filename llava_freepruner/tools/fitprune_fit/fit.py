@@ -22,7 +22,7 @@ import torch
 from ...runtime.budget import flops_reduction, scale_deletions
 from ...runtime.llm.policies import SELF_CROSS, PrunePolicy
 from ...runtime.llm.runtime import attach, begin_prefill, detach
-from ...runtime.fitprune.recipes import Recipe
+from ...runtime.fitprune.recipes import Recipe, read_json_object
 from .rules import FlopsBudget, fit_deletions, rounds_for, smallest_passing_alpha
 
 
@@ -204,14 +204,7 @@ def _read_config(model_path):
         except Exception as err:  # not a folder, and the hub (or its cache) does not have it either
             raise FileNotFoundError(f"model {model_path}: not a folder, and its config.json could not be had "
                                     f"from the Hugging Face hub ({type(err).__name__}: {err})") from None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"model {model_path}: {path} cannot be read as JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"model {model_path}: {path} holds no JSON object")
-    return config
+    return read_json_object(path, f"model {model_path}: {path}", ValueError)
 
 
 def checkpoint_kind(model_path):

@@ -14,10 +14,15 @@ BATCHES = (1, 8)
 
 
 @pytest.fixture(scope="module")
-def counts():
+def llava():
+    """The LLaVA-1.5 layout, tiny widths, 2 decoder and 4 tower layers."""
+    return hf_model.build_random("tiny-llava-1.5-hf", 2, 4, "cpu", torch.float16)
+
+
+@pytest.fixture(scope="module")
+def counts(llava):
     """batch size -> counts of one generate() (2 decode steps), freePruner at ratio 0.5."""
-    bench = hf_model.build_random("tiny-llava-1.5-hf", 2, 4, "cpu", torch.float16)
-    return {batch: count_row(bench, hf_model.make_inputs(bench, batch, 12), "freepruner", 0.5) for batch in BATCHES}
+    return {batch: count_row(llava, hf_model.make_inputs(llava, batch, 12), "freepruner", 0.5) for batch in BATCHES}
 
 
 def plugin_ops(counts) -> float:
@@ -47,10 +52,9 @@ def test_plugin_ops_do_not_grow_with_the_batch(counts):
 
 @pytest.mark.parametrize("method", [name for name, cls in REGISTRY.items()
                                     if not cls.needs_instruction and name != "freepruner"])
-def test_every_vision_method_costs_the_same_ops_at_any_batch(method):
+def test_every_vision_method_costs_the_same_ops_at_any_batch(llava, method):
     """Work batched over the images, not looped per image: VisionZip's merged rows included."""
-    bench = hf_model.build_random("tiny-llava-1.5-hf", 2, 4, "cpu", torch.float16)
-    one, eight = (count_row(bench, hf_model.make_inputs(bench, batch, 12), method, 0.5) for batch in BATCHES)
+    one, eight = (count_row(llava, hf_model.make_inputs(llava, batch, 12), method, 0.5) for batch in BATCHES)
     assert one.before_decode.plugin_ops > 0
     assert plugin_ops(eight) <= 1.15 * plugin_ops(one), (one.plugin_op_names, eight.plugin_op_names)
     assert eight.per_step("decode").plugin_syncs == 0

@@ -445,9 +445,8 @@ def _keep_in_place(media: List[_Media], selections, features) -> Tuple[list, lis
         rows = _cat([selection.merged for selection in merging]).to(features[0])
         features = _cat(list(features)).index_copy(0, merged_at, rows).split([item.tokens for item in media])
         positions = torch.sort(positions).values      # crops ascend in the call: one sort orders each
-    kept = [sum(selections[crop].indices.numel() + (0 if selections[crop].merged is None else
-                                                    selections[crop].merged_at.numel())
-                for crop in range(item.first_crop, item.first_crop + item.frames)) for item in media]
+    per_crop = [s.indices.numel() + (0 if s.merged is None else s.merged_at.numel()) for s in selections]
+    kept = [sum(per_crop[item.first_crop:item.first_crop + item.frames]) for item in media]
     positions = positions - transformers_llava.repeated([item.first_unit for item in media], kept, device)
     return list(positions.split(kept)), list(features)
 

@@ -188,26 +188,25 @@ def by_method(comparison: dict) -> str:
     and the method's rank on each model ("on every model" where it holds); the cells at
     ratio 1 in a line below."""
     cells = comparison["cells"]
-    labels = comparison["runs"]
     ratios = sorted({c["ratio"] for c in cells if c["ratio"] < 1}, reverse=True)
     at = {(c["method"], c["ratio"]): c for c in cells}
-    methods = list(dict.fromkeys(c["method"] for c in cells if c["ratio"] < 1))
+
+    def accuracies(c):
+        return f"{points(c['mean'])} ({' / '.join(points(a) for a in c['accuracy'])})"
+
+    def entry(c):
+        if c is None:
+            return ""
+        rank = f"{c['rank'][0]} on every model" if c["rank_holds"] else " / ".join(map(str, c["rank"]))
+        return f"{accuracies(c)}, rank {rank}"
+
     lines = ["| method | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
-    for method in methods:
-        row = [method]
-        for ratio in ratios:
-            c = at.get((method, ratio))
-            if c is None:
-                row.append("")
-                continue
-            rank = (f"rank {c['rank'][0]} on every model" if c["rank_holds"]
-                    else "rank " + " / ".join(map(str, c["rank"])))
-            row.append(f"{points(c['mean'])} ({' / '.join(points(a) for a in c['accuracy'])}), {rank}")
-        lines.append("| " + " | ".join(row) + " |")
-    whole = [f"{c['method']} {points(c['mean'])} ({' / '.join(points(a) for a in c['accuracy'])})"
-             for c in cells if c["ratio"] >= 1]
-    lines += ["", f"Mean accuracy in % ({' / '.join(labels)} in brackets); rank on each model among the "
-              "methods of the same kind (in the tower, or inside the LLM) at the ratio, 1 the best." + (f" At ratio 1: {'; '.join(whole)}." if whole else "")]
+    for method in dict.fromkeys(c["method"] for c in cells if c["ratio"] < 1):
+        lines.append("| " + " | ".join([method] + [entry(at.get((method, r))) for r in ratios]) + " |")
+    whole = "; ".join(f"{c['method']} {accuracies(c)}" for c in cells if c["ratio"] >= 1)
+    lines += ["", f"Mean accuracy in % ({' / '.join(comparison['runs'])} in brackets); rank on each model among the "
+              "methods of the same kind (in the tower, or inside the LLM) at the ratio, 1 the best."
+              + (f" At ratio 1: {whole}." if whole else "")]
     return "\n".join(lines) + "\n"
 
 
